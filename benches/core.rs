@@ -1,0 +1,119 @@
+//! Core engine benchmark: decode + state machine + RocksDB write per change,
+//! ~1 KB connector events, 1M distinct reservations, one thread. Compared in
+//! the same run with decode-only (serde_json parsing the same lines into a
+//! `Value`), the floor any JSON consumer pays.
+//!
+//!   cargo bench --bench core                 # criterion figures, then the side-by-side table
+//!   RESEVENT_BENCH_RESERVATIONS=100000 cargo bench --bench core   # smaller state
+
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use resevent::decode::{Decoder, Format};
+use resevent::engine::{Engine, InputRecord};
+use resevent::pipeline::Pipeline;
+use resevent::store::StateStore;
+use resevent::workload::Workload;
+
+const BATCH: usize = 2048;
+const PARTITION: &str = "bench/0";
+
+struct Bench {
+    engine: Engine,
+    store: StateStore,
+    workload: Workload,
+    offset: u64,
+    _dir: tempfile::TempDir,
+}
+
+impl Bench {
+    /// A store already holding `reservations` reservations.
+    fn new(reservations: u64) -> Bench {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(dir.path()).unwrap();
+        store.open_partition(PARTITION).unwrap();
+        let pipeline = Pipeline::builtin();
+        let engine = Engine::new(pipeline.clone(), Decoder::new(Format::Auto, pipeline.paths.clone()));
+        let mut b = Bench { engine, store, workload: Workload::new(reservations, 7), offset: 0, _dir: dir };
+        let started = Instant::now();
+        let mut loaded = 0;
+        while loaded < reservations {
+            let batch = b.next_batch();
+            loaded += batch.len() as u64;
+            b.process(&batch);
+        }
+        eprintln!("loaded {reservations} reservations in {:.1}s", started.elapsed().as_secs_f64());
+        b
+    }
+
+    fn next_batch(&mut self) -> Vec<String> {
+        (0..BATCH).map(|_| self.workload.next_event().1).collect()
+    }
+
+    /// One batch through decode, the table and one RocksDB WriteBatch.
+    fn process(&mut self, lines: &[String]) -> usize {
+        let records: Vec<InputRecord> = lines
+            .iter()
+            .map(|l| {
+                self.offset += 1;
+                InputRecord { key: None, value: Some(l.as_bytes()), offset: self.offset }
+            })
+            .collect();
+        let out = self.engine.process(&self.store, PARTITION, &records).unwrap();
+        assert_eq!(out.counts.rejected, 0);
+        let n = out.events.len();
+        self.store.commit(PARTITION, out.state_batch()).unwrap();
+        n
+    }
+}
+
+fn decode_only(lines: &[String]) -> usize {
+    lines.iter().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap().as_object().map_or(0, |m| m.len())).sum()
+}
+
+fn reservations() -> u64 {
+    std::env::var("RESEVENT_BENCH_RESERVATIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000)
+}
+
+fn main() {
+    let mut bench = Bench::new(reservations());
+    let mut c = Criterion::default().configure_from_args().measurement_time(Duration::from_secs(10));
+    let mut g = c.benchmark_group("core");
+    g.throughput(Throughput::Elements(BATCH as u64));
+    g.bench_function("decode+table+rocksdb", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let batch = bench.next_batch();
+                let t = Instant::now();
+                std::hint::black_box(bench.process(&batch));
+                total += t.elapsed();
+            }
+            total
+        })
+    });
+    let sample = bench.next_batch();
+    g.bench_function("decode-only (serde_json::Value)", |b| b.iter(|| std::hint::black_box(decode_only(&sample))));
+    g.finish();
+    c.final_summary();
+
+    // Side by side, interleaved so machine noise hits both alike.
+    let (mut core, mut base) = (Duration::ZERO, Duration::ZERO);
+    let rounds = 100;
+    for _ in 0..rounds {
+        let batch = bench.next_batch();
+        let t = Instant::now();
+        std::hint::black_box(decode_only(&batch));
+        base += t.elapsed();
+        let t = Instant::now();
+        std::hint::black_box(bench.process(&batch));
+        core += t.elapsed();
+    }
+    let n = (rounds * BATCH) as f64;
+    let bytes: usize = sample.iter().map(String::len).sum();
+    let (core_rate, base_rate) = (n / core.as_secs_f64(), n / base.as_secs_f64());
+    println!("\nside by side, {} events of ~{} bytes, {} reservations in state, one thread:", rounds * BATCH, bytes / sample.len(), reservations());
+    println!("  decode + table + RocksDB   {:>10.0} events/s", core_rate);
+    println!("  decode-only (serde_json)   {:>10.0} events/s", base_rate);
+    println!("  ratio                      {:>10.0}% of decode-only", 100.0 * core_rate / base_rate);
+}

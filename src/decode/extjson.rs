@@ -1,0 +1,207 @@
+//! MongoDB Extended JSON, all three dialects, reduced to the text resevent keeps.
+//!
+//! Legacy/strict (`{"$date": 1683793627000}`, `{"$oid": "…"}`), canonical
+//! (`{"$date": {"$numberLong": "…"}}`, `{"$numberInt": "87"}`) and relaxed or
+//! simplified (ids and dates as plain strings, `{"$date": "2022-…Z"}`) all land on
+//! the same text, so a reservation's state does not depend on the formatter the
+//! connector happened to use. Pure functions over `serde_json::Value`.
+
+use serde_json::{Map, Value};
+
+use crate::time;
+
+/// The wrapper key of a one-key Extended JSON object, if `v` is one.
+fn wrapper(v: &Value) -> Option<(&str, &Value)> {
+    match v {
+        Value::Object(m) if m.len() == 1 => m.iter().next().map(|(k, v)| (k.as_str(), v)).filter(|(k, _)| k.starts_with('$')),
+        _ => None,
+    }
+}
+
+/// Decimal text of a JSON number: integral floats lose their `.0`, so `305`,
+/// `305.0` and `{"$numberDouble": "305.0"}` are the same room.
+fn number_text(n: &serde_json::Number) -> String {
+    if n.is_f64() {
+        if let Some(f) = n.as_f64() {
+            if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                return format!("{}", f as i64);
+            }
+        }
+    }
+    n.to_string()
+}
+
+fn numeric_string_text(s: &str) -> String {
+    match s.parse::<f64>() {
+        Ok(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15 && s.contains(['.', 'e', 'E']) => format!("{}", f as i64),
+        _ => s.to_string(),
+    }
+}
+
+/// Epoch milliseconds of a date in any dialect, or of a bare number of ms (the
+/// form Debezium's ExtractNewDocumentState writes for a BSON date).
+pub fn date_millis(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Value::String(s) => time::parse_millis(s),
+        _ => match wrapper(v)? {
+            ("$date", inner) => match inner {
+                Value::Object(_) => match wrapper(inner)? {
+                    ("$numberLong", Value::String(s)) => s.parse().ok(),
+                    _ => None,
+                },
+                other => date_millis(other),
+            },
+            ("$numberLong", Value::String(s)) => s.parse().ok(),
+            _ => None,
+        },
+    }
+}
+
+/// A date field as RFC 3339 UTC; text that is not a date is kept as written
+/// (a PMS may store `"TBD"`), so nothing is silently lost.
+pub fn date_text(v: &Value) -> Option<String> {
+    if v.is_null() {
+        return None;
+    }
+    match date_millis(v) {
+        Some(ms) => Some(time::format_millis(ms)),
+        None => scalar_text(v),
+    }
+}
+
+/// A scalar field (status, property, room) as text.
+pub fn scalar_text(v: &Value) -> Option<String> {
+    match v {
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(number_text(n)),
+        Value::Bool(b) => Some(b.to_string()),
+        Value::Array(_) => Some(v.to_string()),
+        Value::Object(_) => match wrapper(v) {
+            Some(("$numberInt" | "$numberLong" | "$numberDouble" | "$numberDecimal", Value::String(s))) => Some(numeric_string_text(s)),
+            Some(("$oid" | "$symbol" | "$uuid", Value::String(s))) => Some(s.clone()),
+            Some(("$date", _)) => date_text(v),
+            _ => Some(v.to_string()),
+        },
+    }
+}
+
+/// Why a value cannot be a reservation id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadId(pub String);
+
+/// A document `_id` as the text PRODUCT.md fixes: an ObjectId as its 24 hex
+/// digits, a string as itself, a number in decimal. Other documents (compound
+/// ids, UUIDs in binary) become their compact JSON, which is stable because
+/// `serde_json::Map` keeps keys sorted.
+pub fn id_text(v: &Value) -> Result<String, BadId> {
+    match v {
+        Value::String(s) if !s.is_empty() => Ok(s.clone()),
+        Value::String(_) => Err(BadId("the id is an empty string".into())),
+        Value::Number(n) => Ok(number_text(n)),
+        Value::Object(m) if m.is_empty() => Err(BadId("the id is an empty document".into())),
+        Value::Object(_) => match wrapper(v) {
+            Some(("$oid", Value::String(s))) if s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(s.to_ascii_lowercase()),
+            Some(("$oid", other)) => Err(BadId(format!("{{\"$oid\": {other}}} is not 24 hex digits"))),
+            Some(("$numberInt" | "$numberLong" | "$numberDouble" | "$numberDecimal", Value::String(s))) => Ok(numeric_string_text(s)),
+            Some(("$uuid", Value::String(s))) => Ok(s.clone()),
+            Some(("$date", _)) => date_text(v).ok_or_else(|| BadId("the id is an unreadable date".into())),
+            _ => Ok(v.to_string()),
+        },
+        Value::Null => Err(BadId("the id is null".into())),
+        Value::Bool(_) => Err(BadId("the id is a boolean".into())),
+        Value::Array(_) => Err(BadId("the id is an array (MongoDB forbids array ids)".into())),
+    }
+}
+
+/// The value at a dotted path (`stay.room`) inside a document.
+pub fn at_path<'v>(doc: &'v Map<String, Value>, path: &str) -> Option<&'v Value> {
+    let mut parts = path.split('.');
+    let mut cur = doc.get(parts.next()?)?;
+    for part in parts {
+        cur = match cur {
+            Value::Object(m) => m.get(part)?,
+            Value::Array(a) => a.get(part.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// A BSON timestamp `{"$timestamp": {"t": …, "i": …}}` (every dialect writes it
+/// so), or a bare 64-bit number holding `t << 32 | i`.
+pub fn timestamp(v: &Value) -> Option<(u32, u32)> {
+    match v {
+        Value::Number(n) => n.as_u64().map(|x| ((x >> 32) as u32, x as u32)),
+        _ => match wrapper(v)? {
+            ("$timestamp", Value::Object(ti)) => {
+                let part = |k: &str| ti.get(k).and_then(|x| x.as_u64().or_else(|| x.as_str()?.parse().ok())).and_then(|x| u32::try_from(x).ok());
+                Some((part("t")?, part("i")?))
+            }
+            _ => None,
+        },
+    }
+}
+
+/// The cluster time inside a change stream resume token (`_id._data`): its
+/// KeyString starts with type byte 0x82 and the 8-byte big-endian timestamp.
+/// Used only when a record lost its `clusterTime`.
+pub fn resume_token_time(token: &Value) -> Option<(u32, u32)> {
+    let data = token.get("_data")?.as_str()?;
+    if data.len() < 18 || !data[..2].eq_ignore_ascii_case("82") {
+        return None;
+    }
+    let t = u32::from_str_radix(data.get(2..10)?, 16).ok()?;
+    let i = u32::from_str_radix(data.get(10..18)?, 16).ok()?;
+    Some((t, i))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn dates_agree_across_dialects() {
+        let legacy = json!({"$date": 1683793627000i64});
+        let canonical = json!({"$date": {"$numberLong": "1683793627000"}});
+        let relaxed = json!({"$date": "2023-05-11T08:27:07Z"});
+        let simplified = json!("2023-05-11T08:27:07.000Z");
+        let flattened = json!(1683793627000i64);
+        for v in [legacy, canonical, relaxed, simplified, flattened] {
+            assert_eq!(date_text(&v).as_deref(), Some("2023-05-11T08:27:07Z"), "{v}");
+        }
+        assert_eq!(date_text(&json!("TBD")).as_deref(), Some("TBD"));
+        assert_eq!(date_text(&Value::Null), None);
+    }
+
+    #[test]
+    fn numbers_agree_across_dialects() {
+        for v in [json!(305), json!(305.0), json!("305"), json!({"$numberInt": "305"}), json!({"$numberLong": "305"}), json!({"$numberDouble": "305.0"})] {
+            assert_eq!(scalar_text(&v).as_deref(), Some("305"), "{v}");
+        }
+        assert_eq!(scalar_text(&json!(30.5)).as_deref(), Some("30.5"));
+    }
+
+    #[test]
+    fn ids_follow_the_product_rules() {
+        assert_eq!(id_text(&json!({"$oid": "6502AAAAAAAAAAAAAAAAAAAA"})).unwrap(), "6502aaaaaaaaaaaaaaaaaaaa");
+        assert_eq!(id_text(&json!("R-1")).unwrap(), "R-1");
+        assert_eq!(id_text(&json!(42)).unwrap(), "42");
+        assert_eq!(id_text(&json!({"$numberLong": "42"})).unwrap(), "42");
+        assert_eq!(id_text(&json!({"b": 1, "a": 2})).unwrap(), r#"{"a":2,"b":1}"#);
+        for bad in [json!(null), json!(true), json!([1]), json!(""), json!({}), json!({"$oid": "xyz"})] {
+            assert!(id_text(&bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn timestamps_and_resume_tokens() {
+        assert_eq!(timestamp(&json!({"$timestamp": {"t": 1795300000u32, "i": 4}})), Some((1_795_300_000, 4)));
+        assert_eq!(timestamp(&json!((7u64 << 32) | 9)), Some((7, 9)));
+        let token = json!({"_data": "8263F1A2B3000000042B022C0100296E5A1004"});
+        assert_eq!(resume_token_time(&token), Some((0x63F1A2B3, 4)));
+        assert_eq!(resume_token_time(&json!({"_data": "zz"})), None);
+    }
+}

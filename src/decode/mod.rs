@@ -1,0 +1,454 @@
+//! Decoders: one Kafka record (key and value bytes) in, one normalized
+//! [`Change`] (or a typed, permanent [`DecodeError`]) out.
+//!
+//! Pure: no I/O, no clock, no state. Every form the MongoDB Kafka source
+//! connector and Debezium's MongoDB connector write is recognized here:
+//! plain JSON, a JSON string holding the JSON, the JsonConverter envelope, all
+//! three Extended JSON dialects, full-document-only values and
+//! ExtractNewDocumentState-flattened values.
+//!
+//! Speed matters (every input record passes here), so the value is read in one
+//! pass with a visitor that keeps only what resevent tracks: the envelope keys
+//! and the mapped document fields. A 1 KB `fullDocument` with a guest profile
+//! is skipped over, never built into a tree.
+
+mod debezium;
+pub mod extjson;
+mod mongo;
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use crate::change::{Change, Delta, DocumentValues, Edit, Field};
+
+/// Which connector wrote the records. `Auto` tells them apart per record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    /// Recognize each record's format from its shape.
+    Auto,
+    /// MongoDB Kafka source connector (change-stream documents, or full documents only).
+    Mongo,
+    /// Debezium MongoDB connector (envelope, or ExtractNewDocumentState-flattened).
+    Debezium,
+}
+
+/// Where the tracked values live in a reservation document (dotted paths).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldPaths {
+    pub id: String,
+    pub status: String,
+    /// Indexed by `Field as usize`.
+    pub fields: [String; 4],
+}
+
+impl Default for FieldPaths {
+    fn default() -> Self {
+        FieldPaths {
+            id: "_id".into(),
+            status: "bookingStatus".into(),
+            fields: ["propertyId".into(), "roomNumber".into(), "arrivalDate".into(), "departureDate".into()],
+        }
+    }
+}
+
+impl FieldPaths {
+    fn all(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.id.as_str()).chain(std::iter::once(self.status.as_str())).chain(self.fields.iter().map(String::as_str))
+    }
+
+    /// Whether a document key (or an `updatedFields` dotted path) can hold a
+    /// tracked value: it is a tracked path or a prefix of one.
+    fn relevant(&self, key: &str) -> bool {
+        self.all().any(|p| covers(key, p))
+    }
+}
+
+/// Whether `key` is `path` or an ancestor of it (`stay` covers `stay.room`).
+fn covers(key: &str, path: &str) -> bool {
+    path == key || (path.len() > key.len() && path.starts_with(key) && path.as_bytes()[key.len()] == b'.')
+}
+
+/// Why a record cannot be processed. Every variant is permanent: the same
+/// bytes fail the same way on every retry, so the record belongs in the
+/// dead-letter path, never in a retry loop.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("the value is not UTF-8 text (byte {0} is invalid); connectors write JSON as UTF-8, so check the producer's value.converter")]
+    NotUtf8(usize),
+    #[error("the value is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("the value is not a change event: {0}")]
+    NotAChange(String),
+    #[error("no reservation id: {0}")]
+    MissingId(String),
+    #[error("the reservation id is unusable: {0}")]
+    InvalidId(String),
+    #[error("unknown operation {0}; expected insert, update, replace or delete (MongoDB) or c, u, d, r (Debezium)")]
+    UnknownOperation(String),
+    #[error("malformed change event: {0}")]
+    Malformed(String),
+    #[error("this is a {found} record but --format {expected} was given; use --format auto or the matching format")]
+    WrongFormat { expected: &'static str, found: &'static str },
+}
+
+impl DecodeError {
+    /// A short, stable name for logs, counters and dead-letter headers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DecodeError::NotUtf8(_) => "not-utf8",
+            DecodeError::NotJson(_) => "not-json",
+            DecodeError::NotAChange(_) => "not-a-change",
+            DecodeError::MissingId(_) => "missing-id",
+            DecodeError::InvalidId(_) => "invalid-id",
+            DecodeError::UnknownOperation(_) => "unknown-operation",
+            DecodeError::Malformed(_) => "malformed",
+            DecodeError::WrongFormat { .. } => "wrong-format",
+        }
+    }
+
+    /// Decode errors never go away by retrying the same bytes.
+    pub fn is_retryable(&self) -> bool {
+        false
+    }
+}
+
+fn json_error(e: serde_json::Error) -> DecodeError {
+    DecodeError::NotJson(e.to_string())
+}
+
+/// What a record decodes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decoded {
+    Change(Change),
+    /// A record that is valid but carries no reservation change (a tombstone,
+    /// a collection-level event such as `drop`); the reason says which.
+    Ignored(&'static str),
+}
+
+/// Turns record bytes into changes, for one format and one field mapping.
+#[derive(Clone, Debug)]
+pub struct Decoder {
+    format: Format,
+    paths: FieldPaths,
+}
+
+impl Decoder {
+    pub fn new(format: Format, paths: FieldPaths) -> Self {
+        Decoder { format, paths }
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Decodes one record. `key` is the record key (Debezium puts a deleted
+    /// document's id only there); `value` is `None` for a tombstone.
+    pub fn decode(&self, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Decoded, DecodeError> {
+        let Some(value) = value else { return Ok(Decoded::Ignored("tombstone (null value)")) };
+        let text = std::str::from_utf8(value).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?;
+        let key = match key {
+            Some(k) => Some(std::str::from_utf8(k).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?),
+            None => None,
+        };
+        self.decode_text(key, text, 0)
+    }
+
+    /// Decodes a value given as text; `unwrapped` counts the string or
+    /// JsonConverter layers already peeled off, so a value cannot nest forever.
+    fn decode_text(&self, key: Option<&str>, text: &str, unwrapped: u8) -> Result<Decoded, DecodeError> {
+        let trimmed = text.trim_start();
+        match trimmed.as_bytes().first() {
+            None => return Err(DecodeError::NotJson("the value is empty".into())),
+            Some(b'{') => {}
+            Some(b'"') if unwrapped < 2 => {
+                // StringConverter, or JsonConverter without schemas: a JSON string holding the JSON.
+                let inner: String = serde_json::from_str(trimmed).map_err(json_error)?;
+                return self.decode_text(key, &inner, unwrapped + 1);
+            }
+            Some(b'n') if trimmed.trim_end() == "null" => return Ok(Decoded::Ignored("tombstone (null value)")),
+            Some(_) => {
+                let v: Value = serde_json::from_str(trimmed).map_err(json_error)?;
+                return Err(DecodeError::NotAChange(format!("the value is a JSON {}, not a document", kind_of(&v))));
+            }
+        }
+        let mut de = serde_json::Deserializer::from_str(trimmed);
+        let top = TopSeed(&self.paths).deserialize(&mut de).map_err(json_error)?;
+        de.end().map_err(json_error)?;
+
+        if let Some(payload) = top.payload.as_ref().filter(|_| top.schema) {
+            // JsonConverter with schemas.enable=true: {"schema": …, "payload": …}.
+            if unwrapped >= 2 {
+                return Err(DecodeError::NotAChange("JsonConverter envelopes nested too deep".into()));
+            }
+            return self.decode_text(key, payload.get(), unwrapped + 1);
+        }
+        if top.operation_type.is_some() {
+            if self.format == Format::Debezium {
+                return Err(DecodeError::WrongFormat { expected: "debezium", found: "MongoDB source connector change" });
+            }
+            return mongo::decode(top, &self.paths);
+        }
+        if top.op.is_some() {
+            if self.format == Format::Mongo {
+                return Err(DecodeError::WrongFormat { expected: "mongo", found: "Debezium envelope" });
+            }
+            return debezium::decode(top, key, &self.paths);
+        }
+        if top.document_key.is_some() || top.full_document.is_some() || top.update_description.is_some() || top.cluster_time.is_some() {
+            return Err(DecodeError::Malformed("a change-stream event (documentKey, fullDocument, clusterTime…) without operationType".into()));
+        }
+        if top.after.is_some() || top.patch.is_some() {
+            return Err(DecodeError::Malformed("a Debezium envelope (after or patch) without op".into()));
+        }
+        debezium::decode_document(top, key, &self.paths, self.format)
+    }
+}
+
+fn kind_of(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+/// The tracked entries of one document (or of `updatedFields`): the keys that
+/// are tracked paths or ancestors of one, with their values.
+#[derive(Debug, Default)]
+struct Captured(Vec<(String, Value)>);
+
+impl Captured {
+    /// The value at `path`, looking through an ancestor's value when the key
+    /// is an ancestor (`updatedFields: {"stay": {...}}` sets `stay.room`).
+    /// `Some(None)` means an ancestor was set without the path in it.
+    fn lookup(&self, path: &str) -> Option<Option<&Value>> {
+        let mut found = None;
+        for (k, v) in &self.0 {
+            if k == path {
+                found = Some(Some(v));
+            } else if covers(k, path) {
+                let rest = &path[k.len() + 1..];
+                found = Some(match v {
+                    Value::Object(m) => extjson::at_path(m, rest),
+                    _ => None,
+                });
+            }
+        }
+        found
+    }
+
+    /// The document's id (at the id path), if it has one.
+    fn id(&self, paths: &FieldPaths) -> Option<Result<String, DecodeError>> {
+        let v = self.lookup(&paths.id)??;
+        Some(extjson::id_text(v).map_err(|e| DecodeError::InvalidId(e.0)))
+    }
+
+    fn values(&self, paths: &FieldPaths) -> DocumentValues {
+        let status = self.lookup(&paths.status).flatten().and_then(extjson::scalar_text);
+        let fields = Field::ALL.map(|f| {
+            let v = self.lookup(&paths.fields[f as usize]).flatten()?;
+            if f.is_date() { extjson::date_text(v) } else { extjson::scalar_text(v) }
+        });
+        DocumentValues { status, fields }
+    }
+}
+
+/// Builds a delta from `updatedFields` entries and `removedFields` paths.
+fn delta(updated: &Captured, removed: &[String], paths: &FieldPaths) -> Delta {
+    let edit = |path: &str, date: bool| -> Edit {
+        if removed.iter().any(|r| covers(r, path)) {
+            return Edit::Remove;
+        }
+        match updated.lookup(path) {
+            None => Edit::Keep,
+            Some(v) => {
+                let text = v.and_then(|v| if date { extjson::date_text(v) } else { extjson::scalar_text(v) });
+                text.map_or(Edit::Remove, Edit::Set)
+            }
+        }
+    };
+    Delta { status: edit(&paths.status, false), fields: Field::ALL.map(|f| edit(&paths.fields[f as usize], f.is_date())) }
+}
+
+/// Parses a document given as text (Debezium's `after`) or as a JSON value
+/// that holds such text, keeping only the tracked entries.
+fn document_from_text(text: &str, paths: &FieldPaths, what: &str) -> Result<Option<Captured>, DecodeError> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let doc = CaptureSeed(paths).deserialize(&mut de).map_err(|e| DecodeError::Malformed(format!("{what} is not a JSON document: {e}")))?;
+    de.end().map_err(|e| DecodeError::Malformed(format!("{what} has trailing data: {e}")))?;
+    Ok(doc)
+}
+
+/// A document that may arrive as an object or as a string holding one
+/// (Debezium writes `after`, `before`, `patch` and `updatedFields` as strings).
+fn document_from_raw(raw: &RawValue, paths: &FieldPaths, what: &str) -> Result<Option<Captured>, DecodeError> {
+    let text = raw.get();
+    if text.starts_with('"') {
+        let inner: String = serde_json::from_str(text).map_err(json_error)?;
+        document_from_text(&inner, paths, what)
+    } else {
+        document_from_text(text, paths, what)
+    }
+}
+
+/// The top-level keys of a record value that decide its format, and the
+/// tracked document entries found at top level (full-document-only and
+/// flattened values are the document itself).
+#[derive(Default)]
+struct Top {
+    id: Option<Value>,
+    operation_type: Option<Value>,
+    /// `Some(None)` when present and null.
+    full_document: Option<Option<Captured>>,
+    document_key: Option<Value>,
+    update_description: Option<Box<RawValue>>,
+    cluster_time: Option<Value>,
+    wall_time: Option<Value>,
+    op: Option<Value>,
+    after: Option<Box<RawValue>>,
+    before: Option<Box<RawValue>>,
+    source: Option<Value>,
+    patch: Option<Box<RawValue>>,
+    filter: Option<Box<RawValue>>,
+    schema: bool,
+    payload: Option<Box<RawValue>>,
+    /// ExtractNewDocumentState's added fields (`__op`, `__deleted`, `__source_*`).
+    flat: Map<String, Value>,
+    document: Captured,
+}
+
+/// A map key, borrowed when the input allows it (no escapes), so skipped keys
+/// cost no allocation.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> de::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(s.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The fields ExtractNewDocumentState adds with `add.fields` and
+/// `delete.handling.mode=rewrite` (`__deleted`).
+const FLAT_KEYS: [&str; 6] = ["__op", "__deleted", "__source_ts_ms", "__source_ord", "__source_snapshot", "__ts_ms"];
+
+struct TopSeed<'p>(&'p FieldPaths);
+
+impl<'de> DeserializeSeed<'de> for TopSeed<'_> {
+    type Value = Top;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Top, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for TopSeed<'_> {
+    type Value = Top;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a change event document")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top, A::Error> {
+        let mut top = Top::default();
+        while let Some(Key(key)) = map.next_key::<Key>()? {
+            let key = key.as_ref();
+            match key {
+                "fullDocument" => top.full_document = Some(map.next_value_seed(CaptureSeed(self.0))?),
+                "updateDescription" => top.update_description = Some(map.next_value()?),
+                "after" => top.after = Some(map.next_value()?),
+                "before" => top.before = Some(map.next_value()?),
+                "patch" => top.patch = Some(map.next_value()?),
+                "filter" => top.filter = Some(map.next_value()?),
+                "payload" => top.payload = Some(map.next_value()?),
+                "schema" => {
+                    map.next_value::<IgnoredAny>()?;
+                    top.schema = true;
+                }
+                _ => {
+                    let slot = match key {
+                        "_id" => Some(&mut top.id),
+                        "operationType" => Some(&mut top.operation_type),
+                        "documentKey" => Some(&mut top.document_key),
+                        "clusterTime" => Some(&mut top.cluster_time),
+                        "wallTime" => Some(&mut top.wall_time),
+                        "op" => Some(&mut top.op),
+                        "source" => Some(&mut top.source),
+                        _ => None,
+                    };
+                    let tracked = self.0.relevant(key);
+                    let flat = FLAT_KEYS.contains(&key);
+                    if slot.is_none() && !tracked && !flat {
+                        map.next_value::<IgnoredAny>()?;
+                        continue;
+                    }
+                    let v: Value = map.next_value()?;
+                    if flat {
+                        top.flat.insert(key.to_owned(), v.clone());
+                    }
+                    if tracked {
+                        top.document.0.push((key.to_owned(), v.clone()));
+                    }
+                    if let Some(slot) = slot {
+                        *slot = Some(v);
+                    }
+                }
+            }
+        }
+        Ok(top)
+    }
+}
+
+/// Reads a document keeping only tracked entries; `None` for a JSON null.
+struct CaptureSeed<'p>(&'p FieldPaths);
+
+impl<'de> DeserializeSeed<'de> for CaptureSeed<'_> {
+    type Value = Option<Captured>;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for CaptureSeed<'_> {
+    type Value = Option<Captured>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a document or null")
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Captured::default();
+        while let Some(Key(key)) = map.next_key::<Key>()? {
+            if self.0.relevant(&key) {
+                out.0.push((key.into_owned(), map.next_value()?));
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(Some(out))
+    }
+}
+
+#[cfg(test)]
+mod tests;

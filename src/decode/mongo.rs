@@ -1,0 +1,129 @@
+//! The MongoDB Kafka source connector's change-stream documents.
+//!
+//! `operationType` insert / replace / update / delete, `documentKey`,
+//! `fullDocument` (present on updates only with `updateLookup`, and then
+//! possibly later than the change), `updateDescription`, `clusterTime`,
+//! `wallTime`, and copy-existing records (`_id: {"_id": …, "copyingData": true}`).
+
+use serde_json::Value;
+
+use super::{Captured, DecodeError, Decoded, FieldPaths, Top, delta, extjson};
+use crate::change::{Change, Operation, SourcePosition};
+
+/// Change-stream events about the collection or database, not a document.
+/// They are valid input that changes no reservation.
+const COLLECTION_EVENTS: [&str; 11] = [
+    "drop",
+    "rename",
+    "dropDatabase",
+    "invalidate",
+    "create",
+    "createIndexes",
+    "dropIndexes",
+    "modify",
+    "shardCollection",
+    "refineCollectionShardKey",
+    "reshardCollection",
+];
+
+pub(super) fn decode(top: Top, paths: &FieldPaths) -> Result<Decoded, DecodeError> {
+    let op = match &top.operation_type {
+        Some(Value::String(s)) => s.as_str(),
+        Some(other) => return Err(DecodeError::Malformed(format!("operationType is {other}, not a string"))),
+        None => unreachable!("mongo::decode is called only with an operationType"),
+    };
+    if COLLECTION_EVENTS.contains(&op) {
+        return Ok(Decoded::Ignored("collection-level change-stream event (drop, rename, invalidate, …)"));
+    }
+    let full = top.full_document.as_ref().and_then(Option::as_ref);
+    let doc_values = |what: &str| -> Result<_, DecodeError> {
+        full.map(|d| d.values(paths)).ok_or_else(|| DecodeError::Malformed(format!("{what} event without fullDocument")))
+    };
+    let operation = match op {
+        "insert" => Operation::Insert(doc_values("an insert")?),
+        "replace" => Operation::Replace(doc_values("a replace")?),
+        "update" => {
+            let raw = top
+                .update_description
+                .as_ref()
+                .ok_or_else(|| DecodeError::Malformed("an update event without updateDescription".into()))?;
+            let ud: UpdateDescription = serde_json::from_str(raw.get())
+                .map_err(|e| DecodeError::Malformed(format!("updateDescription is not {{updatedFields, removedFields}}: {e}")))?;
+            let updated = match &ud.updated_fields {
+                Some(raw) => super::document_from_raw(raw, paths, "updateDescription.updatedFields")?.unwrap_or_default(),
+                None => Captured::default(),
+            };
+            let removed = removed_fields(ud.removed_fields.as_deref())?;
+            Operation::Update { delta: delta(&updated, &removed, paths), lookup: full.map(|d| d.values(paths)) }
+        }
+        "delete" => Operation::Delete,
+        other => return Err(DecodeError::UnknownOperation(format!("{other:?}"))),
+    };
+
+    let copying = top.id.as_ref().is_some_and(|id| matches!(id.get("copyingData"), Some(Value::Bool(true))) || id.get("copyingData").and_then(Value::as_str) == Some("true"));
+    let reservation_id = reservation_id(&top, full, paths, copying)?;
+    let cluster_time = match &top.cluster_time {
+        Some(v) => Some(extjson::timestamp(v).ok_or_else(|| DecodeError::Malformed(format!("clusterTime {v} is not a BSON timestamp {{\"$timestamp\": {{\"t\": …, \"i\": …}}}}")))?),
+        None => None,
+    };
+    let position = cluster_time.or_else(|| top.id.as_ref().and_then(extjson::resume_token_time)).map(|(t, i)| SourcePosition::Cluster { t, i });
+    let occurred_at_ms = top
+        .wall_time
+        .as_ref()
+        .and_then(extjson::date_millis)
+        .or_else(|| match position {
+            Some(SourcePosition::Cluster { t, .. }) => Some(i64::from(t) * 1000),
+            _ => None,
+        });
+    Ok(Decoded::Change(Change { reservation_id, operation, position, occurred_at_ms, snapshot: copying }))
+}
+
+#[derive(serde::Deserialize)]
+struct UpdateDescription {
+    #[serde(rename = "updatedFields")]
+    updated_fields: Option<Box<serde_json::value::RawValue>>,
+    #[serde(rename = "removedFields")]
+    removed_fields: Option<Box<serde_json::value::RawValue>>,
+}
+
+/// `removedFields`: an array of dotted paths, or (Debezium) a string holding one.
+pub(super) fn removed_fields(raw: Option<&serde_json::value::RawValue>) -> Result<Vec<String>, DecodeError> {
+    let Some(raw) = raw else { return Ok(Vec::new()) };
+    let v: Value = serde_json::from_str(raw.get()).map_err(super::json_error)?;
+    let v = match v {
+        Value::String(s) => serde_json::from_str(&s).map_err(|e| DecodeError::Malformed(format!("removedFields string is not a JSON array: {e}")))?,
+        v => v,
+    };
+    match v {
+        Value::Null => Ok(Vec::new()),
+        Value::Array(items) => items
+            .into_iter()
+            .map(|i| match i {
+                Value::String(s) => Ok(s),
+                other => Err(DecodeError::Malformed(format!("removedFields holds {other}, not a field path"))),
+            })
+            .collect(),
+        other => Err(DecodeError::Malformed(format!("removedFields is {other}, not an array"))),
+    }
+}
+
+fn reservation_id(top: &Top, full: Option<&Captured>, paths: &FieldPaths, copying: bool) -> Result<String, DecodeError> {
+    if let Some(key) = &top.document_key {
+        let Value::Object(m) = key else {
+            return Err(DecodeError::Malformed(format!("documentKey is {key}, not a document")));
+        };
+        if let Some(v) = extjson::at_path(m, &paths.id) {
+            return extjson::id_text(v).map_err(|e| DecodeError::InvalidId(e.0));
+        }
+    }
+    if let Some(id) = full.and_then(|d| d.id(paths)) {
+        return id;
+    }
+    if copying {
+        // Copy-existing records carry the document's id inside their own _id.
+        if let Some(v) = top.id.as_ref().and_then(|id| id.get("_id")) {
+            return extjson::id_text(v).map_err(|e| DecodeError::InvalidId(e.0));
+        }
+    }
+    Err(DecodeError::MissingId(format!("neither documentKey nor fullDocument holds {:?}", paths.id)))
+}

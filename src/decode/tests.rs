@@ -1,0 +1,285 @@
+//! Decoder tests per format and dialect, and robustness against arbitrary input.
+
+use super::*;
+use crate::change::{Edit, Operation, SourcePosition};
+use proptest::prelude::*;
+use serde_json::json;
+
+fn dec() -> Decoder {
+    Decoder::new(Format::Auto, FieldPaths::default())
+}
+
+fn change(value: &str) -> Change {
+    change_keyed(None, value)
+}
+
+fn change_keyed(key: Option<&str>, value: &str) -> Change {
+    match dec().decode(key.map(str::as_bytes), Some(value.as_bytes())) {
+        Ok(Decoded::Change(c)) => c,
+        other => panic!("expected a change from {value}, got {other:?}"),
+    }
+}
+
+fn err(value: &str) -> DecodeError {
+    match dec().decode(None, Some(value.as_bytes())) {
+        Err(e) => e,
+        other => panic!("expected an error from {value}, got {other:?}"),
+    }
+}
+
+const OID: &str = "6502a1f0c3b7e41d9a200001";
+
+fn mongo_update(updated: serde_json::Value, removed: serde_json::Value) -> String {
+    json!({
+        "_id": {"_data": "8263F1A2B3000000042B022C0100296E5A1004"},
+        "operationType": "update",
+        "clusterTime": {"$timestamp": {"t": 1_795_300_000u32, "i": 4}},
+        "wallTime": {"$date": 1_795_300_000_120i64},
+        "ns": {"db": "property", "coll": "reservation"},
+        "documentKey": {"_id": {"$oid": OID}},
+        "updateDescription": {"updatedFields": updated, "removedFields": removed, "truncatedArrays": []}
+    })
+    .to_string()
+}
+
+#[test]
+fn mongo_update_reads_the_delta_position_and_wall_time() {
+    let c = change(&mongo_update(json!({"roomNumber": 305, "notes": "x"}), json!(["departureDate"])));
+    assert_eq!(c.reservation_id, OID);
+    assert_eq!(c.position, Some(SourcePosition::Cluster { t: 1_795_300_000, i: 4 }));
+    assert_eq!(c.occurred_at_ms, Some(1_795_300_000_120));
+    let Operation::Update { delta, lookup } = c.operation else { panic!() };
+    assert_eq!(lookup, None);
+    assert_eq!(delta.status, Edit::Keep);
+    assert_eq!(delta.fields[Field::Room as usize], Edit::Set("305".into()));
+    assert_eq!(delta.fields[Field::Departure as usize], Edit::Remove);
+    assert_eq!(delta.fields[Field::Property as usize], Edit::Keep);
+}
+
+#[test]
+fn the_three_wrappings_of_one_change_decode_alike() {
+    let plain = mongo_update(json!({"bookingStatus": "Arrived"}), json!([]));
+    let wrapped = serde_json::to_string(&plain).unwrap();
+    let converter = json!({"schema": {"type": "string", "optional": false}, "payload": plain}).to_string();
+    let expected = change(&plain);
+    assert_eq!(change(&wrapped), expected);
+    assert_eq!(change(&converter), expected);
+}
+
+#[test]
+fn dialects_of_a_full_document_agree() {
+    let doc = |id: serde_json::Value, room: serde_json::Value, date: serde_json::Value| {
+        json!({"operationType": "insert", "clusterTime": {"$timestamp": {"t": 7, "i": 1}}, "documentKey": {"_id": id.clone()},
+               "fullDocument": {"_id": id, "propertyId": "P1", "bookingStatus": "Arrived", "roomNumber": room, "arrivalDate": date.clone(), "departureDate": date,
+                                "guest": {"name": "A", "nested": [1, 2, {"deep": true}]}}})
+        .to_string()
+    };
+    let legacy = change(&doc(json!({"$oid": OID}), json!(305), json!({"$date": 1_683_793_627_000i64})));
+    let canonical = change(&doc(json!({"$oid": OID}), json!({"$numberInt": "305"}), json!({"$date": {"$numberLong": "1683793627000"}})));
+    let relaxed = change(&doc(json!(OID), json!("305"), json!("2023-05-11T08:27:07Z")));
+    let relaxed_date = change(&doc(json!(OID), json!(305), json!({"$date": "2023-05-11T08:27:07.000Z"})));
+    assert_eq!(legacy, canonical);
+    assert_eq!(legacy, relaxed);
+    assert_eq!(legacy, relaxed_date);
+    let Operation::Insert(v) = legacy.operation else { panic!() };
+    assert_eq!(v.get(Field::Room), Some("305"));
+    assert_eq!(v.get(Field::Arrival), Some("2023-05-11T08:27:07Z"));
+    assert_eq!(v.status.as_deref(), Some("Arrived"));
+}
+
+#[test]
+fn copy_existing_records_seed_and_take_their_id_from_the_token() {
+    let v = json!({"_id": {"_id": {"$oid": OID}, "copyingData": true}, "operationType": "insert",
+                   "fullDocument": {"bookingStatus": "Arrived"}, "ns": {"db": "d", "coll": "c"}})
+    .to_string();
+    let c = change(&v);
+    assert!(c.snapshot);
+    assert_eq!(c.reservation_id, OID);
+    assert_eq!(c.position, None, "copy-existing records carry no cluster time");
+}
+
+#[test]
+fn a_lost_cluster_time_is_read_from_the_resume_token() {
+    let mut v: serde_json::Value = serde_json::from_str(&mongo_update(json!({}), json!([]))).unwrap();
+    v.as_object_mut().unwrap().remove("clusterTime");
+    assert_eq!(change(&v.to_string()).position, Some(SourcePosition::Cluster { t: 0x63F1A2B3, i: 4 }));
+}
+
+#[test]
+fn debezium_envelope_with_strings_inside() {
+    let v = json!({"before": null, "after": format!("{{\"_id\": {{\"$oid\": \"{OID}\"}}, \"bookingStatus\": \"Arrived\", \"roomNumber\": 12}}"),
+                   "updateDescription": {"removedFields": null, "updatedFields": "{\"roomNumber\": 12, \"departureDate\": {\"$date\": \"2026-11-25T00:00:00Z\"}}", "truncatedArrays": null},
+                   "source": {"ts_ms": 1_795_300_000_000i64, "ord": 3, "snapshot": "false"}, "op": "u", "ts_ms": 1_795_300_000_500i64})
+    .to_string();
+    let c = change(&v);
+    assert_eq!(c.reservation_id, OID);
+    assert_eq!(c.position, Some(SourcePosition::Cluster { t: 1_795_300_000, i: 3 }));
+    assert!(!c.snapshot);
+    let Operation::Update { delta, lookup } = c.operation else { panic!() };
+    assert_eq!(delta.fields[Field::Room as usize], Edit::Set("12".into()));
+    assert_eq!(delta.fields[Field::Departure as usize], Edit::Set("2026-11-25T00:00:00Z".into()));
+    assert_eq!(lookup.unwrap().status.as_deref(), Some("Arrived"));
+}
+
+#[test]
+fn debezium_deletes_take_the_id_from_the_key_in_every_key_form() {
+    let del = json!({"before": null, "after": null, "source": {"ts_ms": 1000, "ord": 1}, "op": "d"}).to_string();
+    for (key, id) in [
+        (json!({"id": format!("{{\"$oid\": \"{OID}\"}}")}).to_string(), OID),
+        (json!({"id": "\"R-2026-0042\""}).to_string(), "R-2026-0042"),
+        (json!({"id": "1004"}).to_string(), "1004"),
+        (json!({"id": "R-7"}).to_string(), "R-7"),
+        (json!({"schema": {"type": "struct"}, "payload": {"id": "\"R-9\""}}).to_string(), "R-9"),
+    ] {
+        let c = change_keyed(Some(&key), &del);
+        assert_eq!(c.reservation_id, id, "key {key}");
+        assert_eq!(c.operation, Operation::Delete);
+    }
+    assert!(matches!(dec().decode(None, Some(del.as_bytes())), Err(DecodeError::MissingId(_))));
+}
+
+#[test]
+fn debezium_snapshot_reads_and_replaces() {
+    let after = format!("{{\"_id\": \"R-1\", \"bookingStatus\": \"Arrived\"}}");
+    let r = json!({"after": after, "source": {"ts_ms": 5000, "ord": -1, "snapshot": "true"}, "op": "r"}).to_string();
+    let c = change(&r);
+    assert!(c.snapshot);
+    assert_eq!(c.position, Some(SourcePosition::Cluster { t: 5, i: 0 }));
+    let replace = json!({"after": after, "updateDescription": null, "source": {"ts_ms": 6000, "ord": 1}, "op": "u"}).to_string();
+    assert!(matches!(change(&replace).operation, Operation::Replace(_)));
+}
+
+#[test]
+fn debezium_one_x_patches() {
+    let base = |patch: &str| json!({"after": null, "patch": patch, "filter": "{\"_id\": \"R-1\"}", "source": {"ts_ms": 1000, "ord": 1}, "op": "u"}).to_string();
+    let Operation::Update { delta, .. } = change(&base("{\"$set\": {\"roomNumber\": \"9\"}, \"$unset\": {\"departureDate\": true}}")).operation else { panic!() };
+    assert_eq!(delta.fields[Field::Room as usize], Edit::Set("9".into()));
+    assert_eq!(delta.fields[Field::Departure as usize], Edit::Remove);
+    let Operation::Update { delta, .. } = change(&base("{\"$v\": 2, \"diff\": {\"u\": {\"bookingStatus\": \"Arrived\"}, \"d\": {\"roomNumber\": false}}}")).operation else { panic!() };
+    assert_eq!(delta.status, Edit::Set("Arrived".into()));
+    assert_eq!(delta.fields[Field::Room as usize], Edit::Remove);
+    let c = change(&base("{\"_id\": \"R-1\", \"bookingStatus\": \"Departure\"}"));
+    assert_eq!(c.reservation_id, "R-1");
+    assert!(matches!(c.operation, Operation::Replace(_)));
+}
+
+#[test]
+fn flattened_and_full_document_only_values() {
+    let flat = json!({"_id": OID, "bookingStatus": "Arrived", "arrivalDate": 1_683_793_627_000i64, "__op": "u", "__source_ts_ms": 9000, "__source_ord": 2}).to_string();
+    let c = change(&flat);
+    assert_eq!(c.position, Some(SourcePosition::Cluster { t: 9, i: 2 }));
+    let Operation::Replace(v) = c.operation else { panic!() };
+    assert_eq!(v.get(Field::Arrival), Some("2023-05-11T08:27:07Z"));
+    let deleted = json!({"__deleted": true, "__op": "d", "__source_ts_ms": 9000, "__source_ord": 3}).to_string();
+    assert_eq!(change_keyed(Some(&json!({"id": OID}).to_string()), &deleted).operation, Operation::Delete);
+    let only = json!({"_id": {"$oid": OID}, "bookingStatus": "Arrived", "guest": {"x": 1}}).to_string();
+    let c = change(&only);
+    assert_eq!(c.position, None);
+    assert!(matches!(c.operation, Operation::Replace(_)));
+}
+
+#[test]
+fn nested_field_paths_follow_updates_of_their_parents() {
+    let paths = FieldPaths { fields: ["hotel.code".into(), "stay.room".into(), "stay.from".into(), "stay.to".into()], ..FieldPaths::default() };
+    let d = Decoder::new(Format::Auto, paths);
+    let v = mongo_update(json!({"stay": {"room": "12", "to": "2026-11-25"}, "hotel.code": "P9"}), json!(["stay.from"]));
+    let Ok(Decoded::Change(c)) = d.decode(None, Some(v.as_bytes())) else { panic!() };
+    let Operation::Update { delta, .. } = c.operation else { panic!() };
+    assert_eq!(delta.fields[Field::Room as usize], Edit::Set("12".into()));
+    assert_eq!(delta.fields[Field::Departure as usize], Edit::Set("2026-11-25T00:00:00Z".into()));
+    assert_eq!(delta.fields[Field::Arrival as usize], Edit::Remove);
+    assert_eq!(delta.fields[Field::Property as usize], Edit::Set("P9".into()));
+}
+
+#[test]
+fn forced_formats_refuse_the_other_connector() {
+    let mongo = mongo_update(json!({}), json!([]));
+    let deb = json!({"after": "{\"_id\": 1}", "op": "c", "source": {"ts_ms": 1, "ord": 1}}).to_string();
+    let m = Decoder::new(Format::Mongo, FieldPaths::default());
+    let d = Decoder::new(Format::Debezium, FieldPaths::default());
+    assert!(matches!(m.decode(None, Some(deb.as_bytes())), Err(DecodeError::WrongFormat { .. })));
+    assert!(matches!(d.decode(None, Some(mongo.as_bytes())), Err(DecodeError::WrongFormat { .. })));
+    assert!(matches!(m.decode(None, Some(mongo.as_bytes())), Ok(Decoded::Change(_))));
+    assert!(matches!(d.decode(None, Some(deb.as_bytes())), Ok(Decoded::Change(_))));
+}
+
+#[test]
+fn tombstones_and_collection_events_are_ignored_not_rejected() {
+    assert!(matches!(dec().decode(None, None), Ok(Decoded::Ignored(_))));
+    assert!(matches!(dec().decode(None, Some(b"null")), Ok(Decoded::Ignored(_))));
+    let drop = json!({"_id": {"_data": "82"}, "operationType": "drop", "ns": {"db": "d", "coll": "c"}}).to_string();
+    assert!(matches!(dec().decode(None, Some(drop.as_bytes())), Ok(Decoded::Ignored(_))));
+}
+
+#[test]
+fn bad_input_gets_a_specific_error() {
+    assert!(matches!(dec().decode(None, Some(&[0x7b, 0xff, 0xfe])), Err(DecodeError::NotUtf8(1))));
+    assert!(matches!(err("{\"operationType\": "), DecodeError::NotJson(_)));
+    assert!(matches!(err("not json"), DecodeError::NotJson(_)));
+    assert!(matches!(err("42"), DecodeError::NotAChange(_)));
+    assert!(matches!(err("[1,2]"), DecodeError::NotAChange(_)));
+    assert!(matches!(err("{}"), DecodeError::NotAChange(_)));
+    assert!(matches!(err(""), DecodeError::NotJson(_)));
+    assert!(matches!(err(&json!({"operationType": "upsert", "documentKey": {"_id": 1}}).to_string()), DecodeError::UnknownOperation(_)));
+    assert!(matches!(err(&json!({"operationType": 42}).to_string()), DecodeError::Malformed(_)));
+    assert!(matches!(err(&json!({"op": "x", "after": "{}"}).to_string()), DecodeError::UnknownOperation(_)));
+    assert!(matches!(err(&json!({"operationType": "delete", "documentKey": {"_id": null}}).to_string()), DecodeError::InvalidId(_)));
+    assert!(matches!(err(&json!({"operationType": "delete", "documentKey": {"x": 1}}).to_string()), DecodeError::MissingId(_)));
+    assert!(matches!(err(&json!({"operationType": "insert", "documentKey": {"_id": 1}}).to_string()), DecodeError::Malformed(_)));
+    assert!(matches!(err(&json!({"operationType": "update", "documentKey": {"_id": 1}}).to_string()), DecodeError::Malformed(_)));
+    assert!(matches!(err(&json!({"op": "c", "after": "{broken", "source": {}}).to_string()), DecodeError::Malformed(_)));
+    assert!(matches!(err(&json!({"operationType": "delete", "documentKey": {"_id": 1}, "clusterTime": {"$timestamp": {"t": "soon", "i": 1}}}).to_string()), DecodeError::Malformed(_)));
+    assert!(matches!(err(&json!({"documentKey": {"_id": 1}, "clusterTime": {"$timestamp": {"t": 1, "i": 1}}}).to_string()), DecodeError::Malformed(_)));
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    // Deep nesting in a field resevent skips costs no stack (serde_json skips
+    // iteratively); the record is judged on what it lacks. In a tracked field
+    // the recursion limit rejects it.
+    assert!(matches!(err(&format!("{{\"operationType\": \"insert\", \"fullDocument\": {{\"x\": {deep}}}}}")), DecodeError::MissingId(_)));
+    assert!(matches!(err(&format!("{{\"operationType\": \"insert\", \"fullDocument\": {{\"bookingStatus\": {deep}}}}}")), DecodeError::NotJson(_)));
+    assert!(matches!(err(&format!("{{\"x\": {deep}}}")), DecodeError::NotAChange(_)));
+    for e in [err("{}"), err("x")] {
+        assert!(!e.is_retryable());
+        assert!(!e.kind().is_empty());
+    }
+}
+
+fn arb_json() -> impl Strategy<Value = serde_json::Value> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::Bool),
+        any::<i64>().prop_map(|n| json!(n)),
+        prop::sample::select(vec!["insert", "update", "delete", "replace", "c", "u", "d", "r", "Arrived", "$oid", "$date", "_id", "{\"_id\":1}"]).prop_map(|s| json!(s)),
+        ".{0,12}".prop_map(serde_json::Value::String),
+    ];
+    leaf.prop_recursive(5, 64, 8, |inner| {
+        let keys = prop::sample::select(vec![
+            "_id", "operationType", "fullDocument", "documentKey", "updateDescription", "updatedFields", "removedFields", "clusterTime", "$timestamp", "t", "i",
+            "op", "after", "before", "source", "ts_ms", "ord", "patch", "schema", "payload", "id", "bookingStatus", "roomNumber", "$date", "$oid", "__deleted",
+            "__op", "__source_ts_ms", "copyingData", "_data",
+        ]);
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
+            prop::collection::btree_map(keys.prop_map(String::from), inner, 0..6).prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic(key in prop::option::of(prop::collection::vec(any::<u8>(), 0..64)), value in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = dec().decode(key.as_deref(), Some(&value));
+    }
+
+    #[test]
+    fn arbitrary_json_never_panics(v in arb_json(), k in prop::option::of(arb_json()), wrap in 0u8..3) {
+        let text = match wrap {
+            0 => v.to_string(),
+            1 => serde_json::to_string(&v.to_string()).unwrap(),
+            _ => json!({"schema": {}, "payload": v}).to_string(),
+        };
+        let key = k.map(|k| k.to_string());
+        for f in [Format::Auto, Format::Mongo, Format::Debezium] {
+            let _ = Decoder::new(f, FieldPaths::default()).decode(key.as_deref().map(str::as_bytes), Some(text.as_bytes()));
+        }
+    }
+}

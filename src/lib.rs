@@ -1,0 +1,18 @@
+//! resevent: MongoDB reservation change events in, hotel business events out.
+//!
+//! The library is the whole engine; `main.rs` only builds the pieces from the
+//! command line and hands them their I/O. Modules, from the wire inwards:
+//! `decode` (record bytes → normalized [`change::Change`]), `pipeline` (the
+//! checked table), `machine` (the pure state machine), `store` (RocksDB
+//! state), `engine` (one batch through all of them) and `replay` (files in,
+//! events out).
+
+pub mod change;
+pub mod decode;
+pub mod engine;
+pub mod machine;
+pub mod pipeline;
+pub mod replay;
+pub mod store;
+pub mod time;
+pub mod workload;

@@ -1,0 +1,218 @@
+//! The state machine: `(previous state, change) -> (new state, business events)`.
+//!
+//! A pure function of the pipeline, the stored state and one normalized
+//! change. It imports nothing from tokio, rdkafka, rocksdb or mongodb, reads no
+//! clock and does no I/O, so the same input always gives the same output —
+//! which is what makes replays, retries and crash recovery safe.
+//!
+//! The rules around the table (PRODUCT.md) live here: stale and duplicate
+//! changes do nothing; snapshots only seed; an update is its delta, and a
+//! looked-up full document only seeds or fills gaps; the allowlist filters
+//! emission, never state; event ids are deterministic.
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::change::{Change, DocumentValues, Edit, Field, Operation, SourcePosition};
+use crate::pipeline::{EventType, FieldSet, Pipeline, State};
+use crate::time;
+
+/// What resevent remembers about one reservation between changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReservationState {
+    /// The table's state; `State::None` after a delete (a tombstone that keeps
+    /// the position, so an older change replayed later stays stale).
+    pub state: State,
+    /// The raw PMS status value, as business events carry it.
+    pub status: Option<String>,
+    /// Indexed by `Field as usize`.
+    pub fields: [Option<String>; 4],
+    /// The newest source position applied; `None` only if no change so far had one.
+    pub position: Option<SourcePosition>,
+}
+
+impl ReservationState {
+    pub fn get(&self, f: Field) -> Option<&str> {
+        self.fields[f as usize].as_deref()
+    }
+
+    fn values(&self) -> DocumentValues {
+        DocumentValues { status: self.status.clone(), fields: self.fields.clone() }
+    }
+}
+
+/// A business event, in the JSON shape of PRODUCT.md (the Avro schema has the
+/// same fields).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BusinessEvent {
+    pub event_id: String,
+    pub event_type: &'static str,
+    pub reservation_id: String,
+    pub property_id: Option<String>,
+    pub booking_status: Option<String>,
+    pub previous_booking_status: Option<String>,
+    pub room_number: Option<String>,
+    /// Set only when this change moved the room.
+    pub previous_room_number: Option<String>,
+    pub arrival_date: Option<String>,
+    pub departure_date: Option<String>,
+    /// Set only when this change moved the departure date.
+    pub previous_departure_date: Option<String>,
+    pub occurred_at: Option<String>,
+    pub source_position: Option<String>,
+}
+
+/// What one change did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The change is not newer than the stored position: a duplicate or a
+    /// stale replay. Nothing changes, nothing is emitted.
+    Stale,
+    /// The document's status is missing or not mapped by the pipeline. The
+    /// stored values stay as they were and nothing is emitted; callers log and
+    /// count it (a PMS may add a status before the pipeline knows it). Only
+    /// the position advances (`state`), so an older change replayed after this
+    /// one is still recognized as stale.
+    Unmapped { status: Option<String>, state: ReservationState },
+    /// The new state to store, and the events to emit, in order.
+    Applied { state: ReservationState, events: Vec<BusinessEvent> },
+}
+
+/// Applies one change to a reservation's stored state.
+pub fn apply(pipeline: &Pipeline, prev: Option<&ReservationState>, change: &Change) -> Outcome {
+    if let (Some(new), Some(stored)) = (change.position, prev.and_then(|p| p.position)) {
+        // A copy-existing record has only its input position. It cannot be
+        // ordered against a change stream position, and the stream's changes
+        // are what made the stored state, so such a seed never overwrites it
+        // (a re-read of the copy after the stream must change nothing).
+        let unordered_seed = change.snapshot && matches!((new, stored), (SourcePosition::Input(_), SourcePosition::Cluster { .. }));
+        if unordered_seed || !new.is_after(stored) {
+            return Outcome::Stale;
+        }
+    }
+    let mut live = prev.filter(|p| p.state != State::None).cloned();
+    let values = match &change.operation {
+        Operation::Insert(doc) | Operation::Replace(doc) => Some(doc.clone()),
+        Operation::Update { delta, lookup } => {
+            // The delta is the truth of an update; the looked-up document may be
+            // later than the change, so it only seeds a first-seen reservation
+            // and fills values the stored state lacks. A filled gap is learnt,
+            // not changed: it is part of the baseline the change is compared to.
+            let mut v = match live.as_mut() {
+                Some(p) => {
+                    if let Some(l) = lookup {
+                        for f in Field::ALL {
+                            fill(&mut p.fields[f as usize], &l.fields[f as usize]);
+                        }
+                    }
+                    p.values()
+                }
+                None => lookup.clone().unwrap_or_default(),
+            };
+            edit(&mut v.status, &delta.status);
+            for f in Field::ALL {
+                edit(&mut v.fields[f as usize], &delta.fields[f as usize]);
+            }
+            Some(v)
+        }
+        Operation::Delete => None,
+    };
+
+    let live = live.as_ref();
+    let position = change.position.or(prev.and_then(|p| p.position));
+    let new = match values {
+        None => ReservationState { state: State::None, status: None, fields: Default::default(), position },
+        Some(v) => {
+            let Some(state) = v.status.as_deref().and_then(|s| pipeline.statuses.get(s)).copied() else {
+                let kept = ReservationState { position, ..prev.cloned().unwrap_or_default() };
+                return Outcome::Unmapped { status: v.status, state: kept };
+            };
+            ReservationState { state, status: v.status, fields: v.fields, position }
+        }
+    };
+    if change.snapshot {
+        return Outcome::Applied { state: new, events: Vec::new() };
+    }
+
+    let from = live.map_or(State::None, |p| p.state);
+    let mut changed = FieldSet::default();
+    if new.state != State::None {
+        for f in Field::ALL {
+            if live.and_then(|p| p.get(f)) != new.get(f) {
+                changed.insert(f);
+            }
+        }
+    }
+    let events = match pipeline.rule_for(from, new.state, changed) {
+        None => Vec::new(),
+        Some(rule) => {
+            // After a delete the event describes the reservation as last known.
+            let current = if new.state == State::None { live.unwrap_or(&new) } else { &new };
+            if !pipeline.allowlist.allows(current.get(Field::Property)) {
+                Vec::new()
+            } else {
+                let previous = |f: Field| if changed.contains(f) { live.and_then(|p| p.fields[f as usize].clone()) } else { None };
+                rule.emit
+                    .iter()
+                    .map(|&t| BusinessEvent {
+                        event_id: event_id(&change.reservation_id, change.position, t, &new),
+                        event_type: t.name(),
+                        reservation_id: change.reservation_id.clone(),
+                        property_id: current.fields[Field::Property as usize].clone(),
+                        booking_status: new.status.clone(),
+                        previous_booking_status: live.and_then(|p| p.status.clone()),
+                        room_number: current.fields[Field::Room as usize].clone(),
+                        previous_room_number: previous(Field::Room),
+                        arrival_date: current.fields[Field::Arrival as usize].clone(),
+                        departure_date: current.fields[Field::Departure as usize].clone(),
+                        previous_departure_date: previous(Field::Departure),
+                        occurred_at: change.occurred_at_ms.map(time::format_millis),
+                        source_position: change.position.map(|p| p.to_string()),
+                    })
+                    .collect()
+            }
+        }
+    };
+    Outcome::Applied { state: new, events }
+}
+
+fn fill(slot: &mut Option<String>, from: &Option<String>) {
+    if slot.is_none() {
+        slot.clone_from(from);
+    }
+}
+
+fn edit(slot: &mut Option<String>, e: &Edit) {
+    match e {
+        Edit::Keep => {}
+        Edit::Set(v) => *slot = Some(v.clone()),
+        Edit::Remove => *slot = None,
+    }
+}
+
+/// The same change under the same rule always gets the same id: a hash of
+/// the reservation, the change's source position and the event type (a change
+/// emits each type at most once). A change without a position (callers give
+/// every change one; this is the fallback) hashes the state it produced.
+pub fn event_id(reservation_id: &str, position: Option<SourcePosition>, t: EventType, new: &ReservationState) -> String {
+    let mut h = Sha256::new();
+    h.update(reservation_id.as_bytes());
+    h.update([0x1f]);
+    match position {
+        Some(p) => h.update(p.to_string().as_bytes()),
+        None => h.update(format!("unpositioned {:?} {:?} {:?}", new.state, new.status, new.fields).as_bytes()),
+    }
+    h.update([0x1f]);
+    h.update(t.name().as_bytes());
+    let digest = h.finalize();
+    let mut out = String::with_capacity(32);
+    for b in &digest[..16] {
+        use std::fmt::Write;
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,296 @@
+//! The default table row by row, the rules around it, and properties over
+//! arbitrary sequences of changes.
+
+use super::*;
+use crate::change::{Delta, DocumentValues, Edit};
+use crate::pipeline::Allowlist;
+use proptest::prelude::*;
+
+const NA: &str = "Not Arrived";
+const IN: &str = "Arrived";
+const OUT: &str = "Departure";
+
+fn doc(status: &str, room: &str, departure: &str) -> DocumentValues {
+    DocumentValues {
+        status: Some(status.into()),
+        fields: [Some("P-OSL-01".into()), Some(room.into()), Some("2026-11-20T00:00:00Z".into()), Some(departure.into())],
+    }
+}
+
+fn state(status: &str, room: &str, departure: &str, t: u32) -> ReservationState {
+    let d = doc(status, room, departure);
+    let st = Pipeline::builtin().statuses[status];
+    ReservationState { state: st, status: d.status, fields: d.fields, position: Some(SourcePosition::Cluster { t, i: 0 }) }
+}
+
+fn change(op: Operation, t: u32) -> Change {
+    Change { reservation_id: "r1".into(), operation: op, position: Some(SourcePosition::Cluster { t, i: 0 }), occurred_at_ms: Some(i64::from(t) * 1000), snapshot: false }
+}
+
+fn set(status: Option<&str>, room: Option<&str>, departure: Option<&str>) -> Operation {
+    let e = |v: Option<&str>| v.map_or(Edit::Keep, |v| Edit::Set(v.into()));
+    Operation::Update { delta: Delta { status: e(status), fields: [Edit::Keep, e(room), Edit::Keep, e(departure)] }, lookup: None }
+}
+
+fn events(prev: Option<&ReservationState>, c: &Change) -> Vec<BusinessEvent> {
+    match apply(&Pipeline::builtin(), prev, c) {
+        Outcome::Applied { events, .. } => events,
+        other => panic!("expected Applied, got {other:?}"),
+    }
+}
+
+fn types(prev: Option<&ReservationState>, c: &Change) -> Vec<&'static str> {
+    events(prev, c).iter().map(|e| e.event_type).collect()
+}
+
+const D1: &str = "2026-11-24T00:00:00Z";
+const D2: &str = "2026-11-25T00:00:00Z";
+
+#[test]
+fn every_row_of_the_default_table() {
+    let ins = |s| Operation::Insert(doc(s, "101", D1));
+    // (row, previous state, change, expected event types)
+    let rows: Vec<(&str, Option<ReservationState>, Operation, Vec<&str>)> = vec![
+        ("NONE → NOT_ARRIVED", None, ins(NA), vec![]),
+        ("NONE → DEPARTED", None, ins(OUT), vec![]),
+        ("NONE → IN_HOUSE (walk-in)", None, ins(IN), vec!["CHECKED_IN"]),
+        ("NOT_ARRIVED → IN_HOUSE", Some(state(NA, "101", D1, 1)), set(Some(IN), None, None), vec!["CHECKED_IN"]),
+        ("IN_HOUSE → IN_HOUSE, room", Some(state(IN, "101", D1, 1)), set(None, Some("305"), None), vec!["ROOM_CHANGED"]),
+        ("IN_HOUSE → IN_HOUSE, departure", Some(state(IN, "101", D1, 1)), set(None, None, Some(D2)), vec!["DEPARTURE_CHANGED"]),
+        ("IN_HOUSE → IN_HOUSE, both", Some(state(IN, "101", D1, 1)), set(None, Some("305"), Some(D2)), vec!["ROOM_CHANGED", "DEPARTURE_CHANGED"]),
+        ("IN_HOUSE → DEPARTED", Some(state(IN, "101", D1, 1)), set(Some(OUT), None, None), vec!["CHECKED_OUT"]),
+        ("DEPARTED → IN_HOUSE", Some(state(OUT, "101", D1, 1)), set(Some(IN), None, None), vec!["ACCIDENTAL_CHECKOUT"]),
+        ("IN_HOUSE → NOT_ARRIVED", Some(state(IN, "101", D1, 1)), set(Some(NA), None, None), vec!["CHECKIN_REVERSED"]),
+        ("NOT_ARRIVED → DEPARTED", Some(state(NA, "101", D1, 1)), set(Some(OUT), None, None), vec!["CHECKED_OUT"]),
+        ("IN_HOUSE → deleted", Some(state(IN, "101", D1, 1)), Operation::Delete, vec!["CHECKED_OUT"]),
+        ("NOT_ARRIVED edits", Some(state(NA, "101", D1, 1)), set(None, Some("305"), Some(D2)), vec![]),
+        ("DEPARTED → DEPARTED", Some(state(OUT, "101", D1, 1)), set(Some(OUT), Some("305"), None), vec![]),
+        ("IN_HOUSE, other fields", Some(state(IN, "101", D1, 1)), set(Some(IN), None, None), vec![]),
+        ("NOT_ARRIVED → deleted", Some(state(NA, "101", D1, 1)), Operation::Delete, vec![]),
+        ("DEPARTED → deleted", Some(state(OUT, "101", D1, 1)), Operation::Delete, vec![]),
+        ("NONE → deleted", None, Operation::Delete, vec![]),
+        ("IN_HOUSE replaced in house, same values", Some(state(IN, "101", D1, 1)), Operation::Replace(doc(IN, "101", D1)), vec![]),
+        ("IN_HOUSE replaced with a new room", Some(state(IN, "101", D1, 1)), Operation::Replace(doc(IN, "202", D1)), vec!["ROOM_CHANGED"]),
+    ];
+    for (row, prev, op, expected) in rows {
+        assert_eq!(types(prev.as_ref(), &change(op, 5)), expected, "row {row}");
+    }
+}
+
+#[test]
+fn room_and_departure_events_carry_previous_values_and_the_state_after() {
+    let prev = state(IN, "101", D1, 1);
+    let evs = events(Some(&prev), &change(set(None, Some("305"), Some(D2)), 5));
+    for e in &evs {
+        assert_eq!(e.room_number.as_deref(), Some("305"));
+        assert_eq!(e.departure_date.as_deref(), Some(D2));
+        assert_eq!(e.previous_room_number.as_deref(), Some("101"));
+        assert_eq!(e.previous_departure_date.as_deref(), Some(D1));
+        assert_eq!(e.booking_status.as_deref(), Some(IN));
+        assert_eq!(e.previous_booking_status.as_deref(), Some(IN));
+        assert_eq!(e.source_position.as_deref(), Some("5:0"));
+        assert_eq!(e.occurred_at.as_deref(), Some("1970-01-01T00:00:05Z"));
+    }
+    let only_room = events(Some(&prev), &change(set(None, Some("305"), None), 5));
+    assert_eq!(only_room[0].previous_departure_date, None, "departure did not change");
+}
+
+#[test]
+fn a_delete_reports_the_last_known_reservation() {
+    let prev = state(IN, "101", D1, 1);
+    let e = &events(Some(&prev), &change(Operation::Delete, 5))[0];
+    assert_eq!(e.booking_status, None);
+    assert_eq!(e.previous_booking_status.as_deref(), Some(IN));
+    assert_eq!(e.room_number.as_deref(), Some("101"));
+    assert_eq!(e.property_id.as_deref(), Some("P-OSL-01"));
+}
+
+#[test]
+fn stale_and_duplicate_changes_do_nothing() {
+    let p = Pipeline::builtin();
+    let prev = state(IN, "101", D1, 5);
+    assert_eq!(apply(&p, Some(&prev), &change(set(Some(OUT), None, None), 5)), Outcome::Stale, "same position");
+    assert_eq!(apply(&p, Some(&prev), &change(set(Some(OUT), None, None), 4)), Outcome::Stale, "older position");
+    // A delete keeps its position: an older change replayed after it stays stale.
+    let Outcome::Applied { state: tomb, .. } = apply(&p, Some(&prev), &change(Operation::Delete, 6)) else { panic!() };
+    assert_eq!(tomb.state, State::None);
+    assert_eq!(tomb.position, Some(SourcePosition::Cluster { t: 6, i: 0 }));
+    assert_eq!(apply(&p, Some(&tomb), &change(Operation::Insert(doc(IN, "101", D1)), 3)), Outcome::Stale);
+    // Same second, higher increment is newer.
+    let mut c = change(set(Some(OUT), None, None), 5);
+    c.position = Some(SourcePosition::Cluster { t: 5, i: 1 });
+    assert_eq!(types(Some(&prev), &c), vec!["CHECKED_OUT"]);
+}
+
+#[test]
+fn snapshots_and_copy_existing_only_seed() {
+    let mut c = change(Operation::Insert(doc(IN, "101", D1)), 5);
+    c.snapshot = true;
+    let Outcome::Applied { state, events } = apply(&Pipeline::builtin(), None, &c) else { panic!() };
+    assert!(events.is_empty());
+    assert_eq!(state.state, State::InHouse);
+    // The next real change is judged against the seeded state.
+    assert_eq!(types(Some(&state), &change(set(Some(OUT), None, None), 6)), vec!["CHECKED_OUT"]);
+}
+
+#[test]
+fn a_copy_existing_seed_never_overwrites_state_from_the_change_stream() {
+    let p = Pipeline::builtin();
+    let prev = state(IN, "101", D1, 5);
+    let mut seed = change(Operation::Insert(doc(NA, "101", D1)), 0);
+    seed.snapshot = true;
+    seed.position = Some(SourcePosition::Input(1));
+    assert_eq!(apply(&p, Some(&prev), &seed), Outcome::Stale);
+    // ... but it seeds an unknown reservation, and a stream change follows it.
+    let Outcome::Applied { state, .. } = apply(&p, None, &seed) else { panic!() };
+    assert_eq!(types(Some(&state), &change(set(Some(IN), None, None), 6)), vec!["CHECKED_IN"]);
+}
+
+#[test]
+fn the_delta_wins_over_a_later_looked_up_document() {
+    // Last night's room change, read by a connector catching up after the
+    // morning's checkout: fullDocument already says Departure, room 410.
+    let prev = state(IN, "101", D1, 1);
+    let later = doc(OUT, "410", D2);
+    let op = Operation::Update { delta: Delta { fields: [Edit::Keep, Edit::Set("305".into()), Edit::Keep, Edit::Keep], ..Default::default() }, lookup: Some(later) };
+    let Outcome::Applied { state, events } = apply(&Pipeline::builtin(), Some(&prev), &change(op, 5)) else { panic!() };
+    assert_eq!(events.iter().map(|e| e.event_type).collect::<Vec<_>>(), vec!["ROOM_CHANGED"]);
+    assert_eq!(state.state, State::InHouse);
+    assert_eq!(state.get(Field::Room), Some("305"));
+    assert_eq!(state.get(Field::Departure), Some(D1));
+}
+
+#[test]
+fn a_looked_up_document_seeds_a_first_seen_reservation_and_fills_gaps() {
+    let op = Operation::Update { delta: Delta { fields: [Edit::Keep, Edit::Set("305".into()), Edit::Keep, Edit::Keep], ..Default::default() }, lookup: Some(doc(IN, "410", D2)) };
+    let Outcome::Applied { state, events } = apply(&Pipeline::builtin(), None, &change(op, 5)) else { panic!() };
+    assert_eq!(events.iter().map(|e| e.event_type).collect::<Vec<_>>(), vec!["CHECKED_IN"]);
+    assert_eq!(state.get(Field::Room), Some("305"));
+    assert_eq!(state.get(Field::Departure), Some(D2));
+
+    // A stored state missing its departure learns it from the lookup; learning is not a change.
+    let mut prev = state_without_departure();
+    prev.position = Some(SourcePosition::Cluster { t: 1, i: 0 });
+    let op = Operation::Update { delta: Delta { fields: [Edit::Keep, Edit::Set("305".into()), Edit::Keep, Edit::Keep], ..Default::default() }, lookup: Some(doc(IN, "999", D2)) };
+    let Outcome::Applied { state, events } = apply(&Pipeline::builtin(), Some(&prev), &change(op, 5)) else { panic!() };
+    assert_eq!(events.iter().map(|e| e.event_type).collect::<Vec<_>>(), vec!["ROOM_CHANGED"]);
+    assert_eq!(state.get(Field::Departure), Some(D2));
+    assert_eq!(state.get(Field::Room), Some("305"));
+}
+
+fn state_without_departure() -> ReservationState {
+    let mut s = state(IN, "101", D1, 1);
+    s.fields[Field::Departure as usize] = None;
+    s
+}
+
+#[test]
+fn the_allowlist_filters_events_but_not_state() {
+    let mut p = Pipeline::builtin();
+    p.allowlist = Allowlist::Only(vec!["P-BGO-02".into()]);
+    let Outcome::Applied { state, events } = apply(&p, None, &change(Operation::Insert(doc(IN, "101", D1)), 5)) else { panic!() };
+    assert!(events.is_empty());
+    assert_eq!(state.state, State::InHouse);
+    // The property is added later: its next change gets correct events.
+    p.allowlist = Allowlist::Only(vec!["P-OSL-01".into()]);
+    let Outcome::Applied { events, .. } = apply(&p, Some(&state), &change(set(Some(OUT), None, None), 6)) else { panic!() };
+    assert_eq!(events[0].event_type, "CHECKED_OUT");
+}
+
+#[test]
+fn unmapped_or_missing_status_leaves_state_as_it_was() {
+    let p = Pipeline::builtin();
+    let prev = state(IN, "101", D1, 1);
+    let Outcome::Unmapped { status, state: kept } = apply(&p, Some(&prev), &change(set(Some("Cancelled"), Some("305"), None), 5)) else { panic!() };
+    assert_eq!(status.as_deref(), Some("Cancelled"));
+    assert_eq!(kept, ReservationState { position: Some(SourcePosition::Cluster { t: 5, i: 0 }), ..prev.clone() });
+    // An older change replayed after it is still stale.
+    assert_eq!(apply(&p, Some(&kept), &change(set(Some(OUT), None, None), 4)), Outcome::Stale);
+    let mut nostatus = doc(IN, "101", D1);
+    nostatus.status = None;
+    assert!(matches!(apply(&p, None, &change(Operation::Insert(nostatus), 5)), Outcome::Unmapped { status: None, .. }));
+}
+
+#[test]
+fn event_ids_are_deterministic_and_distinct() {
+    let prev = state(IN, "101", D1, 1);
+    let c = change(set(None, Some("305"), Some(D2)), 5);
+    let a = events(Some(&prev), &c);
+    let b = events(Some(&prev), &c);
+    assert_eq!(a, b);
+    assert_ne!(a[0].event_id, a[1].event_id, "two types from one change");
+    let later = events(Some(&prev), &change(set(None, Some("305"), Some(D2)), 6));
+    assert_ne!(a[0].event_id, later[0].event_id, "same type, different change");
+    assert_eq!(a[0].event_id.len(), 32);
+}
+
+// ---- properties over arbitrary sequences ----
+
+/// A small universe so sequences revisit the same reservations and values.
+fn arb_change(statuses: Vec<&'static str>) -> impl Strategy<Value = Change> {
+    let status = prop::sample::select(statuses);
+    let room = prop::sample::select(vec!["101", "202", "303"]);
+    let dep = prop::sample::select(vec![D1, D2]);
+    let op = prop_oneof![
+        (status.clone(), room.clone(), dep.clone()).prop_map(|(s, r, d)| Operation::Insert(doc(s, r, d))),
+        (status.clone(), room.clone(), dep.clone()).prop_map(|(s, r, d)| Operation::Replace(doc(s, r, d))),
+        (prop::option::of(status), prop::option::of(room), prop::option::of(dep)).prop_map(|(s, r, d)| set(s, r, d)),
+        Just(Operation::Delete),
+    ];
+    (prop::sample::select(vec!["a", "b", "c"]), op, 1u32..40, any::<bool>()).prop_map(|(id, op, t, snap)| Change {
+        reservation_id: id.into(),
+        operation: op,
+        position: Some(SourcePosition::Cluster { t, i: 0 }),
+        occurred_at_ms: None,
+        snapshot: snap && t % 7 == 0,
+    })
+}
+
+/// Runs changes through the machine over an in-memory map of states.
+fn run(states: &mut std::collections::BTreeMap<String, ReservationState>, changes: &[Change]) -> Vec<BusinessEvent> {
+    let p = Pipeline::builtin();
+    let mut out = Vec::new();
+    for c in changes {
+        match apply(&p, states.get(&c.reservation_id), c) {
+            Outcome::Applied { state, events } => {
+                states.insert(c.reservation_id.clone(), state);
+                out.extend(events);
+            }
+            Outcome::Unmapped { state, .. } => {
+                states.insert(c.reservation_id.clone(), state);
+            }
+            Outcome::Stale => {}
+        }
+    }
+    out
+}
+
+proptest! {
+    #[test]
+    fn replaying_a_sequence_again_emits_nothing(changes in prop::collection::vec(arb_change(vec![NA, IN, OUT, "Cancelled"]), 0..60)) {
+        let mut states = Default::default();
+        run(&mut states, &changes);
+        let before = states.clone();
+        prop_assert!(run(&mut states, &changes).is_empty());
+        prop_assert_eq!(states, before);
+    }
+
+    #[test]
+    fn duplicates_and_stale_changes_change_nothing(changes in prop::collection::vec(arb_change(vec![NA, IN, OUT, "Cancelled"]), 0..60)) {
+        // Keep, per reservation, only changes newer than every earlier one.
+        let mut newest: std::collections::HashMap<String, SourcePosition> = Default::default();
+        let mut deduped = Vec::new();
+        for c in &changes {
+            let pos = c.position.unwrap();
+            if newest.get(&c.reservation_id).is_none_or(|n| pos.is_after(*n)) {
+                newest.insert(c.reservation_id.clone(), pos);
+                deduped.push(c.clone());
+            }
+        }
+        let (mut a, mut b) = (Default::default(), Default::default());
+        let ea = run(&mut a, &changes);
+        let eb = run(&mut b, &deduped);
+        prop_assert_eq!(a, b);
+        prop_assert_eq!(ea, eb);
+    }
+}

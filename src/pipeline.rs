@@ -1,0 +1,529 @@
+//! The pipeline file: field mapping, status values, property allowlist and the
+//! state-machine table, read from TOML and checked once into a typed
+//! [`Pipeline`].
+//!
+//! Owns every rule about what a valid table is; a bad file is an error that
+//! names the row and the fix. It does not apply the table (that is
+//! `machine`) and does no I/O beyond reading the file it is given.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::{self, Write as _};
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::change::Field;
+use crate::decode::FieldPaths;
+
+/// The pipeline built into the binary, used when no file is found.
+pub const DEFAULT_PIPELINE: &str = include_str!("../pipelines/reservations.toml");
+
+/// A reservation's state in the table.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum State {
+    /// Never seen, or deleted.
+    #[default]
+    None = 0,
+    NotArrived = 1,
+    InHouse = 2,
+    Departed = 3,
+}
+
+impl State {
+    pub const ALL: [State; 4] = [State::None, State::NotArrived, State::InHouse, State::Departed];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            State::None => "NONE",
+            State::NotArrived => "NOT_ARRIVED",
+            State::InHouse => "IN_HOUSE",
+            State::Departed => "DEPARTED",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<State> {
+        State::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    pub fn from_u8(b: u8) -> Option<State> {
+        State::ALL.get(usize::from(b)).copied()
+    }
+}
+
+/// A business event type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum EventType {
+    CheckedIn,
+    RoomChanged,
+    DepartureChanged,
+    CheckedOut,
+    AccidentalCheckout,
+    CheckinReversed,
+}
+
+impl EventType {
+    pub const ALL: [EventType; 6] = [
+        EventType::CheckedIn,
+        EventType::RoomChanged,
+        EventType::DepartureChanged,
+        EventType::CheckedOut,
+        EventType::AccidentalCheckout,
+        EventType::CheckinReversed,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            EventType::CheckedIn => "CHECKED_IN",
+            EventType::RoomChanged => "ROOM_CHANGED",
+            EventType::DepartureChanged => "DEPARTURE_CHANGED",
+            EventType::CheckedOut => "CHECKED_OUT",
+            EventType::AccidentalCheckout => "ACCIDENTAL_CHECKOUT",
+            EventType::CheckinReversed => "CHECKIN_REVERSED",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<EventType> {
+        EventType::ALL.into_iter().find(|e| e.name() == name)
+    }
+}
+
+/// A set of tracked fields, as a bit mask over `Field as usize`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FieldSet(u8);
+
+impl FieldSet {
+    pub fn insert(&mut self, f: Field) {
+        self.0 |= 1 << f as u8;
+    }
+    pub fn contains(self, f: Field) -> bool {
+        self.0 & (1 << f as u8) != 0
+    }
+    pub fn is_subset(self, other: FieldSet) -> bool {
+        self.0 & !other.0 == 0
+    }
+    pub fn union(self, other: FieldSet) -> FieldSet {
+        FieldSet(self.0 | other.0)
+    }
+    pub fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+    fn names(self) -> Vec<&'static str> {
+        Field::ALL.into_iter().filter(|f| self.contains(*f)).map(Field::name).collect()
+    }
+}
+
+impl fmt::Display for FieldSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}]", self.names().join(", "))
+    }
+}
+
+/// Which properties get business events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Allowlist {
+    Every,
+    Only(Vec<String>),
+}
+
+impl Allowlist {
+    pub fn allows(&self, property: Option<&str>) -> bool {
+        match self {
+            Allowlist::Every => true,
+            Allowlist::Only(list) => property.is_some_and(|p| list.iter().any(|x| x == p)),
+        }
+    }
+
+    /// `*` or a comma-separated list, as `--allow-properties` takes it.
+    pub fn parse_list(text: &str) -> Allowlist {
+        let items: Vec<String> = text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect();
+        if items.iter().any(|i| i == "*") { Allowlist::Every } else { Allowlist::Only(items) }
+    }
+}
+
+/// One checked row of the table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// 1-based position in the file, for messages.
+    pub row: usize,
+    pub from: State,
+    pub to: State,
+    pub changed: FieldSet,
+    pub emit: Vec<EventType>,
+}
+
+/// The checked pipeline.
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    pub paths: FieldPaths,
+    /// PMS status value → state.
+    pub statuses: HashMap<String, State>,
+    pub allowlist: Allowlist,
+    /// All rules in file order (for `show`).
+    pub rules: Vec<Rule>,
+    /// Row indexes into `rules` for each (from, to), in file order.
+    by_transition: [[Vec<usize>; 4]; 4],
+}
+
+impl Pipeline {
+    /// The first rule for this transition whose `changed` fields all changed.
+    pub fn rule_for(&self, from: State, to: State, changed: FieldSet) -> Option<&Rule> {
+        self.by_transition[from as usize][to as usize].iter().map(|&i| &self.rules[i]).find(|r| r.changed.is_subset(changed))
+    }
+
+    pub fn builtin() -> Pipeline {
+        Pipeline::parse(DEFAULT_PIPELINE, "built-in pipeline").expect("the built-in pipeline is valid (tested)")
+    }
+
+    /// Reads and checks a pipeline file.
+    pub fn load(path: &Path) -> Result<Pipeline, PipelineError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PipelineError::Read { path: path.display().to_string(), reason: e.to_string() })?;
+        Pipeline::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and checks pipeline text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Pipeline, PipelineError> {
+        let file: PipelineFile = toml::from_str(text).map_err(|e| PipelineError::Syntax { origin: origin.into(), reason: e.to_string() })?;
+        compile(file).map_err(|problems| PipelineError::Invalid { origin: origin.into(), problems })
+    }
+
+    /// The table as a person reads it.
+    pub fn describe(&self) -> String {
+        let mut out = String::new();
+        let p = &self.paths;
+        let _ = writeln!(out, "Fields: id={} status={} property={} room={} arrival={} departure={}", p.id, p.status, p.fields[0], p.fields[1], p.fields[2], p.fields[3]);
+        let statuses: BTreeMap<_, _> = self.statuses.iter().collect();
+        let _ = writeln!(out, "Statuses: {}", statuses.iter().map(|(k, v)| format!("{k:?} → {}", v.name())).collect::<Vec<_>>().join(", "));
+        let _ = match &self.allowlist {
+            Allowlist::Every => writeln!(out, "Events for: every property"),
+            Allowlist::Only(l) => writeln!(out, "Events for: {}", l.join(", ")),
+        };
+        let _ = writeln!(out, "\n{:>3}  {:<12} {:<12} {:<22} emits", "row", "from", "to", "when changed");
+        for r in &self.rules {
+            let when = if r.changed.is_empty() { "(any change)".to_string() } else { r.changed.names().join(" and ") };
+            let emits = if r.emit.is_empty() { "nothing (state is recorded)".to_string() } else { r.emit.iter().map(|e| e.name()).collect::<Vec<_>>().join(" then ") };
+            let _ = writeln!(out, "{:>3}  {:<12} {:<12} {:<22} {}", r.row, r.from.name(), r.to.name(), when, emits);
+        }
+        let _ = writeln!(out, "\nFor each change the first matching row decides; a change no row matches emits nothing.");
+        out
+    }
+}
+
+/// Why a pipeline file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error("cannot read pipeline file {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{origin} is not a valid pipeline file: {reason}")]
+    Syntax { origin: String, reason: String },
+    #[error("{origin} has {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+    Invalid { origin: String, problems: Vec<String> },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PipelineFile {
+    fields: FieldsSection,
+    statuses: BTreeMap<String, String>,
+    #[serde(default)]
+    allowlist: AllowlistSection,
+    #[serde(default, rename = "rule")]
+    rules: Vec<RuleRow>,
+}
+
+/// Document paths of the tracked values; each defaults to PRODUCT.md's name.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FieldsSection {
+    #[serde(default = "d_id")]
+    id: String,
+    #[serde(default = "d_status")]
+    status: String,
+    #[serde(default = "d_property")]
+    property: String,
+    #[serde(default = "d_room")]
+    room: String,
+    #[serde(default = "d_arrival")]
+    arrival: String,
+    #[serde(default = "d_departure")]
+    departure: String,
+}
+fn d_id() -> String {
+    "_id".into()
+}
+fn d_status() -> String {
+    "bookingStatus".into()
+}
+fn d_property() -> String {
+    "propertyId".into()
+}
+fn d_room() -> String {
+    "roomNumber".into()
+}
+fn d_arrival() -> String {
+    "arrivalDate".into()
+}
+fn d_departure() -> String {
+    "departureDate".into()
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AllowlistSection {
+    properties: PropertyList,
+}
+
+impl Default for AllowlistSection {
+    fn default() -> Self {
+        AllowlistSection { properties: PropertyList::One("*".into()) }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PropertyList {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleRow {
+    from: String,
+    to: String,
+    #[serde(default)]
+    changed: Vec<String>,
+    emit: Vec<String>,
+}
+
+fn compile(file: PipelineFile) -> Result<Pipeline, Vec<String>> {
+    let mut problems = Vec::new();
+    let f = file.fields;
+    let paths = FieldPaths { id: f.id, status: f.status, fields: [f.property, f.room, f.arrival, f.departure] };
+    for (name, path) in [("id", &paths.id), ("status", &paths.status)].into_iter().chain(Field::ALL.iter().map(|x| (x.name(), &paths.fields[*x as usize]))) {
+        if path.is_empty() || path.split('.').any(str::is_empty) {
+            problems.push(format!("[fields] {name} = {path:?} is not a document path; write it like \"roomNumber\" or \"stay.room\""));
+        }
+    }
+
+    let mut statuses = HashMap::new();
+    for (value, state) in &file.statuses {
+        match State::from_name(state) {
+            Some(State::None) => problems.push(format!("[statuses] {value:?} = \"NONE\": NONE means never seen or deleted; map the value to NOT_ARRIVED, IN_HOUSE or DEPARTED, or leave it out")),
+            Some(s) => {
+                statuses.insert(value.clone(), s);
+            }
+            None => problems.push(format!("[statuses] {value:?} = {state:?}: unknown state; use NOT_ARRIVED, IN_HOUSE or DEPARTED")),
+        }
+    }
+    if statuses.is_empty() && problems.is_empty() {
+        problems.push("[statuses] is empty: map at least one PMS status value to a state, e.g. \"Arrived\" = \"IN_HOUSE\"".into());
+    }
+
+    let allowlist = match file.allowlist.properties {
+        PropertyList::One(s) if s == "*" => Allowlist::Every,
+        PropertyList::One(s) => {
+            problems.push(format!("[allowlist] properties = {s:?}: write \"*\" for every property, or a list like [{s:?}]"));
+            Allowlist::Only(vec![s])
+        }
+        PropertyList::Many(list) if list.iter().any(|p| p == "*") => Allowlist::Every,
+        PropertyList::Many(list) => Allowlist::Only(list),
+    };
+
+    let mut rules = Vec::new();
+    for (i, row) in file.rules.into_iter().enumerate() {
+        let n = i + 1;
+        let mut ok = true;
+        let mut state = |name: &str, col: &str, problems: &mut Vec<String>| {
+            State::from_name(name).or_else(|| {
+                ok = false;
+                problems.push(format!("rule {n}: {col} = {name:?} is not a state; use NONE, NOT_ARRIVED, IN_HOUSE or DEPARTED"));
+                None
+            })
+        };
+        let from = state(&row.from, "from", &mut problems);
+        let to = state(&row.to, "to", &mut problems);
+        let mut changed = FieldSet::default();
+        for c in &row.changed {
+            match Field::from_name(c) {
+                Some(f) => changed.insert(f),
+                None if c == "status" => {
+                    ok = false;
+                    problems.push(format!("rule {n}: changed = [\"status\"]: a status change is what from and to say; remove it from changed"));
+                }
+                None => {
+                    ok = false;
+                    problems.push(format!("rule {n}: changed field {c:?} is unknown; use property, room, arrival or departure"));
+                }
+            }
+        }
+        let mut emit = Vec::new();
+        for e in &row.emit {
+            match EventType::from_name(e) {
+                Some(t) if emit.contains(&t) => {
+                    ok = false;
+                    problems.push(format!("rule {n}: emits {e} twice; list each event type once"));
+                }
+                Some(t) => emit.push(t),
+                None => {
+                    ok = false;
+                    let known: Vec<_> = EventType::ALL.iter().map(|e| e.name()).collect();
+                    problems.push(format!("rule {n}: event type {e:?} is unknown; use one of {}", known.join(", ")));
+                }
+            }
+        }
+        if let (true, Some(from), Some(to)) = (ok, from, to) {
+            rules.push(Rule { row: n, from, to, changed, emit });
+        }
+    }
+
+    let mut by_transition: [[Vec<usize>; 4]; 4] = Default::default();
+    for (idx, rule) in rules.iter().enumerate() {
+        let n = rule.row;
+        if rule.to == State::None && !rule.changed.is_empty() {
+            problems.push(format!("rule {n}: unreachable: a delete (to NONE) changes no field, so changed = {} never holds; remove changed", rule.changed));
+            continue;
+        }
+        let earlier = &by_transition[rule.from as usize][rule.to as usize];
+        let mut shadowed = false;
+        for &e in earlier {
+            let prior: &Rule = &rules[e];
+            if prior.changed == rule.changed {
+                let how = if prior.emit == rule.emit { "duplicates" } else { "contradicts" };
+                problems.push(format!("rule {n}: {how} rule {} ({} → {} when {} changed); keep one of them", prior.row, rule.from.name(), rule.to.name(), rule.changed));
+                shadowed = true;
+            } else if prior.changed.is_subset(rule.changed) {
+                problems.push(format!(
+                    "rule {n}: unreachable: rule {} ({} → {}, changed {}) matches every change rule {n} matches and comes first; move rule {n} above rule {}",
+                    prior.row,
+                    rule.from.name(),
+                    rule.to.name(),
+                    prior.changed,
+                    prior.row
+                ));
+                shadowed = true;
+            }
+        }
+        if !shadowed {
+            // Two rows that can both match one change (say room and departure both
+            // change) need a row above both that decides that change.
+            for &e in earlier {
+                let prior = &rules[e];
+                if rule.changed.is_subset(prior.changed) {
+                    continue; // a broader row after narrower ones is a fallback, not an overlap
+                }
+                let both = prior.changed.union(rule.changed);
+                let decided = earlier.iter().map(|&x| &rules[x]).take_while(|r| r.row < prior.row).any(|r| r.changed.is_subset(both));
+                if !decided {
+                    problems.push(format!(
+                        "rule {n} overlaps rule {}: a {} → {} change of {} matches both and rule {} would silently win; add a rule for changed = {} above rule {} saying what that change emits",
+                        prior.row,
+                        rule.from.name(),
+                        rule.to.name(),
+                        both,
+                        prior.row,
+                        both,
+                        prior.row
+                    ));
+                }
+            }
+        }
+        by_transition[rule.from as usize][rule.to as usize].push(idx);
+    }
+
+    if problems.is_empty() { Ok(Pipeline { paths, statuses, allowlist, rules, by_transition }) } else { Err(problems) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_rules(rules: &str) -> Result<Pipeline, PipelineError> {
+        let text = format!("[fields]\n[statuses]\n\"Arrived\" = \"IN_HOUSE\"\n{rules}");
+        Pipeline::parse(&text, "test.toml")
+    }
+
+    fn problems(rules: &str) -> String {
+        match with_rules(rules) {
+            Ok(_) => panic!("expected the pipeline to be rejected:\n{rules}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn the_builtin_pipeline_is_valid_and_matches_the_product_table() {
+        let p = Pipeline::builtin();
+        assert_eq!(p.rules.len(), 12);
+        assert_eq!(p.paths, FieldPaths::default());
+        assert_eq!(p.statuses.get("Arrived"), Some(&State::InHouse));
+        assert_eq!(p.allowlist, Allowlist::Every);
+    }
+
+    #[test]
+    fn unknown_states_and_event_types_name_the_row() {
+        let e = problems("[[rule]]\nfrom = \"NONE\"\nto = \"CHECKED_IN\"\nemit = []\n");
+        assert!(e.contains("rule 1: to = \"CHECKED_IN\" is not a state"), "{e}");
+        let e = problems("[[rule]]\nfrom = \"NONE\"\nto = \"IN_HOUSE\"\nemit = [\"CHECKIN\"]\n");
+        assert!(e.contains("rule 1: event type \"CHECKIN\" is unknown"), "{e}");
+        let e = problems("[[rule]]\nfrom = \"IN_HOUSE\"\nto = \"IN_HOUSE\"\nchanged = [\"rooom\"]\nemit = []\n");
+        assert!(e.contains("changed field \"rooom\" is unknown"), "{e}");
+    }
+
+    #[test]
+    fn duplicate_and_contradicting_rows_are_rejected() {
+        let row = "[[rule]]\nfrom = \"NONE\"\nto = \"IN_HOUSE\"\nemit = [\"CHECKED_IN\"]\n";
+        let e = problems(&format!("{row}{row}"));
+        assert!(e.contains("rule 2: duplicates rule 1"), "{e}");
+        let e = problems(&format!("{row}[[rule]]\nfrom = \"NONE\"\nto = \"IN_HOUSE\"\nemit = []\n"));
+        assert!(e.contains("rule 2: contradicts rule 1"), "{e}");
+    }
+
+    #[test]
+    fn a_row_behind_a_broader_row_is_unreachable() {
+        let e = problems(
+            "[[rule]]\nfrom = \"IN_HOUSE\"\nto = \"IN_HOUSE\"\nemit = []\n[[rule]]\nfrom = \"IN_HOUSE\"\nto = \"IN_HOUSE\"\nchanged = [\"room\"]\nemit = [\"ROOM_CHANGED\"]\n",
+        );
+        assert!(e.contains("rule 2: unreachable: rule 1"), "{e}");
+        let e = problems("[[rule]]\nfrom = \"IN_HOUSE\"\nto = \"NONE\"\nchanged = [\"room\"]\nemit = [\"CHECKED_OUT\"]\n");
+        assert!(e.contains("rule 1: unreachable: a delete"), "{e}");
+    }
+
+    #[test]
+    fn overlapping_rows_need_a_row_that_decides_both() {
+        let room = "[[rule]]\nfrom = \"IN_HOUSE\"\nto = \"IN_HOUSE\"\nchanged = [\"room\"]\nemit = [\"ROOM_CHANGED\"]\n";
+        let dep = "[[rule]]\nfrom = \"IN_HOUSE\"\nto = \"IN_HOUSE\"\nchanged = [\"departure\"]\nemit = [\"DEPARTURE_CHANGED\"]\n";
+        let e = problems(&format!("{room}{dep}"));
+        assert!(e.contains("rule 2 overlaps rule 1"), "{e}");
+        assert!(e.contains("add a rule for changed = [room, departure]"), "{e}");
+        let both = "[[rule]]\nfrom = \"IN_HOUSE\"\nto = \"IN_HOUSE\"\nchanged = [\"room\", \"departure\"]\nemit = [\"ROOM_CHANGED\", \"DEPARTURE_CHANGED\"]\n";
+        assert!(with_rules(&format!("{both}{room}{dep}")).is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_statuses_are_rejected() {
+        let e = Pipeline::parse("[fields]\nroom_number = \"x\"\n[statuses]\n", "t").unwrap_err().to_string();
+        assert!(e.contains("unknown field `room_number`"), "{e}");
+        let e = Pipeline::parse("[fields]\n[statuses]\n\"Arrived\" = \"INHOUSE\"\n", "t").unwrap_err().to_string();
+        assert!(e.contains("\"Arrived\" = \"INHOUSE\": unknown state"), "{e}");
+    }
+
+    #[test]
+    fn first_matching_row_decides() {
+        let p = Pipeline::builtin();
+        let mut both = FieldSet::default();
+        both.insert(Field::Room);
+        both.insert(Field::Departure);
+        let r = p.rule_for(State::InHouse, State::InHouse, both).unwrap();
+        assert_eq!(r.emit, vec![EventType::RoomChanged, EventType::DepartureChanged]);
+        let mut arrival = FieldSet::default();
+        arrival.insert(Field::Arrival);
+        assert!(p.rule_for(State::InHouse, State::InHouse, arrival).is_none());
+    }
+
+    #[test]
+    fn allowlist_parsing() {
+        assert_eq!(Allowlist::parse_list("*"), Allowlist::Every);
+        assert_eq!(Allowlist::parse_list("P1, P2,"), Allowlist::Only(vec!["P1".into(), "P2".into()]));
+        assert!(!Allowlist::parse_list("P1").allows(Some("P2")));
+        assert!(!Allowlist::parse_list("P1").allows(None));
+    }
+}

@@ -1,0 +1,152 @@
+//! Golden tests: every fixture in fixtures/ through the real `resevent replay`
+//! binary, compared with the business events derived by hand (the
+//! `.expected.jsonl` files, written from PRODUCT.md's table, not from this
+//! code's output).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn replay(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_resevent"))
+        .current_dir(root())
+        .env("RESEVENT_LOG", "warn")
+        .arg("replay")
+        .args(args)
+        .output()
+        .expect("run resevent replay")
+}
+
+fn lines(bytes: &[u8]) -> Vec<Value> {
+    String::from_utf8_lossy(bytes).lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l}: {e}"))).collect()
+}
+
+fn fixture_inputs() -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(root().join("fixtures"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy().to_string();
+            name.ends_with(".jsonl") && !name.contains(".expected.") && !name.starts_with("bad-") && p.with_file_name(name.replace(".jsonl", ".expected.jsonl")).exists()
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn args_for(input: &Path) -> Vec<String> {
+    let name = input.file_name().unwrap().to_string_lossy().to_string();
+    let mut args = Vec::new();
+    if name.contains(".keyed.") {
+        args.push("--keyed".to_string());
+    }
+    args.push(input.to_string_lossy().to_string());
+    args
+}
+
+#[test]
+fn every_fixture_gives_its_hand_derived_events() {
+    let inputs = fixture_inputs();
+    assert!(inputs.len() >= 10, "expected a fixture per format, found {inputs:?}");
+    let mut failures = Vec::new();
+    for input in &inputs {
+        let args = args_for(input);
+        let out = replay(&args.iter().map(String::as_str).collect::<Vec<_>>());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            failures.push(format!("{}: exit {:?}\n{stderr}", input.display(), out.status.code()));
+            continue;
+        }
+        let mut got = lines(&out.stdout);
+        for e in &mut got {
+            let id = e.as_object_mut().unwrap().remove("eventId").expect("every event has an eventId");
+            assert_eq!(id.as_str().map(str::len), Some(32), "eventId is 32 hex digits");
+        }
+        let expected_path = input.with_file_name(input.file_name().unwrap().to_string_lossy().replace(".jsonl", ".expected.jsonl"));
+        let expected = lines(&std::fs::read(&expected_path).unwrap());
+        if got != expected {
+            failures.push(format!(
+                "{}:\n  expected:\n    {}\n  got:\n    {}",
+                input.display(),
+                expected.iter().map(Value::to_string).collect::<Vec<_>>().join("\n    "),
+                got.iter().map(Value::to_string).collect::<Vec<_>>().join("\n    ")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{} fixture(s) differ:\n{}", failures.len(), failures.join("\n\n"));
+}
+
+#[test]
+fn a_second_replay_into_the_same_state_dir_emits_nothing_and_ids_are_stable() {
+    for input in fixture_inputs() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = args_for(&input);
+        args.splice(0..0, ["--state-dir".to_string(), dir.path().to_string_lossy().to_string()]);
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let first = replay(&argv);
+        assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+        let second = replay(&argv);
+        assert!(second.status.success());
+        assert!(lines(&second.stdout).is_empty(), "{}: second replay emitted {}", input.display(), String::from_utf8_lossy(&second.stdout));
+        // A fresh state dir gives the same events with the same ids.
+        let fresh = replay(&args_for(&input).iter().map(String::as_str).collect::<Vec<_>>());
+        assert_eq!(lines(&fresh.stdout), lines(&first.stdout), "{}", input.display());
+        let ids: std::collections::HashSet<String> = lines(&first.stdout).iter().map(|e| e["eventId"].as_str().unwrap().to_string()).collect();
+        assert_eq!(ids.len(), lines(&first.stdout).len(), "{}: event ids must be unique", input.display());
+    }
+}
+
+#[test]
+fn bad_lines_are_reported_by_number_and_the_rest_goes_on() {
+    let dead = tempfile::NamedTempFile::new().unwrap();
+    let out = replay(&["--dead-letters", dead.path().to_str().unwrap(), "fixtures/bad-lines.jsonl"]);
+    assert_eq!(out.status.code(), Some(1), "exit status 1 says lines were rejected");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let expected: Vec<u64> = std::fs::read_to_string(root().join("fixtures/bad-lines.rejected")).unwrap().lines().filter(|l| !l.trim().is_empty()).map(|l| l.trim().parse().unwrap()).collect();
+    let mut reported: Vec<u64> = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("fixtures/bad-lines.jsonl:"))
+        .map(|rest| rest.split(':').next().unwrap().parse().unwrap())
+        .collect();
+    reported.sort();
+    assert_eq!(reported, expected, "stderr:\n{stderr}");
+    // Every rejected line is in the dead-letter file with its original text and reason.
+    let dls = lines(&std::fs::read(dead.path()).unwrap());
+    assert_eq!(dls.len(), expected.len());
+    let input: Vec<String> = std::fs::read_to_string(root().join("fixtures/bad-lines.jsonl")).unwrap().lines().map(String::from).collect();
+    for dl in dls {
+        let n = dl["line"].as_u64().unwrap() as usize;
+        assert_eq!(dl["record"].as_str().unwrap(), input[n - 1]);
+        assert!(!dl["error"].as_str().unwrap().is_empty());
+    }
+    // The valid lines still produced their events.
+    let expected_events = lines(&std::fs::read(root().join("fixtures/bad-lines.expected.jsonl")).unwrap_or_default());
+    let mut got = lines(&out.stdout);
+    got.iter_mut().for_each(|e| {
+        e.as_object_mut().unwrap().remove("eventId");
+    });
+    assert_eq!(got, expected_events);
+}
+
+#[test]
+fn pipeline_check_rejects_a_bad_table_naming_the_row() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(root().join("pipelines/reservations.toml")).unwrap().replace("emit = [\"ACCIDENTAL_CHECKOUT\"]", "emit = [\"ACCIDENTAL_CHECKOUT_TYPO\"]");
+    std::fs::write(&bad, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_resevent")).args(["pipeline", "check"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("rule 9: event type \"ACCIDENTAL_CHECKOUT_TYPO\" is unknown"), "{stderr}");
+
+    let ok = Command::new(env!("CARGO_BIN_EXE_resevent")).args(["pipeline", "check", "pipelines/reservations.toml"]).current_dir(root()).output().unwrap();
+    assert!(ok.status.success());
+    let show = Command::new(env!("CARGO_BIN_EXE_resevent")).args(["pipeline", "show"]).current_dir(root()).output().unwrap();
+    let text = String::from_utf8_lossy(&show.stdout);
+    assert!(text.contains("IN_HOUSE     IN_HOUSE     room and departure     ROOM_CHANGED then DEPARTURE_CHANGED"), "{text}");
+}
