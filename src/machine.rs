@@ -200,16 +200,24 @@ pub fn event_id(reservation_id: &str, position: Option<SourcePosition>, t: Event
     h.update(reservation_id.as_bytes());
     h.update([0x1f]);
     match position {
-        Some(p) => h.update(p.to_string().as_bytes()),
+        Some(SourcePosition::Cluster { t, i }) => {
+            h.update(t.to_be_bytes());
+            h.update(i.to_be_bytes());
+        }
+        Some(SourcePosition::Input(n)) => {
+            h.update(b"offset");
+            h.update(n.to_be_bytes());
+        }
         None => h.update(format!("unpositioned {:?} {:?} {:?}", new.state, new.status, new.fields).as_bytes()),
     }
     h.update([0x1f]);
     h.update(t.name().as_bytes());
     let digest = h.finalize();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(32);
     for b in &digest[..16] {
-        use std::fmt::Write;
-        let _ = write!(out, "{b:02x}");
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
     }
     out
 }

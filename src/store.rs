@@ -166,6 +166,30 @@ impl StateStore {
         }
     }
 
+    /// Looks up many reservations at once (RocksDB MultiGet: one pass over
+    /// the memtables and files for the whole batch, much cheaper than a Get each).
+    pub fn get_many(&self, partition: &str, ids: &[&str]) -> Result<Vec<Option<ReservationState>>, StoreError> {
+        let cf = self.cf(partition)?;
+        let keys: Vec<Vec<u8>> = ids
+            .iter()
+            .map(|id| {
+                let mut key = Vec::with_capacity(id.len() + 1);
+                key.push(RESERVATION);
+                key.extend_from_slice(id.as_bytes());
+                key
+            })
+            .collect();
+        self.db
+            .batched_multi_get_cf(cf, &keys, false)
+            .into_iter()
+            .zip(ids)
+            .map(|(r, id)| match r.map_err(|e| self.rocks(e))? {
+                None => Ok(None),
+                Some(bytes) => decode(&bytes).map(Some).map_err(|reason| StoreError::Corrupt { partition: partition.into(), id: (*id).into(), reason }),
+            })
+            .collect()
+    }
+
     pub fn marker(&self, partition: &str, name: &str) -> Result<Option<u64>, StoreError> {
         let cf = self.cf(partition)?;
         let v = self.db.get_pinned_cf(cf, marker_key(name)).map_err(|e| self.rocks(e))?;
