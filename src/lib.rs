@@ -13,6 +13,7 @@ pub mod engine;
 pub mod machine;
 pub mod pipeline;
 pub mod replay;
+pub mod service;
 pub mod store;
 pub mod time;
 pub mod workload;

@@ -13,6 +13,10 @@ use resevent::decode::{Decoder, Format};
 use resevent::engine::Engine;
 use resevent::pipeline::{Allowlist, Pipeline};
 use resevent::replay::{self, Input, ReplayOptions};
+use resevent::service::{
+    self,
+    config::{Overrides, RunConfig},
+};
 use resevent::store::StateStore;
 
 /// mimalloc: the engine allocates many small, short-lived strings per record,
@@ -79,6 +83,50 @@ resevent replay --state-dir ./state day1.jsonl && resevent replay --state-dir ./
         #[arg(value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// Run the service: consume change events from Kafka, emit business events to Kafka.
+    ///
+    /// Run N instances with the same --application-id: they share the input partitions as
+    /// one consumer group. State lives in --state-dir (RocksDB) and in the compacted topic
+    /// <application-id>-reservation-state-changelog; a partition that moves to an instance
+    /// is restored from the changelog before its records are processed.
+    ///
+    /// Delivery: at-least-once with deterministic eventIds; consumers drop repeats by eventId.
+    /// Settings: built-in defaults < --config FILE < RESEVENT_* environment < flags.
+    /// SIGTERM or Ctrl-C: finish the batch, commit, leave the group, exit 0.
+    #[command(after_help = "Examples:\n  resevent run --bootstrap-servers kafka:9092 --input-topic property.reservation\n  \
+RESEVENT_KAFKA__SESSION_TIMEOUT_MS=6000 resevent run --config resevent.toml\n\n\
+Config file (TOML) keys: bootstrap_servers, input_topics, application_id, state_dir, pipeline,\n\
+output_topic, format, create_topics, output_retention_ms, output_retention_bytes,\n\
+replication_factor, max_batch_records, batch_wait_ms, and [kafka] for librdkafka settings.")]
+    Run {
+        /// Config file (TOML); see the keys below.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Kafka bootstrap servers [default: 127.0.0.1:9092].
+        #[arg(long, value_name = "HOST:PORT")]
+        bootstrap_servers: Option<String>,
+        /// Topic of change events (repeatable; several must have equal partition counts).
+        #[arg(long = "input-topic", value_name = "TOPIC")]
+        input_topics: Vec<String>,
+        /// Consumer group and prefix of internal topics [default: resevent].
+        #[arg(long, value_name = "ID")]
+        application_id: Option<String>,
+        /// RocksDB state directory [default: resevent-state].
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
+        /// Pipeline file [default: pipelines/reservations.toml if present, else built-in].
+        #[arg(long, value_name = "FILE")]
+        pipeline: Option<PathBuf>,
+        /// Business topic [default: reservation-events].
+        #[arg(long, value_name = "TOPIC")]
+        output_topic: Option<String>,
+        /// Input format [default: auto].
+        #[arg(long, value_enum)]
+        format: Option<Format>,
+        /// Do not create missing changelog or business topics; fail instead.
+        #[arg(long)]
+        no_create_topics: bool,
+    },
     /// Check or print a pipeline file.
     Pipeline {
         #[command(subcommand)]
@@ -125,6 +173,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", p.describe());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Run { config, bootstrap_servers, input_topics, application_id, state_dir, pipeline, output_topic, format, no_create_topics } => {
+            let flags = Overrides { bootstrap_servers, input_topics, application_id, state_dir, pipeline, output_topic, format, no_create_topics };
+            let cfg = RunConfig::load(config.as_deref(), std::env::vars(), flags)?;
+            let (pipeline, origin) = load_pipeline(cfg.pipeline.as_deref())?;
+            tracing::info!(pipeline = %origin, "pipeline loaded");
+            let engine = Engine::new(pipeline.clone(), Decoder::new(cfg.format, pipeline.paths.clone()));
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            runtime.block_on(service::run(cfg, engine, shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Replay { pipeline, format, keyed, allow_properties, state_dir, dead_letters, files } => {
             let (mut pipeline, origin) = load_pipeline(pipeline.as_deref())?;
             if let Some(list) = allow_properties {
@@ -166,6 +224,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
     }
 }
 

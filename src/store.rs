@@ -58,24 +58,34 @@ impl StoreError {
 /// State changes and progress markers of one partition, written atomically.
 #[derive(Default)]
 pub struct StateBatch {
-    /// Keys and values, in write order (a later put of a key wins).
-    puts: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Keys and values (`None` deletes), in write order (a later write of a key wins).
+    puts: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     /// How many reservations the batch writes, for logs.
     pub reservations: usize,
 }
 
 impl StateBatch {
     pub fn put(&mut self, id: &str, state: &ReservationState) {
+        self.put_encoded(id.as_bytes(), Some(encode(state)));
+    }
+
+    /// Writes an already encoded record (a changelog value), or deletes the
+    /// reservation when `record` is `None` (a changelog tombstone).
+    pub fn put_encoded(&mut self, id: &[u8], record: Option<Vec<u8>>) {
         let mut key = Vec::with_capacity(id.len() + 1);
         key.push(RESERVATION);
-        key.extend_from_slice(id.as_bytes());
-        self.puts.push((key, encode(state)));
+        key.extend_from_slice(id);
+        self.puts.push((key, record));
         self.reservations += 1;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.puts.is_empty()
     }
 
     /// A named progress marker (e.g. `input-offset`), committed with the state.
     pub fn mark(&mut self, name: &str, value: u64) {
-        self.puts.push((marker_key(name), value.to_be_bytes().to_vec()));
+        self.puts.push((marker_key(name), Some(value.to_be_bytes().to_vec())));
     }
 }
 
@@ -201,7 +211,10 @@ impl StateStore {
         let cf = self.cf(partition)?;
         let mut write = WriteBatch::default();
         for (k, v) in &batch.puts {
-            write.put_cf(cf, k, v);
+            match v {
+                Some(v) => write.put_cf(cf, k, v),
+                None => write.delete_cf(cf, k),
+            }
         }
         self.db.write(write).map_err(|e| self.rocks(e))
     }

@@ -1,0 +1,227 @@
+//! The configuration of `resevent run`: one typed struct, layered
+//! built-in defaults < config file (`--config FILE`, TOML) < `RESEVENT_*`
+//! environment < command-line flags.
+//!
+//! Owns parsing, layering and the masked log line; no Kafka I/O here.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::decode::Format;
+
+/// Every setting of `resevent run`. Field docs are the reference.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    /// Kafka bootstrap servers, `host:port[,host:port]`.
+    pub bootstrap_servers: String,
+    /// Topics of change events. Several topics must have the same partition
+    /// count: partition N of each is handled by the same task, with one state.
+    pub input_topics: Vec<String>,
+    /// The consumer group, and the prefix of internal topics
+    /// (`<application_id>-reservation-state-changelog`).
+    pub application_id: String,
+    /// Where RocksDB keeps state (one column family per partition).
+    pub state_dir: PathBuf,
+    /// Pipeline file; none = pipelines/reservations.toml if present, else built-in.
+    pub pipeline: Option<PathBuf>,
+    /// The business topic: every event, keyed by reservation id, in order per reservation.
+    pub output_topic: String,
+    /// Input format (auto tells the connectors apart per record).
+    pub format: Format,
+    /// Create missing changelog and business topics at start.
+    pub create_topics: bool,
+    /// `retention.ms` of created business topics (24 h, as the original deployment).
+    pub output_retention_ms: i64,
+    /// `retention.bytes` of created business topics (1 GiB per partition).
+    pub output_retention_bytes: i64,
+    /// Replication factor of created topics (-1: the broker's default).
+    pub replication_factor: i32,
+    /// At most this many records per processing batch.
+    pub max_batch_records: usize,
+    /// How long to wait to fill a batch once its first record arrived, in ms.
+    pub batch_wait_ms: u64,
+    /// librdkafka settings for the consumer and producer (e.g. `security.protocol`,
+    /// `sasl.password`, `session.timeout.ms`), passed through as given.
+    pub kafka: BTreeMap<String, String>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            bootstrap_servers: "127.0.0.1:9092".into(),
+            input_topics: Vec::new(),
+            application_id: "resevent".into(),
+            state_dir: PathBuf::from("resevent-state"),
+            pipeline: None,
+            output_topic: "reservation-events".into(),
+            format: Format::Auto,
+            create_topics: true,
+            output_retention_ms: 24 * 3600 * 1000,
+            output_retention_bytes: 1 << 30,
+            replication_factor: -1,
+            max_batch_records: 5000,
+            batch_wait_ms: 20,
+            kafka: BTreeMap::new(),
+        }
+    }
+}
+
+/// Command-line overrides; `None` = not given.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub bootstrap_servers: Option<String>,
+    pub input_topics: Vec<String>,
+    pub application_id: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub pipeline: Option<PathBuf>,
+    pub output_topic: Option<String>,
+    pub format: Option<Format>,
+    pub no_create_topics: bool,
+}
+
+impl RunConfig {
+    /// Layers file, environment and flags over the defaults.
+    pub fn load(file: Option<&Path>, env: impl Iterator<Item = (String, String)>, flags: Overrides) -> anyhow::Result<RunConfig> {
+        let mut table = toml::Table::try_from(RunConfig::default())?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+            let from_file: toml::Table = toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {} is not valid TOML: {e}", path.display()))?;
+            merge(&mut table, from_file);
+        }
+        let mut from_env = toml::Table::new();
+        for (k, v) in env {
+            let Some(name) = k.strip_prefix("RESEVENT_") else { continue };
+            if let Some(setting) = name.strip_prefix("KAFKA__") {
+                // RESEVENT_KAFKA__SESSION_TIMEOUT_MS=6000 → kafka."session.timeout.ms"
+                let key = setting.to_ascii_lowercase().replace('_', ".");
+                from_env.entry("kafka").or_insert_with(|| toml::Value::Table(toml::Table::new())).as_table_mut().expect("a table").insert(key, toml::Value::String(v));
+                continue;
+            }
+            let key = name.to_ascii_lowercase();
+            if !table.contains_key(&key) || matches!(key.as_str(), "log" | "pipeline_file") {
+                continue; // RESEVENT_LOG and friends belong to other parts
+            }
+            let value = match table.get(&key) {
+                Some(toml::Value::Array(_)) => toml::Value::Array(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect()),
+                Some(toml::Value::Integer(_)) => toml::Value::Integer(v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not a whole number"))?),
+                Some(toml::Value::Boolean(_)) => toml::Value::Boolean(v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not true or false"))?),
+                _ => toml::Value::String(v),
+            };
+            from_env.insert(key, value);
+        }
+        merge(&mut table, from_env);
+        let mut cfg: RunConfig = table.try_into().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        if let Some(v) = flags.bootstrap_servers {
+            cfg.bootstrap_servers = v;
+        }
+        if !flags.input_topics.is_empty() {
+            cfg.input_topics = flags.input_topics;
+        }
+        if let Some(v) = flags.application_id {
+            cfg.application_id = v;
+        }
+        if let Some(v) = flags.state_dir {
+            cfg.state_dir = v;
+        }
+        if let Some(v) = flags.pipeline {
+            cfg.pipeline = Some(v);
+        }
+        if let Some(v) = flags.output_topic {
+            cfg.output_topic = v;
+        }
+        if let Some(v) = flags.format {
+            cfg.format = v;
+        }
+        if flags.no_create_topics {
+            cfg.create_topics = false;
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn validate(&self) -> anyhow::Result<()> {
+        if self.input_topics.is_empty() {
+            anyhow::bail!("no input topic: give --input-topic TOPIC (repeatable), input_topics in the config file, or RESEVENT_INPUT_TOPICS");
+        }
+        if self.input_topics.contains(&self.output_topic) {
+            anyhow::bail!("output topic {:?} is also an input topic; events would be read back as changes", self.output_topic);
+        }
+        if self.application_id.is_empty() || self.max_batch_records == 0 {
+            anyhow::bail!("application_id must not be empty and max_batch_records must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The compacted changelog topic of the state store.
+    pub fn changelog_topic(&self) -> String {
+        format!("{}-reservation-state-changelog", self.application_id)
+    }
+
+    /// The effective configuration for the start-up log, secrets masked.
+    pub fn masked(&self) -> String {
+        let mut shown = self.clone();
+        for (k, v) in shown.kafka.iter_mut() {
+            let k = k.to_ascii_lowercase();
+            if ["password", "secret", "jaas", "key.pem", "ssl.key", "token"].iter().any(|s| k.contains(s)) {
+                *v = "*****".into();
+            }
+        }
+        serde_json::to_string(&shown).unwrap_or_default()
+    }
+}
+
+/// Overlays `over` on `base`, merging nested tables (the `kafka` map).
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>().into_iter()
+    }
+
+    #[test]
+    fn layers_defaults_file_environment_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("resevent.toml");
+        std::fs::write(&file, "input_topics = [\"a\"]\napplication_id = \"from-file\"\noutput_topic = \"file-out\"\n[kafka]\n\"sasl.password\" = \"hunter2\"\n\"linger.ms\" = \"7\"\n").unwrap();
+        let flags = Overrides { output_topic: Some("flag-out".into()), ..Default::default() };
+        let cfg = RunConfig::load(Some(&file), env(&[("RESEVENT_APPLICATION_ID", "from-env"), ("RESEVENT_MAX_BATCH_RECORDS", "9"), ("RESEVENT_KAFKA__SESSION_TIMEOUT_MS", "6000")]), flags).unwrap();
+        assert_eq!(cfg.input_topics, vec!["a"]);
+        assert_eq!(cfg.application_id, "from-env");
+        assert_eq!(cfg.output_topic, "flag-out");
+        assert_eq!(cfg.max_batch_records, 9);
+        assert_eq!(cfg.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(cfg.kafka.get("linger.ms").map(String::as_str), Some("7"));
+        assert_eq!(cfg.kafka.get("session.timeout.ms").map(String::as_str), Some("6000"));
+        assert_eq!(cfg.changelog_topic(), "from-env-reservation-state-changelog");
+        let masked = cfg.masked();
+        assert!(!masked.contains("hunter2") && masked.contains("*****"), "{masked}");
+    }
+
+    #[test]
+    fn clear_errors_for_missing_or_wrong_settings() {
+        let e = RunConfig::load(None, env(&[]), Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("--input-topic"), "{e}");
+        let e = RunConfig::load(None, env(&[("RESEVENT_INPUT_TOPICS", "a"), ("RESEVENT_MAX_BATCH_RECORDS", "many")]), Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("RESEVENT_MAX_BATCH_RECORDS=\"many\" is not a whole number"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "input_topic = \"a\"\n").unwrap();
+        let e = RunConfig::load(Some(&file), env(&[]), Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("unknown field `input_topic`"), "{e}");
+    }
+}

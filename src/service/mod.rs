@@ -1,0 +1,371 @@
+//! `resevent run`: the scaled consumer-group service.
+//!
+//! N instances share one consumer group. Partition N of the input is task N:
+//! its state lives in the local RocksDB (column family `task/N`) and in
+//! partition N of the compacted changelog topic. A newly assigned partition is
+//! restored from the changelog before any of its records is processed (inside
+//! the rebalance callback, so no record of it can arrive first).
+//!
+//! Delivery guarantee (at-least-once, deterministic event ids), per batch:
+//! 1. compute everything (decode, table, events, new states) — no writes;
+//! 2. produce business events and dead letters, await all acknowledgements;
+//! 3. produce the changelog records, await all acknowledgements;
+//! 4. commit state + changelog checkpoint + input offsets in one WriteBatch;
+//! 5. commit the consumer offsets.
+//!
+//! A `kill -9` anywhere re-reads at most the uncommitted batch. Events are
+//! acknowledged before the changelog that reflects them, so a state restored
+//! from the changelog never hides an event that was not written: a change the
+//! restored state already holds was emitted before. Repeats carry the same
+//! eventId; consumers drop them by it.
+
+pub mod config;
+pub mod restore;
+mod topics;
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::engine::{Counts, Engine, InputRecord};
+use crate::store::{self, StateStore};
+use config::RunConfig;
+use restore::{CHANGELOG_NEXT, Restorer, task_name};
+
+/// What a finished run did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RunSummary {
+    pub counts: Counts,
+    pub batches: u64,
+}
+
+/// Rebalance handling: restore on assign, forget on revoke.
+struct ServiceContext {
+    restorer: Restorer,
+    /// Tasks whose state is current and owned here.
+    ready: Mutex<HashSet<i32>>,
+    /// A restore that failed; the main loop stops the service with it.
+    failure: Mutex<Option<String>>,
+}
+
+impl ClientContext for ServiceContext {}
+
+impl ConsumerContext for ServiceContext {
+    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            // Batches complete before the next poll, so nothing is in flight:
+            // the revoked tasks' state is committed and flushed already.
+            let mut ready = self.ready.lock().expect("ready lock");
+            for e in tpl.elements() {
+                ready.remove(&e.partition());
+            }
+            tracing::info!(partitions = ?tpl.elements().iter().map(|e| e.partition()).collect::<Vec<_>>(), "partitions revoked");
+        }
+    }
+
+    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts: std::collections::BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(partitions = ?parts, "partitions assigned");
+                for p in parts {
+                    if self.ready.lock().expect("ready lock").contains(&p) {
+                        continue;
+                    }
+                    match self.restorer.restore(p) {
+                        Ok(_) => {
+                            self.ready.lock().expect("ready lock").insert(p);
+                        }
+                        Err(e) => {
+                            tracing::error!(partition = p, error = %e, "restore failed");
+                            *self.failure.lock().expect("failure lock") = Some(format!("restoring partition {p}: {e:#}"));
+                        }
+                    }
+                }
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+            Rebalance::Revoke(_) => {}
+        }
+    }
+}
+
+fn client_config(cfg: &RunConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &cfg.bootstrap_servers);
+    for (k, v) in &cfg.kafka {
+        c.set(k, v);
+    }
+    c
+}
+
+/// Runs the service until `shutdown` resolves; then finishes the batch in
+/// hand, commits, leaves the group and returns.
+pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunSummary> {
+    tracing::info!(config = %cfg.masked(), "resevent run starting");
+    let base = client_config(&cfg);
+    let partitions = topics::prepare(&cfg, &base).await?;
+    tracing::info!(input = ?cfg.input_topics, partitions, changelog = %cfg.changelog_topic(), output = %cfg.output_topic, "topics ready");
+
+    std::fs::create_dir_all(&cfg.state_dir)?;
+    let store = Arc::new(Mutex::new(StateStore::open(&cfg.state_dir)?));
+
+    let mut restore_cfg = base.clone();
+    restore_cfg.set("enable.partition.eof", "true").set("enable.auto.commit", "false").set("group.id", format!("{}-restore", cfg.application_id));
+    // Only read_committed is safe for a changelog written transactionally.
+    restore_cfg.set("isolation.level", "read_committed");
+    let restorer = Restorer { store: store.clone(), changelog: cfg.changelog_topic(), consumer: restore_cfg.create()? };
+    let context = ServiceContext { restorer, ready: Mutex::new(HashSet::new()), failure: Mutex::new(None) };
+
+    let mut consumer_cfg = base.clone();
+    consumer_cfg
+        .set("group.id", &cfg.application_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest");
+    if !cfg.kafka.contains_key("partition.assignment.strategy") {
+        // Several input topics must be co-partitioned (partition N of each on one
+        // instance): the range assignor guarantees that; one topic can rebalance
+        // incrementally.
+        consumer_cfg.set("partition.assignment.strategy", if cfg.input_topics.len() > 1 { "range" } else { "cooperative-sticky" });
+    }
+    let consumer: StreamConsumer<ServiceContext> = consumer_cfg.create_with_context(context)?;
+    let mut producer_cfg = base.clone();
+    producer_cfg.set("enable.idempotence", "true").set("acks", "all");
+    if !cfg.kafka.contains_key("linger.ms") {
+        producer_cfg.set("linger.ms", "5");
+    }
+    let producer: FutureProducer = producer_cfg.create()?;
+
+    let topics: Vec<&str> = cfg.input_topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+
+    let mut summary = RunSummary::default();
+    let batch_wait = Duration::from_millis(cfg.batch_wait_ms);
+    let mut last_log = Instant::now();
+    let mut since_log = Counts::default();
+    tokio::pin!(shutdown);
+    loop {
+        let first = tokio::select! {
+            _ = &mut shutdown => break,
+            m = consumer.recv() => m,
+        };
+        if let Some(f) = consumer.context().failure.lock().expect("failure lock").take() {
+            anyhow::bail!("{f}; stopping so the instance restarts cleanly");
+        }
+        let first = match first {
+            Ok(m) => m.detach(),
+            Err(e) => {
+                tracing::warn!(error = %e, "consumer error");
+                continue;
+            }
+        };
+        let mut batch = vec![first];
+        let deadline = tokio::time::Instant::now() + batch_wait;
+        while batch.len() < cfg.max_batch_records {
+            match tokio::time::timeout_at(deadline, consumer.recv()).await {
+                Ok(Ok(m)) => batch.push(m.detach()),
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer error");
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        if let Some(f) = consumer.context().failure.lock().expect("failure lock").take() {
+            anyhow::bail!("{f}; stopping so the instance restarts cleanly");
+        }
+        let counts = process_batch(&cfg, &engine, &store, &consumer, &producer, batch).await?;
+        summary.counts.add(&counts);
+        since_log.add(&counts);
+        summary.batches += 1;
+        if last_log.elapsed() >= Duration::from_secs(10) {
+            let secs = last_log.elapsed().as_secs_f64();
+            tracing::info!(
+                records = since_log.records,
+                per_second = (since_log.records as f64 / secs) as u64,
+                events = since_log.events,
+                rejected = since_log.rejected,
+                stale = since_log.stale,
+                "progress"
+            );
+            last_log = Instant::now();
+            since_log = Counts::default();
+        }
+    }
+
+    tracing::info!("shutting down: committing offsets and leaving the group");
+    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+        // Offsets were committed after every batch already; this only narrows the window.
+        tracing::debug!(error = %e, "final commit");
+    }
+    producer_flush(&producer);
+    consumer.unsubscribe();
+    drop(consumer);
+    tracing::info!(records = summary.counts.records, events = summary.counts.events, rejected = summary.counts.rejected, "stopped");
+    Ok(summary)
+}
+
+fn producer_flush(producer: &FutureProducer) {
+    use rdkafka::producer::Producer;
+    if let Err(e) = producer.flush(Duration::from_secs(30)) {
+        tracing::warn!(error = %e, "producer flush at shutdown");
+    }
+}
+
+/// Sends a record, waiting for queue space when the producer is full.
+async fn send(producer: &FutureProducer, mut record: FutureRecord<'_, [u8], [u8]>) -> anyhow::Result<DeliveryFuture> {
+    loop {
+        match producer.send_result(record) {
+            Ok(f) => return Ok(f),
+            Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err((e, r)) => anyhow::bail!("producing to {}: {e}", r.topic),
+        }
+    }
+}
+
+/// Awaits acknowledgements; returns the highest offset per partition.
+async fn acknowledged(futures: Vec<DeliveryFuture>, what: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+    let mut last = BTreeMap::new();
+    for f in futures {
+        match f.await {
+            Ok(Ok(d)) => {
+                let e = last.entry(d.partition).or_insert(d.offset);
+                *e = (*e).max(d.offset);
+            }
+            Ok(Err((e, _))) => anyhow::bail!("{what} not acknowledged: {e}"),
+            Err(_) => anyhow::bail!("{what}: producer dropped the delivery report"),
+        }
+    }
+    Ok(last)
+}
+
+async fn process_batch(
+    cfg: &RunConfig,
+    engine: &Engine,
+    store: &Arc<Mutex<StateStore>>,
+    consumer: &StreamConsumer<ServiceContext>,
+    producer: &FutureProducer,
+    batch: Vec<OwnedMessage>,
+) -> anyhow::Result<Counts> {
+    let ready = consumer.context().ready.lock().expect("ready lock").clone();
+    // Group by task (partition number), keeping input order within each.
+    let mut by_task: BTreeMap<i32, Vec<&OwnedMessage>> = BTreeMap::new();
+    for m in &batch {
+        if ready.contains(&m.partition()) {
+            by_task.entry(m.partition()).or_default().push(m);
+        } else {
+            // Only possible for a partition revoked while its records were queued.
+            tracing::debug!(topic = m.topic(), partition = m.partition(), offset = m.offset(), "record of a partition no longer owned; skipped");
+        }
+    }
+
+    let mut counts = Counts::default();
+    let mut outputs = Vec::new();
+    {
+        let store = store.lock().expect("store lock");
+        for (&p, msgs) in &by_task {
+            let records: Vec<InputRecord> = msgs.iter().map(|m| InputRecord { key: m.key(), value: m.payload(), offset: m.offset() as u64 }).collect();
+            let out = engine.process(&store, &task_name(p), &records)?;
+            counts.add(&out.counts);
+            outputs.push((p, out));
+        }
+    }
+
+    // 2. Business events and dead letters, acknowledged first.
+    let mut futures = Vec::new();
+    for (p, out) in &outputs {
+        let msgs = &by_task[p];
+        for (_, event) in &out.events {
+            let payload = serde_json::to_vec(event)?;
+            let headers = OwnedHeaders::new().insert(Header { key: "eventType", value: Some(event.event_type) });
+            let record = FutureRecord::to(&cfg.output_topic).key(event.reservation_id.as_bytes()).payload(&payload[..]).headers(headers);
+            futures.push(send(producer, record).await?);
+        }
+        for r in &out.rejected {
+            let m = msgs[r.index];
+            tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), kind = r.error.kind(), error = %r.error, "record rejected; sent to the dead-letter topic");
+            let dlt = format!("{}.dlt", m.topic());
+            let mut headers = OwnedHeaders::new();
+            if let Some(h) = m.headers() {
+                use rdkafka::message::Headers;
+                for h in h.iter() {
+                    headers = headers.insert(Header { key: h.key, value: h.value });
+                }
+            }
+            let offset = m.offset().to_string();
+            let partition = m.partition().to_string();
+            let reason = r.error.to_string();
+            headers = headers
+                .insert(Header { key: "resevent.error.kind", value: Some(r.error.kind()) })
+                .insert(Header { key: "resevent.error.message", value: Some(reason.as_str()) })
+                .insert(Header { key: "resevent.original.topic", value: Some(m.topic()) })
+                .insert(Header { key: "resevent.original.partition", value: Some(partition.as_str()) })
+                .insert(Header { key: "resevent.original.offset", value: Some(offset.as_str()) })
+                .insert(Header { key: "resevent.version", value: Some(env!("CARGO_PKG_VERSION")) });
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&dlt).headers(headers);
+            if let Some(k) = m.key() {
+                record = record.key(k);
+            }
+            if let Some(v) = m.payload() {
+                record = record.payload(v);
+            }
+            futures.push(send(producer, record).await?);
+        }
+    }
+    acknowledged(futures, "business event or dead letter").await?;
+
+    // 3. Changelog, acknowledged before the state that depends on it.
+    let changelog = cfg.changelog_topic();
+    let mut futures = Vec::new();
+    let mut encoded = Vec::new();
+    for (p, out) in &outputs {
+        for (id, state) in &out.states {
+            encoded.push((*p, id.as_bytes(), store::encode(state)));
+        }
+    }
+    for (p, id, value) in &encoded {
+        futures.push(send(producer, FutureRecord::to(&changelog).partition(*p).key(*id).payload(&value[..])).await?);
+    }
+    let changelog_last = acknowledged(futures, "changelog record").await?;
+
+    // 4. State with its checkpoint and input offsets, one WriteBatch per task.
+    let mut commit = TopicPartitionList::new();
+    {
+        let store = store.lock().expect("store lock");
+        for (p, out) in &outputs {
+            let mut sb = out.state_batch();
+            if let Some(last) = changelog_last.get(p) {
+                sb.mark(CHANGELOG_NEXT, (*last + 1) as u64);
+            }
+            let mut next_by_topic: BTreeMap<&str, i64> = BTreeMap::new();
+            for m in &by_task[p] {
+                let e = next_by_topic.entry(m.topic()).or_insert(0);
+                *e = (*e).max(m.offset() + 1);
+            }
+            for (topic, next) in &next_by_topic {
+                sb.mark(&format!("input-offset/{topic}"), *next as u64);
+                commit.add_partition_offset(topic, *p, Offset::Offset(*next))?;
+            }
+            if !sb.is_empty() {
+                store.commit(&task_name(*p), sb)?;
+            }
+        }
+    }
+    // 5. Consumer offsets: progress reporting; the state holds its own.
+    if commit.count() > 0 {
+        if let Err(e) = consumer.commit(&commit, CommitMode::Async) {
+            tracing::warn!(error = %e, "offset commit failed; the next commit covers it");
+        }
+    }
+    Ok(counts)
+}

@@ -1,0 +1,154 @@
+//! Restoring a task's state from its changelog partition when the partition
+//! is assigned to this instance.
+//!
+//! The local state of task N carries `changelog-next`: the changelog offset
+//! up to which it is complete, written in the same WriteBatch as the state.
+//! If that checkpoint lies within the changelog's current offsets, only the
+//! tail is read (another instance may have written it meanwhile); otherwise
+//! (no state, a lost disk, a recreated changelog) the task's state is wiped
+//! and rebuilt from the start. Restoration ends at the end offset captured
+//! when it began, detected by partition EOF — never by waiting for a record
+//! at end-1, which compaction or transaction markers may have removed.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::store::{self, StateBatch, StateStore};
+
+/// The store marker holding the next changelog offset a task's state lacks.
+pub const CHANGELOG_NEXT: &str = "changelog-next";
+/// Records per WriteBatch while restoring.
+const RESTORE_BATCH: usize = 20_000;
+/// How long a restore may see no progress before it gives up.
+const STALL_LIMIT: Duration = Duration::from_secs(60);
+
+/// The store partition (column family) of task `n`.
+pub fn task_name(partition: i32) -> String {
+    format!("task/{partition}")
+}
+
+/// What a restore did, for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Restored {
+    pub records: u64,
+    /// Whether the local state was wiped first.
+    pub rebuilt: bool,
+}
+
+pub struct Restorer {
+    pub store: Arc<Mutex<StateStore>>,
+    pub changelog: String,
+    /// An assign-only consumer (no group), `enable.partition.eof=true`.
+    pub consumer: BaseConsumer,
+}
+
+impl Restorer {
+    /// Brings task `partition`'s local state up to the changelog's current end.
+    pub fn restore(&self, partition: i32) -> anyhow::Result<Restored> {
+        let name = task_name(partition);
+        let (low, high) = self
+            .consumer
+            .fetch_watermarks(&self.changelog, partition, Duration::from_secs(15))
+            .map_err(|e| anyhow::anyhow!("cannot read offsets of changelog {}/{partition}: {e}", self.changelog))?;
+        let (low, high) = (low.max(0) as u64, high.max(0) as u64);
+        let start;
+        let rebuilt;
+        {
+            let mut store = self.store.lock().expect("store lock");
+            store.open_partition(&name)?;
+            let checkpoint = store.marker(&name, CHANGELOG_NEXT)?;
+            match checkpoint {
+                Some(next) if (low..=high).contains(&next) => {
+                    start = next;
+                    rebuilt = false;
+                }
+                other => {
+                    if let Some(next) = other {
+                        tracing::warn!(partition, checkpoint = next, low, high, "local state does not fit the changelog; wiping it and rebuilding from the changelog");
+                    }
+                    store.drop_partition(&name)?;
+                    store.open_partition(&name)?;
+                    start = low;
+                    rebuilt = true;
+                }
+            }
+        }
+        if start >= high {
+            if rebuilt {
+                let mut batch = StateBatch::default();
+                batch.mark(CHANGELOG_NEXT, high);
+                self.store.lock().expect("store lock").commit(&name, batch)?;
+            }
+            tracing::info!(partition, changelog_end = high, "state is current");
+            return Ok(Restored { records: 0, rebuilt });
+        }
+
+        tracing::info!(partition, from = start, to = high, rebuilt, "restoring state from the changelog");
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition_offset(&self.changelog, partition, Offset::Offset(start as i64))?;
+        self.consumer.assign(&tpl)?;
+        let started = Instant::now();
+        let mut last_progress = Instant::now();
+        let mut last_log = Instant::now();
+        let mut records = 0u64;
+        let mut next = start;
+        let mut batch = StateBatch::default();
+        let result = loop {
+            match self.consumer.poll(Duration::from_millis(200)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    if next >= high {
+                        break Ok(());
+                    }
+                }
+                Some(Err(e)) => break Err(anyhow::anyhow!("reading changelog {}/{partition}: {e}", self.changelog)),
+                Some(Ok(m)) => {
+                    let offset = m.offset() as u64;
+                    if offset >= high {
+                        // Written after the restore began; the task picks it up as live state.
+                        next = high;
+                        break Ok(());
+                    }
+                    let key = m.key().unwrap_or_default();
+                    let value = m.payload().map(<[u8]>::to_vec);
+                    if let Some(v) = &value {
+                        if let Err(reason) = store::decode(v) {
+                            break Err(anyhow::anyhow!("changelog {}/{partition} offset {offset}: {reason}; is another application writing to it?", self.changelog));
+                        }
+                    }
+                    batch.put_encoded(key, value);
+                    records += 1;
+                    next = offset + 1;
+                    last_progress = Instant::now();
+                    if batch.reservations >= RESTORE_BATCH {
+                        batch.mark(CHANGELOG_NEXT, next);
+                        self.store.lock().expect("store lock").commit(&name, std::mem::take(&mut batch))?;
+                    }
+                    if next >= high {
+                        break Ok(());
+                    }
+                }
+            }
+            if last_log.elapsed() >= Duration::from_secs(5) {
+                last_log = Instant::now();
+                let secs = started.elapsed().as_secs_f64();
+                tracing::info!(partition, records, per_second = (records as f64 / secs) as u64, remaining = high.saturating_sub(next), "restoring");
+            }
+            if last_progress.elapsed() > STALL_LIMIT {
+                break Err(anyhow::anyhow!("restore of partition {partition} made no progress for {}s at changelog offset {next} of {high}", STALL_LIMIT.as_secs()));
+            }
+        };
+        self.consumer.unassign()?;
+        result?;
+        batch.mark(CHANGELOG_NEXT, next.max(high));
+        self.store.lock().expect("store lock").commit(&name, batch)?;
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        tracing::info!(partition, records, seconds = format!("{secs:.2}"), per_second = (records as f64 / secs) as u64, "restored");
+        Ok(Restored { records, rebuilt })
+    }
+}

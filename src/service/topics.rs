@@ -1,0 +1,84 @@
+//! Start-up checks and creation of the topics `resevent run` uses: input
+//! partition counts agree, the changelog is partitioned like the input and
+//! compacted, the business topic exists with its retention.
+//!
+//! Runs once, before anything is consumed: a mismatch stops the service with
+//! an error that names the topics and the fix.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+
+use super::config::RunConfig;
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Partition count of a topic, `None` if it does not exist.
+fn partitions(admin: &AdminClient<DefaultClientContext>, topic: &str) -> anyhow::Result<Option<usize>> {
+    let md = admin.inner().fetch_metadata(Some(topic), TIMEOUT).map_err(|e| anyhow::anyhow!("cannot read metadata of topic {topic:?} from the brokers: {e}"))?;
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else { return Ok(None) };
+    if t.error().is_some() || t.partitions().is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(t.partitions().len()))
+}
+
+/// Checks and creates topics; returns the input partition count.
+pub async fn prepare(cfg: &RunConfig, client: &ClientConfig) -> anyhow::Result<usize> {
+    let admin: AdminClient<DefaultClientContext> = client.create()?;
+    let mut count = None;
+    for topic in &cfg.input_topics {
+        let n = partitions(&admin, topic)?.ok_or_else(|| anyhow::anyhow!("input topic {topic:?} does not exist on {}; create it, or check --input-topic", cfg.bootstrap_servers))?;
+        match count {
+            None => count = Some((topic.clone(), n)),
+            Some((ref first, m)) if m != n => anyhow::bail!(
+                "input topics {first:?} ({m} partitions) and {topic:?} ({n} partitions) differ; partition N of every input topic is one task with one state, so their partition counts must be equal"
+            ),
+            Some(_) => {}
+        }
+    }
+    let (_, n) = count.expect("validated: at least one input topic");
+
+    let changelog = cfg.changelog_topic();
+    let mut to_create = Vec::new();
+    match partitions(&admin, &changelog)? {
+        Some(m) if m != n => anyhow::bail!(
+            "changelog topic {changelog:?} has {m} partitions but the input has {n}; state of input partition N lives in changelog partition N, so they must match. \
+             If the input was repartitioned on purpose, delete {changelog:?} and the state dir (state is rebuilt from the input), or use a new --application-id"
+        ),
+        Some(_) => {}
+        None if cfg.create_topics => to_create.push((changelog.clone(), n, vec![("cleanup.policy", "compact".to_string())])),
+        None => anyhow::bail!("changelog topic {changelog:?} does not exist and topic creation is off; create it compacted with {n} partitions"),
+    }
+    match partitions(&admin, &cfg.output_topic)? {
+        Some(_) => {}
+        None if cfg.create_topics => to_create.push((
+            cfg.output_topic.clone(),
+            n,
+            vec![("retention.ms", cfg.output_retention_ms.to_string()), ("retention.bytes", cfg.output_retention_bytes.to_string()), ("cleanup.policy", "delete".to_string())],
+        )),
+        None => anyhow::bail!("business topic {:?} does not exist and topic creation is off", cfg.output_topic),
+    }
+    if !to_create.is_empty() {
+        let topics: Vec<NewTopic> = to_create
+            .iter()
+            .map(|(name, n, configs)| {
+                let mut t = NewTopic::new(name, *n as i32, TopicReplication::Fixed(cfg.replication_factor));
+                for (k, v) in configs {
+                    t = t.set(k, v);
+                }
+                t
+            })
+            .collect();
+        for result in admin.create_topics(&topics, &AdminOptions::new().operation_timeout(Some(TIMEOUT))).await? {
+            match result {
+                Ok(name) => tracing::info!(topic = %name, partitions = n, "created topic"),
+                Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => tracing::info!(topic = %name, "topic created meanwhile by another instance"),
+                Err((name, code)) => anyhow::bail!("cannot create topic {name:?}: {code}"),
+            }
+        }
+    }
+    Ok(n)
+}
