@@ -94,10 +94,12 @@ resevent replay --state-dir ./state day1.jsonl && resevent replay --state-dir ./
     /// Settings: built-in defaults < --config FILE < RESEVENT_* environment < flags.
     /// SIGTERM or Ctrl-C: finish the batch, commit, leave the group, exit 0.
     #[command(after_help = "Examples:\n  resevent run --bootstrap-servers kafka:9092 --input-topic property.reservation\n  \
-RESEVENT_KAFKA__SESSION_TIMEOUT_MS=6000 resevent run --config resevent.toml\n\n\
+RESEVENT_CONSUMER__SESSION_TIMEOUT_MS=6000 resevent run --config resevent.toml\n\n\
 Config file (TOML) keys: bootstrap_servers, input_topics, application_id, state_dir, pipeline,\n\
 output_topic, format, create_topics, output_retention_ms, output_retention_bytes,\n\
-replication_factor, max_batch_records, batch_wait_ms, and [kafka] for librdkafka settings.")]
+replication_factor, max_batch_records, batch_wait_ms; librdkafka settings go in [kafka] (every\n\
+client), [consumer] and [producer]. Environment: RESEVENT_<KEY>, and RESEVENT_KAFKA__<SETTING>,\n\
+RESEVENT_CONSUMER__<SETTING>, RESEVENT_PRODUCER__<SETTING> with dots written as underscores.")]
     Run {
         /// Config file (TOML); see the keys below.
         #[arg(long, value_name = "FILE")]

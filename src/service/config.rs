@@ -43,9 +43,13 @@ pub struct RunConfig {
     pub max_batch_records: usize,
     /// How long to wait to fill a batch once its first record arrived, in ms.
     pub batch_wait_ms: u64,
-    /// librdkafka settings for the consumer and producer (e.g. `security.protocol`,
-    /// `sasl.password`, `session.timeout.ms`), passed through as given.
+    /// librdkafka settings for every client (e.g. `security.protocol`,
+    /// `sasl.password`), passed through as given.
     pub kafka: BTreeMap<String, String>,
+    /// librdkafka settings for the consumers only (e.g. `session.timeout.ms`).
+    pub consumer: BTreeMap<String, String>,
+    /// librdkafka settings for the producer only (e.g. `linger.ms`, `compression.type`).
+    pub producer: BTreeMap<String, String>,
 }
 
 impl Default for RunConfig {
@@ -65,6 +69,8 @@ impl Default for RunConfig {
             max_batch_records: 5000,
             batch_wait_ms: 20,
             kafka: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
         }
     }
 }
@@ -94,10 +100,11 @@ impl RunConfig {
         let mut from_env = toml::Table::new();
         for (k, v) in env {
             let Some(name) = k.strip_prefix("RESEVENT_") else { continue };
-            if let Some(setting) = name.strip_prefix("KAFKA__") {
-                // RESEVENT_KAFKA__SESSION_TIMEOUT_MS=6000 → kafka."session.timeout.ms"
+            if let Some((section, setting)) = name.split_once("__").filter(|(s, _)| matches!(*s, "KAFKA" | "CONSUMER" | "PRODUCER")) {
+                // RESEVENT_CONSUMER__SESSION_TIMEOUT_MS=6000 → consumer."session.timeout.ms"
                 let key = setting.to_ascii_lowercase().replace('_', ".");
-                from_env.entry("kafka").or_insert_with(|| toml::Value::Table(toml::Table::new())).as_table_mut().expect("a table").insert(key, toml::Value::String(v));
+                let table = from_env.entry(section.to_ascii_lowercase()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                table.as_table_mut().expect("a table").insert(key, toml::Value::String(v));
                 continue;
             }
             let key = name.to_ascii_lowercase();
@@ -163,7 +170,7 @@ impl RunConfig {
     /// The effective configuration for the start-up log, secrets masked.
     pub fn masked(&self) -> String {
         let mut shown = self.clone();
-        for (k, v) in shown.kafka.iter_mut() {
+        for (k, v) in shown.kafka.iter_mut().chain(shown.consumer.iter_mut()).chain(shown.producer.iter_mut()) {
             let k = k.to_ascii_lowercase();
             if ["password", "secret", "jaas", "key.pem", "ssl.key", "token"].iter().any(|s| k.contains(s)) {
                 *v = "*****".into();
@@ -199,14 +206,14 @@ mod tests {
         let file = dir.path().join("resevent.toml");
         std::fs::write(&file, "input_topics = [\"a\"]\napplication_id = \"from-file\"\noutput_topic = \"file-out\"\n[kafka]\n\"sasl.password\" = \"hunter2\"\n\"linger.ms\" = \"7\"\n").unwrap();
         let flags = Overrides { output_topic: Some("flag-out".into()), ..Default::default() };
-        let cfg = RunConfig::load(Some(&file), env(&[("RESEVENT_APPLICATION_ID", "from-env"), ("RESEVENT_MAX_BATCH_RECORDS", "9"), ("RESEVENT_KAFKA__SESSION_TIMEOUT_MS", "6000")]), flags).unwrap();
+        let cfg = RunConfig::load(Some(&file), env(&[("RESEVENT_APPLICATION_ID", "from-env"), ("RESEVENT_MAX_BATCH_RECORDS", "9"), ("RESEVENT_CONSUMER__SESSION_TIMEOUT_MS", "6000")]), flags).unwrap();
         assert_eq!(cfg.input_topics, vec!["a"]);
         assert_eq!(cfg.application_id, "from-env");
         assert_eq!(cfg.output_topic, "flag-out");
         assert_eq!(cfg.max_batch_records, 9);
         assert_eq!(cfg.bootstrap_servers, "127.0.0.1:9092");
         assert_eq!(cfg.kafka.get("linger.ms").map(String::as_str), Some("7"));
-        assert_eq!(cfg.kafka.get("session.timeout.ms").map(String::as_str), Some("6000"));
+        assert_eq!(cfg.consumer.get("session.timeout.ms").map(String::as_str), Some("6000"));
         assert_eq!(cfg.changelog_topic(), "from-env-reservation-state-changelog");
         let masked = cfg.masked();
         assert!(!masked.contains("hunter2") && masked.contains("*****"), "{masked}");

@@ -116,20 +116,28 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
     std::fs::create_dir_all(&cfg.state_dir)?;
     let store = Arc::new(Mutex::new(StateStore::open(&cfg.state_dir)?));
 
-    let mut restore_cfg = base.clone();
-    restore_cfg.set("enable.partition.eof", "true").set("enable.auto.commit", "false").set("group.id", format!("{}-restore", cfg.application_id));
+    let with = |extra: &std::collections::BTreeMap<String, String>| {
+        let mut c = base.clone();
+        for (k, v) in extra {
+            c.set(k, v);
+        }
+        c
+    };
+    let mut restore_cfg = with(&cfg.consumer);
+    // A short fetch wait: restore ends on the empty fetch at the partition's end.
+    restore_cfg.set("enable.partition.eof", "true").set("fetch.wait.max.ms", "50").set("enable.auto.commit", "false").set("group.id", format!("{}-restore", cfg.application_id));
     // Only read_committed is safe for a changelog written transactionally.
     restore_cfg.set("isolation.level", "read_committed");
     let restorer = Restorer { store: store.clone(), changelog: cfg.changelog_topic(), consumer: restore_cfg.create()? };
     let context = ServiceContext { restorer, ready: Mutex::new(HashSet::new()), failure: Mutex::new(None) };
 
-    let mut consumer_cfg = base.clone();
+    let mut consumer_cfg = with(&cfg.consumer);
     consumer_cfg
         .set("group.id", &cfg.application_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest");
-    if !cfg.kafka.contains_key("partition.assignment.strategy") {
+    if !cfg.consumer.contains_key("partition.assignment.strategy") {
         // Several input topics must be co-partitioned (partition N of each on one
         // instance): the range assignor guarantees that; one topic can rebalance
         // incrementally.
@@ -137,9 +145,9 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
     }
     let consumer: StreamConsumer<ServiceContext> = consumer_cfg.create_with_context(context)?;
     let mut producer_cfg = base.clone();
-    producer_cfg.set("enable.idempotence", "true").set("acks", "all");
-    if !cfg.kafka.contains_key("linger.ms") {
-        producer_cfg.set("linger.ms", "5");
+    producer_cfg.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
+    for (k, v) in &cfg.producer {
+        producer_cfg.set(k, v);
     }
     let producer: FutureProducer = producer_cfg.create()?;
 

@@ -6,9 +6,12 @@
 //! If that checkpoint lies within the changelog's current offsets, only the
 //! tail is read (another instance may have written it meanwhile); otherwise
 //! (no state, a lost disk, a recreated changelog) the task's state is wiped
-//! and rebuilt from the start. Restoration ends at the end offset captured
-//! when it began, detected by partition EOF — never by waiting for a record
-//! at end-1, which compaction or transaction markers may have removed.
+//! and rebuilt from the start. Restoration ends at partition EOF once the
+//! fetch position has reached the end offset captured when it began — never
+//! by waiting for a record at end-1, which compaction or transaction markers
+//! may have removed. (The end offset is a lower bound only: Tansu 0.6 reports
+//! the last batch's base offset + 1 from ListOffsets, so the checkpoint is the
+//! position at EOF, which the fetch response gets right on every broker.)
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -102,18 +105,17 @@ impl Restorer {
             match self.consumer.poll(Duration::from_millis(200)) {
                 None => {}
                 Some(Err(KafkaError::PartitionEOF(_))) => {
-                    if next >= high {
+                    // The fetch position, not the last record: compaction and
+                    // transaction markers leave gaps before the end.
+                    let position = self.fetch_position(partition).unwrap_or(next);
+                    if position >= high {
+                        next = position;
                         break Ok(());
                     }
                 }
                 Some(Err(e)) => break Err(anyhow::anyhow!("reading changelog {}/{partition}: {e}", self.changelog)),
                 Some(Ok(m)) => {
                     let offset = m.offset() as u64;
-                    if offset >= high {
-                        // Written after the restore began; the task picks it up as live state.
-                        next = high;
-                        break Ok(());
-                    }
                     let key = m.key().unwrap_or_default();
                     let value = m.payload().map(<[u8]>::to_vec);
                     if let Some(v) = &value {
@@ -129,9 +131,6 @@ impl Restorer {
                         batch.mark(CHANGELOG_NEXT, next);
                         self.store.lock().expect("store lock").commit(&name, std::mem::take(&mut batch))?;
                     }
-                    if next >= high {
-                        break Ok(());
-                    }
                 }
             }
             if last_log.elapsed() >= Duration::from_secs(5) {
@@ -145,10 +144,18 @@ impl Restorer {
         };
         self.consumer.unassign()?;
         result?;
-        batch.mark(CHANGELOG_NEXT, next.max(high));
+        batch.mark(CHANGELOG_NEXT, next);
         self.store.lock().expect("store lock").commit(&name, batch)?;
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         tracing::info!(partition, records, seconds = format!("{secs:.2}"), per_second = (records as f64 / secs) as u64, "restored");
         Ok(Restored { records, rebuilt })
+    }
+
+    fn fetch_position(&self, partition: i32) -> Option<u64> {
+        let tpl = self.consumer.position().ok()?;
+        match tpl.find_partition(&self.changelog, partition)?.offset() {
+            Offset::Offset(o) if o >= 0 => Some(o as u64),
+            _ => None,
+        }
     }
 }

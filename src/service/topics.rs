@@ -10,14 +10,18 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use super::config::RunConfig;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Partition count of a topic, `None` if it does not exist.
-fn partitions(admin: &AdminClient<DefaultClientContext>, topic: &str) -> anyhow::Result<Option<usize>> {
-    let md = admin.inner().fetch_metadata(Some(topic), TIMEOUT).map_err(|e| anyhow::anyhow!("cannot read metadata of topic {topic:?} from the brokers: {e}"))?;
+/// Partition count of a topic, `None` if it does not exist. Asked through a
+/// consumer handle with `allow.auto.create.topics=false`: a producer-type
+/// metadata request lets brokers that auto-create topics create the very topic
+/// being checked, with their default partition count.
+fn partitions(probe: &BaseConsumer, topic: &str) -> anyhow::Result<Option<usize>> {
+    let md = probe.fetch_metadata(Some(topic), TIMEOUT).map_err(|e| anyhow::anyhow!("cannot read metadata of topic {topic:?} from the brokers: {e}"))?;
     let Some(t) = md.topics().iter().find(|t| t.name() == topic) else { return Ok(None) };
     if t.error().is_some() || t.partitions().is_empty() {
         return Ok(None);
@@ -28,9 +32,10 @@ fn partitions(admin: &AdminClient<DefaultClientContext>, topic: &str) -> anyhow:
 /// Checks and creates topics; returns the input partition count.
 pub async fn prepare(cfg: &RunConfig, client: &ClientConfig) -> anyhow::Result<usize> {
     let admin: AdminClient<DefaultClientContext> = client.create()?;
+    let probe: BaseConsumer = client.clone().set("allow.auto.create.topics", "false").create()?;
     let mut count = None;
     for topic in &cfg.input_topics {
-        let n = partitions(&admin, topic)?.ok_or_else(|| anyhow::anyhow!("input topic {topic:?} does not exist on {}; create it, or check --input-topic", cfg.bootstrap_servers))?;
+        let n = partitions(&probe, topic)?.ok_or_else(|| anyhow::anyhow!("input topic {topic:?} does not exist on {}; create it, or check --input-topic", cfg.bootstrap_servers))?;
         match count {
             None => count = Some((topic.clone(), n)),
             Some((ref first, m)) if m != n => anyhow::bail!(
@@ -43,7 +48,7 @@ pub async fn prepare(cfg: &RunConfig, client: &ClientConfig) -> anyhow::Result<u
 
     let changelog = cfg.changelog_topic();
     let mut to_create = Vec::new();
-    match partitions(&admin, &changelog)? {
+    match partitions(&probe, &changelog)? {
         Some(m) if m != n => anyhow::bail!(
             "changelog topic {changelog:?} has {m} partitions but the input has {n}; state of input partition N lives in changelog partition N, so they must match. \
              If the input was repartitioned on purpose, delete {changelog:?} and the state dir (state is rebuilt from the input), or use a new --application-id"
@@ -52,7 +57,7 @@ pub async fn prepare(cfg: &RunConfig, client: &ClientConfig) -> anyhow::Result<u
         None if cfg.create_topics => to_create.push((changelog.clone(), n, vec![("cleanup.policy", "compact".to_string())])),
         None => anyhow::bail!("changelog topic {changelog:?} does not exist and topic creation is off; create it compacted with {n} partitions"),
     }
-    match partitions(&admin, &cfg.output_topic)? {
+    match partitions(&probe, &cfg.output_topic)? {
         Some(_) => {}
         None if cfg.create_topics => to_create.push((
             cfg.output_topic.clone(),

@@ -1,0 +1,310 @@
+//! Test harness for the Kafka tests: a real Kafka-protocol broker and real
+//! `resevent run` processes.
+//!
+//! The broker is Tansu (started here on a free loopback port, one per test),
+//! or any broker given in `RESEVENT_TEST_BOOTSTRAP` (for example a real Apache
+//! Kafka). `scripts/test` installs Tansu and sets `RESEVENT_TANSU`; without
+//! either variable the tests fail loudly rather than skip.
+
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+pub struct Broker {
+    pub bootstrap: String,
+    process: Option<Child>,
+    /// Unique prefix for topic and group names, so tests can share an external broker.
+    pub prefix: String,
+}
+
+impl Broker {
+    pub fn start(test: &str) -> Broker {
+        let prefix = format!("{test}-{}", std::process::id());
+        if let Ok(b) = std::env::var("RESEVENT_TEST_BOOTSTRAP") {
+            return Broker { bootstrap: b, process: None, prefix };
+        }
+        let tansu = std::env::var("RESEVENT_TANSU").unwrap_or_else(|_| {
+            panic!("no broker: set RESEVENT_TEST_BOOTSTRAP to a Kafka broker, or RESEVENT_TANSU to a tansu binary (scripts/test installs it)")
+        });
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let log = std::fs::File::create(std::env::temp_dir().join(format!("tansu-{prefix}.log"))).unwrap();
+        let child = Command::new(&tansu)
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start tansu at {tansu}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on {port} within 20s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker { bootstrap: format!("127.0.0.1:{port}"), process: Some(child), prefix }
+    }
+
+    pub fn name(&self, what: &str) -> String {
+        format!("{}-{what}", self.prefix)
+    }
+
+    fn client(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.bootstrap);
+        c
+    }
+
+    pub fn create_topic(&self, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
+        let admin: AdminClient<DefaultClientContext> = self.client().create().unwrap();
+        // Tansu returns no defaults for these; set them explicitly.
+        let mut t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1)).set("retention.ms", "-1").set("retention.bytes", "-1");
+        for (k, v) in configs {
+            t = t.set(k, v);
+        }
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let res = rt.block_on(admin.create_topics(&[t], &AdminOptions::new())).unwrap();
+        for r in res {
+            r.unwrap_or_else(|(n, e)| panic!("create topic {n}: {e}"));
+        }
+    }
+
+    /// Produces (key, value) records, keyed like the connectors do.
+    pub fn produce(&self, topic: &str, records: &[(String, String)]) {
+        let producer: ThreadedProducer<DefaultProducerContext> =
+            self.client().set("enable.idempotence", "true").set("linger.ms", "10").set("queue.buffering.max.messages", "1000000").create().unwrap();
+        for (k, v) in records {
+            let mut rec = BaseRecord::to(topic).key(k.as_str()).payload(v.as_str());
+            loop {
+                match producer.send(rec) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        rec = r;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(60)).unwrap();
+    }
+
+    /// Every record of a topic, per partition in order: (partition, key, value, headers).
+    pub fn read_all(&self, topic: &str) -> Vec<Record> {
+        let consumer: BaseConsumer = self.client().set("group.id", self.name("reader")).set("enable.partition.eof", "true").set("enable.auto.commit", "false").create().unwrap();
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+        let Some(t) = md.topics().iter().find(|t| t.name() == topic && t.error().is_none()) else { return Vec::new() };
+        let parts: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+        let mut tpl = TopicPartitionList::new();
+        for p in &parts {
+            tpl.add_partition_offset(topic, *p, Offset::Beginning).unwrap();
+        }
+        consumer.assign(&tpl).unwrap();
+        let mut eof = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while eof.len() < parts.len() && Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(500)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    eof.insert(p);
+                }
+                Some(Err(e)) => panic!("reading {topic}: {e}"),
+                Some(Ok(m)) => {
+                    eof.remove(&m.partition());
+                    let headers = m.headers().map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect()).unwrap_or_default();
+                    out.push(Record {
+                        partition: m.partition(),
+                        key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
+                        value: m.payload().map(<[u8]>::to_vec),
+                        headers,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    pub fn topic_exists(&self, topic: &str) -> bool {
+        let consumer: BaseConsumer = self.client().create().unwrap();
+        let md = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).unwrap();
+        md.topics().iter().any(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty())
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.process.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub key: Option<String>,
+    pub value: Option<Vec<u8>>,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Record {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(self.value.as_deref().expect("a value")).expect("JSON value")
+    }
+}
+
+/// A `resevent run` process.
+pub struct Instance {
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Instance {
+    pub fn start(broker: &Broker, input: &str, app: &str, state_dir: &Path, tag: &str) -> Instance {
+        let log = std::env::temp_dir().join(format!("{}-{tag}.log", broker.name(app)));
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_resevent"))
+            .args(["run", "--bootstrap-servers", &broker.bootstrap, "--input-topic", input, "--application-id", app, "--output-topic", &format!("{app}-events")])
+            .arg("--state-dir")
+            .arg(state_dir)
+            .env("RESEVENT_CONSUMER__SESSION_TIMEOUT_MS", "6000")
+            .env("RESEVENT_CONSUMER__HEARTBEAT_INTERVAL_MS", "1000")
+            .env("RESEVENT_LOG", "info")
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap();
+        Instance { child, log }
+    }
+
+    /// SIGKILL: no chance to flush or commit.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM; returns the exit code.
+    pub fn terminate(mut self) -> Option<i32> {
+        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(Instant::now() < deadline, "resevent did not stop within 60s of SIGTERM; log {}", self.log.display());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the log holds `pattern` at least `count` times.
+    pub fn wait_log(&self, pattern: &str, count: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if log.matches(pattern).count() >= count {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{pattern:?} not seen {count} times within {within:?} in {}", self.log.display());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn wait_exit(mut self, within: Duration) -> (Option<i32>, String) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return (s.code(), std::fs::read_to_string(&self.log).unwrap_or_default());
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("resevent did not exit within {within:?}; log {}", self.log.display());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The events `resevent replay` emits for the same record values, in order.
+pub fn replay_events(values: &[(String, String)]) -> Vec<serde_json::Value> {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, values.iter().map(|(_, v)| format!("{v}\n")).collect::<String>()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_resevent")).arg("replay").arg(&input).env("RESEVENT_LOG", "warn").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Events grouped by reservation, in order.
+pub fn per_reservation(events: &[serde_json::Value]) -> BTreeMap<String, Vec<serde_json::Value>> {
+    let mut m: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
+    for e in events {
+        m.entry(e["reservationId"].as_str().unwrap().to_string()).or_default().push(e.clone());
+    }
+    m
+}
+
+/// Drops repeats by eventId as a consumer does, asserting that every repeat
+/// has the same content as the first.
+pub fn dedup(events: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    let mut seen: HashMap<String, serde_json::Value> = HashMap::new();
+    let mut out = Vec::new();
+    for e in events {
+        let id = e["eventId"].as_str().unwrap().to_string();
+        match seen.get(&id) {
+            Some(first) => assert_eq!(first, e, "a repeat of {id} differs in content"),
+            None => {
+                seen.insert(id, e.clone());
+                out.push(e.clone());
+            }
+        }
+    }
+    out
+}
+
+/// Waits until `done` holds for the output topic's events, or panics.
+pub fn wait_for(broker: &Broker, topic: &str, within: Duration, done: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        let events: Vec<serde_json::Value> = broker.read_all(topic).iter().map(Record::json).collect();
+        if done(&events) {
+            return events;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} with {} events ({} distinct ids) on {topic}", events.len(), events.iter().map(|e| e["eventId"].to_string()).collect::<std::collections::HashSet<_>>().len());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// Asserts two event lists hold the same events in the same order for every
+/// reservation; on failure names the first reservation that differs, briefly.
+pub fn assert_same_per_reservation(got: &[serde_json::Value], expected: &[serde_json::Value]) {
+    let (g, e) = (per_reservation(got), per_reservation(expected));
+    let brief = |v: &[serde_json::Value]| v.iter().map(|x| format!("{}@{}", x["eventType"].as_str().unwrap_or("?"), x["sourcePosition"].as_str().unwrap_or("?"))).collect::<Vec<_>>().join(" ");
+    let mut bad = Vec::new();
+    for id in g.keys().chain(e.keys()).collect::<std::collections::BTreeSet<_>>() {
+        let (a, b) = (g.get(id).map(Vec::as_slice).unwrap_or_default(), e.get(id).map(Vec::as_slice).unwrap_or_default());
+        if a != b {
+            bad.push(format!("reservation {id}:\n    got      {}\n    expected {}", brief(a), brief(b)));
+        }
+    }
+    assert!(bad.is_empty(), "{} of {} reservations differ ({} events got, {} expected); first ones:\n  {}", bad.len(), e.len(), got.len(), expected.len(), bad.iter().take(3).cloned().collect::<Vec<_>>().join("\n  "));
+}
