@@ -128,6 +128,12 @@ RESEVENT_CONSUMER__<SETTING>, RESEVENT_PRODUCER__<SETTING> with dots written as 
         /// Do not create missing changelog or business topics; fail instead.
         #[arg(long)]
         no_create_topics: bool,
+        /// Stop after this many seconds without input, printing a JSON summary (batch jobs, benchmarks).
+        #[arg(long, value_name = "SECS")]
+        idle_exit_secs: Option<u64>,
+        /// Benchmark baseline: consume and produce the same records unchanged, with the same client settings.
+        #[arg(long, hide_short_help = true)]
+        passthrough: bool,
     },
     /// Check or print a pipeline file.
     Pipeline {
@@ -175,14 +181,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", p.describe());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config, bootstrap_servers, input_topics, application_id, state_dir, pipeline, output_topic, format, no_create_topics } => {
-            let flags = Overrides { bootstrap_servers, input_topics, application_id, state_dir, pipeline, output_topic, format, no_create_topics };
+        Command::Run { config, bootstrap_servers, input_topics, application_id, state_dir, pipeline, output_topic, format, no_create_topics, idle_exit_secs, passthrough } => {
+            let flags = Overrides { bootstrap_servers, input_topics, application_id, state_dir, pipeline, output_topic, format, no_create_topics, idle_exit_secs };
             let cfg = RunConfig::load(config.as_deref(), std::env::vars(), flags)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            if passthrough {
+                let summary = runtime.block_on(service::passthrough::run(cfg, shutdown_signal()))?;
+                println!("{}", summary.to_json());
+                return Ok(ExitCode::SUCCESS);
+            }
             let (pipeline, origin) = load_pipeline(cfg.pipeline.as_deref())?;
             tracing::info!(pipeline = %origin, "pipeline loaded");
             let engine = Engine::new(pipeline.clone(), Decoder::new(cfg.format, pipeline.paths.clone()));
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            runtime.block_on(service::run(cfg, engine, shutdown_signal()))?;
+            let summary = runtime.block_on(service::run(cfg, engine, shutdown_signal()))?;
+            if summary.first_batch.is_some() {
+                println!("{}", summary.to_json());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Replay { pipeline, format, keyed, allow_properties, state_dir, dead_letters, files } => {

@@ -43,6 +43,8 @@ pub struct RunConfig {
     pub max_batch_records: usize,
     /// How long to wait to fill a batch once its first record arrived, in ms.
     pub batch_wait_ms: u64,
+    /// Stop after this many seconds without input (batch jobs, benchmarks); none = run until signalled.
+    pub idle_exit_secs: Option<u64>,
     /// librdkafka settings for every client (e.g. `security.protocol`,
     /// `sasl.password`), passed through as given.
     pub kafka: BTreeMap<String, String>,
@@ -68,6 +70,7 @@ impl Default for RunConfig {
             replication_factor: -1,
             max_batch_records: 5000,
             batch_wait_ms: 20,
+            idle_exit_secs: None,
             kafka: BTreeMap::new(),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
@@ -86,6 +89,7 @@ pub struct Overrides {
     pub output_topic: Option<String>,
     pub format: Option<Format>,
     pub no_create_topics: bool,
+    pub idle_exit_secs: Option<u64>,
 }
 
 impl RunConfig {
@@ -108,10 +112,16 @@ impl RunConfig {
                 continue;
             }
             let key = name.to_ascii_lowercase();
-            if !table.contains_key(&key) || matches!(key.as_str(), "log" | "pipeline_file") {
+            // Settings without a default are absent from the defaults table.
+            let optional = match key.as_str() {
+                "pipeline" => Some(toml::Value::String(String::new())),
+                "idle_exit_secs" => Some(toml::Value::Integer(0)),
+                _ => None,
+            };
+            let Some(kind) = table.get(&key).cloned().or(optional) else {
                 continue; // RESEVENT_LOG and friends belong to other parts
-            }
-            let value = match table.get(&key) {
+            };
+            let value = match Some(&kind) {
                 Some(toml::Value::Array(_)) => toml::Value::Array(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect()),
                 Some(toml::Value::Integer(_)) => toml::Value::Integer(v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not a whole number"))?),
                 Some(toml::Value::Boolean(_)) => toml::Value::Boolean(v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not true or false"))?),
@@ -144,6 +154,9 @@ impl RunConfig {
         }
         if flags.no_create_topics {
             cfg.create_topics = false;
+        }
+        if flags.idle_exit_secs.is_some() {
+            cfg.idle_exit_secs = flags.idle_exit_secs;
         }
         cfg.validate()?;
         Ok(cfg)

@@ -20,6 +20,7 @@
 //! eventId; consumers drop them by it.
 
 pub mod config;
+pub mod passthrough;
 pub mod restore;
 mod topics;
 
@@ -44,6 +45,77 @@ use restore::{CHANGELOG_NEXT, Restorer, task_name};
 pub struct RunSummary {
     pub counts: Counts,
     pub batches: u64,
+    /// When the first and the last batch were done, for a busy-time rate.
+    pub first_batch: Option<Instant>,
+    pub last_batch: Option<Instant>,
+}
+
+impl RunSummary {
+    fn record_batch(&mut self, counts: &Counts) {
+        self.counts.add(counts);
+        self.batches += 1;
+        let now = Instant::now();
+        self.first_batch.get_or_insert(now);
+        self.last_batch = Some(now);
+    }
+
+    /// Records per second between the first and the last batch.
+    pub fn busy_rate(&self) -> Option<f64> {
+        let secs = self.last_batch?.duration_since(self.first_batch?).as_secs_f64();
+        (secs > 0.0).then(|| self.counts.records as f64 / secs)
+    }
+
+    /// One JSON line for scripts and benchmarks.
+    pub fn to_json(&self) -> String {
+        serde_json::json!({
+            "records": self.counts.records,
+            "events": self.counts.events,
+            "rejected": self.counts.rejected,
+            "batches": self.batches,
+            "busy_seconds": self.last_batch.zip(self.first_batch).map(|(l, f)| l.duration_since(f).as_secs_f64()),
+            "records_per_second": self.busy_rate().map(f64::round),
+        })
+        .to_string()
+    }
+}
+
+/// Collects the next batch: waits for a first record (or shutdown, or `idle`
+/// without input), then takes what arrives within `wait`, up to `max`.
+/// `None` = stop.
+async fn next_batch<C: ConsumerContext + 'static>(
+    consumer: &StreamConsumer<C>,
+    max: usize,
+    wait: Duration,
+    idle: Option<Duration>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> Option<Vec<OwnedMessage>> {
+    let idle_for = idle.unwrap_or(Duration::from_secs(365 * 24 * 3600));
+    let first = loop {
+        tokio::select! {
+            _ = shutdown.as_mut() => return None,
+            m = tokio::time::timeout(idle_for, consumer.recv()) => match m {
+                Err(_) => {
+                    tracing::info!(seconds = idle_for.as_secs(), "no input for the idle limit; stopping");
+                    return None;
+                }
+                Ok(Ok(m)) => break m.detach(),
+                Ok(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+            }
+        }
+    };
+    let mut batch = vec![first];
+    let deadline = tokio::time::Instant::now() + wait;
+    while batch.len() < max {
+        match tokio::time::timeout_at(deadline, consumer.recv()).await {
+            Ok(Ok(m)) => batch.push(m.detach()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "consumer error");
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    Some(batch)
 }
 
 /// Rebalance handling: restore on assign, forget on revoke.
@@ -96,7 +168,7 @@ impl ConsumerContext for ServiceContext {
     }
 }
 
-fn client_config(cfg: &RunConfig) -> ClientConfig {
+pub(crate) fn client_config(cfg: &RunConfig) -> ClientConfig {
     let mut c = ClientConfig::new();
     c.set("bootstrap.servers", &cfg.bootstrap_servers);
     for (k, v) in &cfg.kafka {
@@ -155,44 +227,17 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
     consumer.subscribe(&topics)?;
 
     let mut summary = RunSummary::default();
-    let batch_wait = Duration::from_millis(cfg.batch_wait_ms);
     let mut last_log = Instant::now();
     let mut since_log = Counts::default();
+    let idle = cfg.idle_exit_secs.map(Duration::from_secs);
     tokio::pin!(shutdown);
-    loop {
-        let first = tokio::select! {
-            _ = &mut shutdown => break,
-            m = consumer.recv() => m,
-        };
-        if let Some(f) = consumer.context().failure.lock().expect("failure lock").take() {
-            anyhow::bail!("{f}; stopping so the instance restarts cleanly");
-        }
-        let first = match first {
-            Ok(m) => m.detach(),
-            Err(e) => {
-                tracing::warn!(error = %e, "consumer error");
-                continue;
-            }
-        };
-        let mut batch = vec![first];
-        let deadline = tokio::time::Instant::now() + batch_wait;
-        while batch.len() < cfg.max_batch_records {
-            match tokio::time::timeout_at(deadline, consumer.recv()).await {
-                Ok(Ok(m)) => batch.push(m.detach()),
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "consumer error");
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(&consumer, cfg.max_batch_records, Duration::from_millis(cfg.batch_wait_ms), idle, &mut shutdown).await {
         if let Some(f) = consumer.context().failure.lock().expect("failure lock").take() {
             anyhow::bail!("{f}; stopping so the instance restarts cleanly");
         }
         let counts = process_batch(&cfg, &engine, &store, &consumer, &producer, batch).await?;
-        summary.counts.add(&counts);
+        summary.record_batch(&counts);
         since_log.add(&counts);
-        summary.batches += 1;
         if last_log.elapsed() >= Duration::from_secs(10) {
             let secs = last_log.elapsed().as_secs_f64();
             tracing::info!(
@@ -206,6 +251,9 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
             last_log = Instant::now();
             since_log = Counts::default();
         }
+    }
+    if let Some(f) = consumer.context().failure.lock().expect("failure lock").take() {
+        anyhow::bail!("{f}; stopping so the instance restarts cleanly");
     }
 
     tracing::info!("shutting down: committing offsets and leaving the group");
@@ -228,7 +276,7 @@ fn producer_flush(producer: &FutureProducer) {
 }
 
 /// Sends a record, waiting for queue space when the producer is full.
-async fn send(producer: &FutureProducer, mut record: FutureRecord<'_, [u8], [u8]>) -> anyhow::Result<DeliveryFuture> {
+pub(crate) async fn send(producer: &FutureProducer, mut record: FutureRecord<'_, [u8], [u8]>) -> anyhow::Result<DeliveryFuture> {
     loop {
         match producer.send_result(record) {
             Ok(f) => return Ok(f),
@@ -242,7 +290,7 @@ async fn send(producer: &FutureProducer, mut record: FutureRecord<'_, [u8], [u8]
 }
 
 /// Awaits acknowledgements; returns the highest offset per partition.
-async fn acknowledged(futures: Vec<DeliveryFuture>, what: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+pub(crate) async fn acknowledged(futures: Vec<DeliveryFuture>, what: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
     let mut last = BTreeMap::new();
     for f in futures {
         match f.await {
