@@ -15,7 +15,7 @@ use resevent::pipeline::{Allowlist, Pipeline};
 use resevent::replay::{self, Input, ReplayOptions};
 use resevent::service::{
     self,
-    config::{Overrides, RunConfig},
+    config::{Guarantee, Overrides, RunConfig},
 };
 use resevent::store::StateStore;
 
@@ -97,7 +97,7 @@ resevent replay --state-dir ./state day1.jsonl && resevent replay --state-dir ./
 RESEVENT_CONSUMER__SESSION_TIMEOUT_MS=6000 resevent run --config resevent.toml\n\n\
 Config file (TOML) keys: bootstrap_servers, input_topics, application_id, state_dir, pipeline,\n\
 output_topic, format, create_topics, output_retention_ms, output_retention_bytes,\n\
-replication_factor, max_batch_records, batch_wait_ms; librdkafka settings go in [kafka] (every\n\
+replication_factor, max_batch_records, batch_wait_ms, processing_guarantee, idle_exit_secs; librdkafka settings go in [kafka] (every\n\
 client), [consumer] and [producer]. Environment: RESEVENT_<KEY>, and RESEVENT_KAFKA__<SETTING>,\n\
 RESEVENT_CONSUMER__<SETTING>, RESEVENT_PRODUCER__<SETTING> with dots written as underscores.")]
     Run {
@@ -128,6 +128,10 @@ RESEVENT_CONSUMER__<SETTING>, RESEVENT_PRODUCER__<SETTING> with dots written as 
         /// Do not create missing changelog or business topics; fail instead.
         #[arg(long)]
         no_create_topics: bool,
+        /// at-least-once (default: repeats after a crash carry the same eventId) or
+        /// exactly-once (Kafka transactions; consumers must read with isolation.level=read_committed).
+        #[arg(long, value_enum, value_name = "GUARANTEE")]
+        guarantee: Option<Guarantee>,
         /// Stop after this many seconds without input, printing a JSON summary (batch jobs, benchmarks).
         #[arg(long, value_name = "SECS")]
         idle_exit_secs: Option<u64>,
@@ -181,8 +185,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", p.describe());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config, bootstrap_servers, input_topics, application_id, state_dir, pipeline, output_topic, format, no_create_topics, idle_exit_secs, passthrough } => {
-            let flags = Overrides { bootstrap_servers, input_topics, application_id, state_dir, pipeline, output_topic, format, no_create_topics, idle_exit_secs };
+        Command::Run { config, bootstrap_servers, input_topics, application_id, state_dir, pipeline, output_topic, format, no_create_topics, idle_exit_secs, passthrough, guarantee } => {
+            let flags = Overrides { bootstrap_servers, input_topics, application_id, state_dir, pipeline, output_topic, format, no_create_topics, idle_exit_secs, processing_guarantee: guarantee };
             let cfg = RunConfig::load(config.as_deref(), std::env::vars(), flags)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             if passthrough {

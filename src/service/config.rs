@@ -11,6 +11,18 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::Format;
 
+/// What a crash may cost.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Guarantee {
+    /// A crash repeats the uncommitted batch's events, with the same eventIds.
+    #[default]
+    AtLeastOnce,
+    /// Kafka transactions: events, changelog and offsets commit together
+    /// (consumers read with isolation.level=read_committed).
+    ExactlyOnce,
+}
+
 /// Every setting of `resevent run`. Field docs are the reference.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -31,6 +43,8 @@ pub struct RunConfig {
     pub output_topic: String,
     /// Input format (auto tells the connectors apart per record).
     pub format: Format,
+    /// at-least-once (default) or exactly-once (Kafka transactions).
+    pub processing_guarantee: Guarantee,
     /// Create missing changelog and business topics at start.
     pub create_topics: bool,
     /// `retention.ms` of created business topics (24 h, as the original deployment).
@@ -64,6 +78,7 @@ impl Default for RunConfig {
             pipeline: None,
             output_topic: "reservation-events".into(),
             format: Format::Auto,
+            processing_guarantee: Guarantee::AtLeastOnce,
             create_topics: true,
             output_retention_ms: 24 * 3600 * 1000,
             output_retention_bytes: 1 << 30,
@@ -90,6 +105,7 @@ pub struct Overrides {
     pub format: Option<Format>,
     pub no_create_topics: bool,
     pub idle_exit_secs: Option<u64>,
+    pub processing_guarantee: Option<Guarantee>,
 }
 
 impl RunConfig {
@@ -154,6 +170,9 @@ impl RunConfig {
         }
         if flags.no_create_topics {
             cfg.create_topics = false;
+        }
+        if let Some(g) = flags.processing_guarantee {
+            cfg.processing_guarantee = g;
         }
         if flags.idle_exit_secs.is_some() {
             cfg.idle_exit_secs = flags.idle_exit_secs;

@@ -37,7 +37,10 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::engine::{Counts, Engine, InputRecord};
 use crate::store::{self, StateStore};
-use config::RunConfig;
+use config::{Guarantee, RunConfig};
+
+/// Timeout of transaction calls (exactly-once).
+const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 use restore::{CHANGELOG_NEXT, Restorer, task_name};
 
 /// What a finished run did.
@@ -200,7 +203,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
     restore_cfg.set("enable.partition.eof", "true").set("fetch.wait.max.ms", "50").set("enable.auto.commit", "false").set("group.id", format!("{}-restore", cfg.application_id));
     // Only read_committed is safe for a changelog written transactionally.
     restore_cfg.set("isolation.level", "read_committed");
-    let restorer = Restorer { store: store.clone(), changelog: cfg.changelog_topic(), consumer: restore_cfg.create()? };
+    let restorer = Restorer { store: store.clone(), changelog: cfg.changelog_topic(), consumer: restore_cfg.create_with_context(restore::RestoreContext)? };
     let context = ServiceContext { restorer, ready: Mutex::new(HashSet::new()), failure: Mutex::new(None) };
 
     let mut consumer_cfg = with(&cfg.consumer);
@@ -215,13 +218,30 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
         // incrementally.
         consumer_cfg.set("partition.assignment.strategy", if cfg.input_topics.len() > 1 { "range" } else { "cooperative-sticky" });
     }
+    if cfg.processing_guarantee == Guarantee::ExactlyOnce {
+        consumer_cfg.set("isolation.level", "read_committed");
+    }
     let consumer: StreamConsumer<ServiceContext> = consumer_cfg.create_with_context(context)?;
     let mut producer_cfg = base.clone();
     producer_cfg.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
     for (k, v) in &cfg.producer {
         producer_cfg.set(k, v);
     }
+    if cfg.processing_guarantee == Guarantee::ExactlyOnce {
+        // Stable across restarts of this instance (same state dir), so a new
+        // incarnation's init_transactions aborts what a killed one left open
+        // instead of read_committed consumers waiting out its timeout.
+        producer_cfg.set("transactional.id", format!("{}-{}", cfg.application_id, instance_id(&cfg.state_dir)?));
+    }
     let producer: FutureProducer = producer_cfg.create()?;
+    if cfg.processing_guarantee == Guarantee::ExactlyOnce {
+        tokio::task::block_in_place(|| {
+            use rdkafka::producer::Producer;
+            producer.init_transactions(TXN_TIMEOUT)
+        })
+        .map_err(|e| anyhow::anyhow!("exactly-once needs a broker with transactions: {e}"))?;
+        tracing::info!("exactly-once: transactional producer ready");
+    }
 
     let topics: Vec<&str> = cfg.input_topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
@@ -257,9 +277,12 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
     }
 
     tracing::info!("shutting down: committing offsets and leaving the group");
-    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-        // Offsets were committed after every batch already; this only narrows the window.
-        tracing::debug!(error = %e, "final commit");
+    // At-least-once committed after every batch already, this narrows nothing but
+    // the async window; exactly-once commits offsets only inside transactions.
+    if cfg.processing_guarantee == Guarantee::AtLeastOnce {
+        if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+            tracing::debug!(error = %e, "final commit");
+        }
     }
     producer_flush(&producer);
     consumer.unsubscribe();
@@ -273,6 +296,21 @@ fn producer_flush(producer: &FutureProducer) {
     if let Err(e) = producer.flush(Duration::from_secs(30)) {
         tracing::warn!(error = %e, "producer flush at shutdown");
     }
+}
+
+/// This instance's stable id, kept in the state dir.
+fn instance_id(state_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = state_dir.join("instance-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        if !id.trim().is_empty() {
+            return Ok(id.trim().to_string());
+        }
+    }
+    use sha2::Digest;
+    let seed = format!("{:?} {} {:?}", std::time::SystemTime::now(), std::process::id(), state_dir);
+    let id: String = sha2::Sha256::digest(seed.as_bytes())[..6].iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, &id)?;
+    Ok(id)
 }
 
 /// Sends a record, waiting for queue space when the producer is full.
@@ -338,6 +376,12 @@ async fn process_batch(
     }
 
     // 2. Business events and dead letters, acknowledged first.
+    if cfg.processing_guarantee == Guarantee::ExactlyOnce {
+        tokio::task::block_in_place(|| {
+            use rdkafka::producer::Producer;
+            producer.begin_transaction()
+        })?;
+    }
     let mut futures = Vec::new();
     for (p, out) in &outputs {
         let msgs = &by_task[p];
@@ -378,7 +422,11 @@ async fn process_batch(
             futures.push(send(producer, record).await?);
         }
     }
-    acknowledged(futures, "business event or dead letter").await?;
+    let exactly_once = cfg.processing_guarantee == Guarantee::ExactlyOnce;
+    let mut event_futures = Some(futures);
+    if !exactly_once {
+        acknowledged(event_futures.take().unwrap_or_default(), "business event or dead letter").await?;
+    }
 
     // 3. Changelog, acknowledged before the state that depends on it.
     let changelog = cfg.changelog_topic();
@@ -392,33 +440,57 @@ async fn process_batch(
     for (p, id, value) in &encoded {
         futures.push(send(producer, FutureRecord::to(&changelog).partition(*p).key(*id).payload(&value[..])).await?);
     }
+    let mut commit = TopicPartitionList::new();
+    let mut next_offsets: BTreeMap<i32, BTreeMap<&str, i64>> = BTreeMap::new();
+    for (p, _) in &outputs {
+        let next_by_topic = next_offsets.entry(*p).or_default();
+        for m in &by_task[p] {
+            let e = next_by_topic.entry(m.topic()).or_insert(0);
+            *e = (*e).max(m.offset() + 1);
+        }
+        for (topic, next) in next_by_topic.iter() {
+            commit.add_partition_offset(topic, *p, Offset::Offset(*next))?;
+        }
+    }
+    if exactly_once {
+        // Events, dead letters, changelog and input offsets commit together or
+        // not at all; read_committed consumers never see an aborted batch.
+        let group = consumer.group_metadata().ok_or_else(|| anyhow::anyhow!("no consumer group metadata for the transaction"))?;
+        let committed = tokio::task::block_in_place(|| {
+            use rdkafka::producer::Producer;
+            producer.send_offsets_to_transaction(&commit, &group, TXN_TIMEOUT)?;
+            producer.commit_transaction(TXN_TIMEOUT)
+        });
+        if let Err(e) = committed {
+            tokio::task::block_in_place(|| {
+                use rdkafka::producer::Producer;
+                let _ = producer.abort_transaction(TXN_TIMEOUT);
+            });
+            anyhow::bail!("transaction not committed: {e}; the batch was aborted and will be read again after restart");
+        }
+        acknowledged(event_futures.take().unwrap_or_default(), "business event or dead letter").await?;
+    }
     let changelog_last = acknowledged(futures, "changelog record").await?;
 
     // 4. State with its checkpoint and input offsets, one WriteBatch per task.
-    let mut commit = TopicPartitionList::new();
     {
         let store = store.lock().expect("store lock");
         for (p, out) in &outputs {
             let mut sb = out.state_batch();
             if let Some(last) = changelog_last.get(p) {
+                // In a transaction the commit marker follows the last record.
                 sb.mark(CHANGELOG_NEXT, (*last + 1) as u64);
             }
-            let mut next_by_topic: BTreeMap<&str, i64> = BTreeMap::new();
-            for m in &by_task[p] {
-                let e = next_by_topic.entry(m.topic()).or_insert(0);
-                *e = (*e).max(m.offset() + 1);
-            }
-            for (topic, next) in &next_by_topic {
+            for (topic, next) in &next_offsets[p] {
                 sb.mark(&format!("input-offset/{topic}"), *next as u64);
-                commit.add_partition_offset(topic, *p, Offset::Offset(*next))?;
             }
             if !sb.is_empty() {
                 store.commit(&task_name(*p), sb)?;
             }
         }
     }
-    // 5. Consumer offsets: progress reporting; the state holds its own.
-    if commit.count() > 0 {
+    // 5. Consumer offsets (at-least-once; exactly-once sent them in the transaction).
+    if !exactly_once && commit.count() > 0 {
         if let Err(e) = consumer.commit(&commit, CommitMode::Async) {
             tracing::warn!(error = %e, "offset commit failed; the next commit covers it");
         }

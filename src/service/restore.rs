@@ -47,8 +47,22 @@ pub struct Restorer {
     pub store: Arc<Mutex<StateStore>>,
     pub changelog: String,
     /// An assign-only consumer (no group), `enable.partition.eof=true`.
-    pub consumer: BaseConsumer,
+    pub consumer: BaseConsumer<RestoreContext>,
 }
+
+/// Partition EOF is how a restore knows it is done, not an error worth a log line.
+pub struct RestoreContext;
+
+impl rdkafka::ClientContext for RestoreContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) => tracing::debug!(%reason, "changelog partition end"),
+            e => tracing::error!(error = %e, %reason, "restore consumer error"),
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for RestoreContext {}
 
 impl Restorer {
     /// Brings task `partition`'s local state up to the changelog's current end.

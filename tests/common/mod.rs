@@ -56,6 +56,35 @@ impl Broker {
         Broker { bootstrap: format!("127.0.0.1:{port}"), process: Some(child), prefix }
     }
 
+    /// A broker that honours transaction aborts, for the exactly-once test:
+    /// noida-db (`RESEVENT_NOIDA`, installed by scripts/test), or the broker in
+    /// `RESEVENT_TEST_TRANSACTIONAL_BOOTSTRAP`.
+    pub fn start_transactional(test: &str) -> Broker {
+        let prefix = format!("{test}-{}", std::process::id());
+        if let Ok(b) = std::env::var("RESEVENT_TEST_TRANSACTIONAL_BOOTSTRAP") {
+            return Broker { bootstrap: b, process: None, prefix };
+        }
+        let noida = std::env::var("RESEVENT_NOIDA")
+            .unwrap_or_else(|_| panic!("no transactional broker: set RESEVENT_TEST_TRANSACTIONAL_BOOTSTRAP, or RESEVENT_NOIDA to a noida-db binary (scripts/test installs it)"));
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let dir = std::env::temp_dir().join(format!("noida-{prefix}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::File::create(dir.join("noida.log")).unwrap();
+        let child = Command::new(&noida)
+            .args(["start", "--only", "kafka", "--kafka-port", &port.to_string()])
+            .current_dir(&dir)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start noida-db at {noida}: {e}"));
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "noida-db did not listen on {port} within 30s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Broker { bootstrap: format!("127.0.0.1:{port}"), process: Some(child), prefix }
+    }
+
     pub fn name(&self, what: &str) -> String {
         format!("{}-{what}", self.prefix)
     }
@@ -173,12 +202,18 @@ pub struct Instance {
 
 impl Instance {
     pub fn start(broker: &Broker, input: &str, app: &str, state_dir: &Path, tag: &str) -> Instance {
+        Instance::start_with(broker, input, app, state_dir, tag, &[], &[])
+    }
+
+    pub fn start_with(broker: &Broker, input: &str, app: &str, state_dir: &Path, tag: &str, args: &[&str], env: &[(&str, &str)]) -> Instance {
         let log = std::env::temp_dir().join(format!("{}-{tag}.log", broker.name(app)));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_resevent"))
             .args(["run", "--bootstrap-servers", &broker.bootstrap, "--input-topic", input, "--application-id", app, "--output-topic", &format!("{app}-events")])
             .arg("--state-dir")
             .arg(state_dir)
+            .args(args)
+            .envs(env.iter().copied())
             .env("RESEVENT_CONSUMER__SESSION_TIMEOUT_MS", "6000")
             .env("RESEVENT_CONSUMER__HEARTBEAT_INTERVAL_MS", "1000")
             .env("RESEVENT_LOG", "info")
