@@ -90,7 +90,8 @@ resevent replay --state-dir ./state day1.jsonl && resevent replay --state-dir ./
     /// <application-id>-reservation-state-changelog; a partition that moves to an instance
     /// is restored from the changelog before its records are processed.
     ///
-    /// Delivery: at-least-once with deterministic eventIds; consumers drop repeats by eventId.
+    /// Delivery: at-least-once by default, with deterministic eventIds (consumers drop repeats by eventId);
+    /// exactly-once with Kafka transactions under --guarantee exactly-once.
     /// Settings: built-in defaults < --config FILE < RESEVENT_* environment < flags.
     /// SIGTERM or Ctrl-C: finish the batch, commit, leave the group, exit 0.
     #[command(after_help = "Examples:\n  resevent run --bootstrap-servers kafka:9092 --input-topic property.reservation\n  \

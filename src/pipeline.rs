@@ -151,9 +151,19 @@ pub struct Rule {
     pub emit: Vec<EventType>,
 }
 
+/// Extra routing: events of these types also go to `topic`, besides the
+/// business topic that carries every event.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub topic: String,
+    pub events: Vec<EventType>,
+}
+
 /// The checked pipeline.
 #[derive(Clone, Debug)]
 pub struct Pipeline {
+    /// Extra topics for some event types, in file order.
+    pub routes: Vec<Route>,
     pub paths: FieldPaths,
     /// PMS status value → state.
     pub statuses: HashMap<String, State>,
@@ -204,6 +214,9 @@ impl Pipeline {
             let _ = writeln!(out, "{:>3}  {:<12} {:<12} {:<22} {}", r.row, r.from.name(), r.to.name(), when, emits);
         }
         let _ = writeln!(out, "\nFor each change the first matching row decides; a change no row matches emits nothing.");
+        for r in &self.routes {
+            let _ = writeln!(out, "Also to topic {}: {}", r.topic, r.events.iter().map(|e| e.name()).collect::<Vec<_>>().join(", "));
+        }
         out
     }
 }
@@ -228,6 +241,15 @@ struct PipelineFile {
     allowlist: AllowlistSection,
     #[serde(default, rename = "rule")]
     rules: Vec<RuleRow>,
+    #[serde(default, rename = "route")]
+    routes: Vec<RouteRow>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RouteRow {
+    topic: String,
+    events: Vec<String>,
 }
 
 /// Document paths of the tracked values; each defaults to PRODUCT.md's name.
@@ -430,7 +452,29 @@ fn compile(file: PipelineFile) -> Result<Pipeline, Vec<String>> {
         by_transition[rule.from as usize][rule.to as usize].push(idx);
     }
 
-    if problems.is_empty() { Ok(Pipeline { paths, statuses, allowlist, rules, by_transition }) } else { Err(problems) }
+    let mut routes: Vec<Route> = Vec::new();
+    for (i, row) in file.routes.into_iter().enumerate() {
+        let n = i + 1;
+        if row.topic.trim().is_empty() {
+            problems.push(format!("route {n}: topic is empty; name the topic these events also go to"));
+        } else if routes.iter().any(|r| r.topic == row.topic) {
+            problems.push(format!("route {n}: topic {:?} is routed twice; list all its event types in one route", row.topic));
+        }
+        if row.events.is_empty() {
+            problems.push(format!("route {n}: events is empty; list the event types that also go to {:?}", row.topic));
+        }
+        let mut events = Vec::new();
+        for e in &row.events {
+            match EventType::from_name(e) {
+                Some(t) if !events.contains(&t) => events.push(t),
+                Some(_) => problems.push(format!("route {n}: lists {e} twice")),
+                None => problems.push(format!("route {n}: event type {e:?} is unknown")),
+            }
+        }
+        routes.push(Route { topic: row.topic, events });
+    }
+
+    if problems.is_empty() { Ok(Pipeline { routes, paths, statuses, allowlist, rules, by_transition }) } else { Err(problems) }
 }
 
 #[cfg(test)]
@@ -517,6 +561,16 @@ mod tests {
         let mut arrival = FieldSet::default();
         arrival.insert(Field::Arrival);
         assert!(p.rule_for(State::InHouse, State::InHouse, arrival).is_none());
+    }
+
+    #[test]
+    fn routes_are_checked() {
+        let ok = with_rules("[[route]]\ntopic = \"purge\"\nevents = [\"CHECKED_OUT\"]\n").unwrap();
+        assert_eq!(ok.routes, vec![Route { topic: "purge".into(), events: vec![EventType::CheckedOut] }]);
+        let e = problems("[[route]]\ntopic = \"purge\"\nevents = [\"CHECKOUT\"]\n[[route]]\ntopic = \"purge\"\nevents = []\n");
+        assert!(e.contains("route 1: event type \"CHECKOUT\" is unknown"), "{e}");
+        assert!(e.contains("route 2: topic \"purge\" is routed twice"), "{e}");
+        assert!(e.contains("route 2: events is empty"), "{e}");
     }
 
     #[test]

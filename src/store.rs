@@ -72,10 +72,7 @@ impl StateBatch {
     /// Writes an already encoded record (a changelog value), or deletes the
     /// reservation when `record` is `None` (a changelog tombstone).
     pub fn put_encoded(&mut self, id: &[u8], record: Option<Vec<u8>>) {
-        let mut key = Vec::with_capacity(id.len() + 1);
-        key.push(RESERVATION);
-        key.extend_from_slice(id);
-        self.puts.push((key, record));
+        self.puts.push((reservation_key(id), record));
         self.reservations += 1;
     }
 
@@ -87,6 +84,13 @@ impl StateBatch {
     pub fn mark(&mut self, name: &str, value: u64) {
         self.puts.push((marker_key(name), Some(value.to_be_bytes().to_vec())));
     }
+}
+
+fn reservation_key(id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(id.len() + 1);
+    key.push(RESERVATION);
+    key.extend_from_slice(id);
+    key
 }
 
 fn marker_key(name: &str) -> Vec<u8> {
@@ -167,10 +171,7 @@ impl StateStore {
 
     pub fn get(&self, partition: &str, id: &str) -> Result<Option<ReservationState>, StoreError> {
         let cf = self.cf(partition)?;
-        let mut key = Vec::with_capacity(id.len() + 1);
-        key.push(RESERVATION);
-        key.extend_from_slice(id.as_bytes());
-        match self.db.get_pinned_cf(cf, key).map_err(|e| self.rocks(e))? {
+        match self.db.get_pinned_cf(cf, reservation_key(id.as_bytes())).map_err(|e| self.rocks(e))? {
             None => Ok(None),
             Some(bytes) => decode(&bytes).map(Some).map_err(|reason| StoreError::Corrupt { partition: partition.into(), id: id.into(), reason }),
         }
@@ -180,15 +181,7 @@ impl StateStore {
     /// the memtables and files for the whole batch, much cheaper than a Get each).
     pub fn get_many(&self, partition: &str, ids: &[&str]) -> Result<Vec<Option<ReservationState>>, StoreError> {
         let cf = self.cf(partition)?;
-        let keys: Vec<Vec<u8>> = ids
-            .iter()
-            .map(|id| {
-                let mut key = Vec::with_capacity(id.len() + 1);
-                key.push(RESERVATION);
-                key.extend_from_slice(id.as_bytes());
-                key
-            })
-            .collect();
+        let keys: Vec<Vec<u8>> = ids.iter().map(|id| reservation_key(id.as_bytes())).collect();
         self.db
             .batched_multi_get_cf(cf, &keys, false)
             .into_iter()

@@ -28,7 +28,12 @@ fn end_to_end_the_business_topic_holds_what_replay_emits() {
 
     let app = broker.name("app");
     let state = tempfile::tempdir().unwrap();
-    let instance = Instance::start(&broker, &input, &app, state.path(), "a");
+    // The default pipeline plus a route: checkouts also go to their own topic.
+    let checkouts = broker.name("checkouts");
+    let pipeline = state.path().join("pipeline.toml");
+    let default = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/reservations.toml")).unwrap();
+    std::fs::write(&pipeline, format!("{default}\n[[route]]\ntopic = \"{checkouts}\"\nevents = [\"CHECKED_OUT\"]\n")).unwrap();
+    let instance = Instance::start_with(&broker, &input, &app, state.path(), "a", &["--pipeline", pipeline.to_str().unwrap()], &[]);
     let out = format!("{app}-events");
     wait_for(&broker, &out, Duration::from_secs(120), |e| e.len() >= expected.len());
     assert_eq!(instance.terminate(), Some(0), "SIGTERM exits 0");
@@ -42,6 +47,11 @@ fn end_to_end_the_business_topic_holds_what_replay_emits() {
         assert_eq!(r.key.as_deref(), e["reservationId"].as_str(), "keyed by reservation id");
         assert!(r.headers.iter().any(|(k, v)| k == "eventType" && Some(v.as_str()) == e["eventType"].as_str()), "eventType header");
     }
+    // The route carries exactly the checkouts, in order per reservation.
+    let routed: Vec<serde_json::Value> = broker.read_all(&checkouts).iter().map(Record::json).collect();
+    let expected_checkouts: Vec<serde_json::Value> = expected.iter().filter(|e| e["eventType"] == "CHECKED_OUT").cloned().collect();
+    assert!(!expected_checkouts.is_empty());
+    assert_same_per_reservation(&routed, &expected_checkouts);
     // The changelog is compacted-ready: one partition per input partition, keyed by id.
     let changelog = broker.read_all(&format!("{app}-reservation-state-changelog"));
     assert!(changelog.iter().all(|r| r.key.is_some() && r.partition < 4));

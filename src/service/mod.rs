@@ -185,7 +185,8 @@ pub(crate) fn client_config(cfg: &RunConfig) -> ClientConfig {
 pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunSummary> {
     tracing::info!(config = %cfg.masked(), "resevent run starting");
     let base = client_config(&cfg);
-    let partitions = topics::prepare(&cfg, &base).await?;
+    let routed: Vec<String> = engine.pipeline.routes.iter().map(|r| r.topic.clone()).collect();
+    let partitions = topics::prepare(&cfg, &routed, &base).await?;
     tracing::info!(input = ?cfg.input_topics, partitions, changelog = %cfg.changelog_topic(), output = %cfg.output_topic, "topics ready");
 
     std::fs::create_dir_all(&cfg.state_dir)?;
@@ -388,8 +389,12 @@ async fn process_batch(
         for (_, event) in &out.events {
             let payload = serde_json::to_vec(event)?;
             let headers = OwnedHeaders::new().insert(Header { key: "eventType", value: Some(event.event_type) });
-            let record = FutureRecord::to(&cfg.output_topic).key(event.reservation_id.as_bytes()).payload(&payload[..]).headers(headers);
+            let record = FutureRecord::to(&cfg.output_topic).key(event.reservation_id.as_bytes()).payload(&payload[..]).headers(headers.clone());
             futures.push(send(producer, record).await?);
+            for route in engine.pipeline.routes.iter().filter(|r| r.events.iter().any(|t| t.name() == event.event_type)) {
+                let record = FutureRecord::to(&route.topic).key(event.reservation_id.as_bytes()).payload(&payload[..]).headers(headers.clone());
+                futures.push(send(producer, record).await?);
+            }
         }
         for r in &out.rejected {
             let m = msgs[r.index];

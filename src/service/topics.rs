@@ -30,7 +30,8 @@ fn partitions(probe: &BaseConsumer, topic: &str) -> anyhow::Result<Option<usize>
 }
 
 /// Checks and creates topics; returns the input partition count.
-pub async fn prepare(cfg: &RunConfig, client: &ClientConfig) -> anyhow::Result<usize> {
+/// `routed` are the pipeline's extra event topics, created like the business topic.
+pub async fn prepare(cfg: &RunConfig, routed: &[String], client: &ClientConfig) -> anyhow::Result<usize> {
     let admin: AdminClient<DefaultClientContext> = client.create()?;
     let probe: BaseConsumer = client.clone().set("allow.auto.create.topics", "false").create()?;
     let mut count = None;
@@ -57,14 +58,16 @@ pub async fn prepare(cfg: &RunConfig, client: &ClientConfig) -> anyhow::Result<u
         None if cfg.create_topics => to_create.push((changelog.clone(), n, vec![("cleanup.policy", "compact".to_string())])),
         None => anyhow::bail!("changelog topic {changelog:?} does not exist and topic creation is off; create it compacted with {n} partitions"),
     }
-    match partitions(&probe, &cfg.output_topic)? {
-        Some(_) => {}
-        None if cfg.create_topics => to_create.push((
-            cfg.output_topic.clone(),
-            n,
-            vec![("retention.ms", cfg.output_retention_ms.to_string()), ("retention.bytes", cfg.output_retention_bytes.to_string()), ("cleanup.policy", "delete".to_string())],
-        )),
-        None => anyhow::bail!("business topic {:?} does not exist and topic creation is off", cfg.output_topic),
+    for topic in std::iter::once(&cfg.output_topic).chain(routed) {
+        match partitions(&probe, topic)? {
+            Some(_) => {}
+            None if cfg.create_topics => to_create.push((
+                topic.clone(),
+                n,
+                vec![("retention.ms", cfg.output_retention_ms.to_string()), ("retention.bytes", cfg.output_retention_bytes.to_string()), ("cleanup.policy", "delete".to_string())],
+            )),
+            None => anyhow::bail!("business topic {topic:?} does not exist and topic creation is off"),
+        }
     }
     if !to_create.is_empty() {
         let topics: Vec<NewTopic> = to_create

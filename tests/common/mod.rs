@@ -23,6 +23,25 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts a server process logging to `log` and waits until it listens on `port`.
+fn spawn_listening(mut cmd: Command, port: u16, log: &Path) -> Child {
+    let file = std::fs::File::create(log).unwrap();
+    let mut child = cmd.stdout(file.try_clone().unwrap()).stderr(file).spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline || child.try_wait().unwrap().is_some() {
+            let _ = child.kill();
+            panic!("{cmd:?} did not listen on {port} within 30s; see {}", log.display());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
 pub struct Broker {
     pub bootstrap: String,
     process: Option<Child>,
@@ -39,20 +58,11 @@ impl Broker {
         let tansu = std::env::var("RESEVENT_TANSU").unwrap_or_else(|_| {
             panic!("no broker: set RESEVENT_TEST_BOOTSTRAP to a Kafka broker, or RESEVENT_TANSU to a tansu binary (scripts/test installs it)")
         });
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let url = format!("tcp://127.0.0.1:{port}");
-        let log = std::fs::File::create(std::env::temp_dir().join(format!("tansu-{prefix}.log"))).unwrap();
-        let child = Command::new(&tansu)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start tansu at {tansu}: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "tansu did not listen on {port} within 20s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut cmd = Command::new(&tansu);
+        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"]);
+        let child = spawn_listening(cmd, port, &std::env::temp_dir().join(format!("tansu-{prefix}.log")));
         Broker { bootstrap: format!("127.0.0.1:{port}"), process: Some(child), prefix }
     }
 
@@ -66,22 +76,12 @@ impl Broker {
         }
         let noida = std::env::var("RESEVENT_NOIDA")
             .unwrap_or_else(|_| panic!("no transactional broker: set RESEVENT_TEST_TRANSACTIONAL_BOOTSTRAP, or RESEVENT_NOIDA to a noida-db binary (scripts/test installs it)"));
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let dir = std::env::temp_dir().join(format!("noida-{prefix}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let log = std::fs::File::create(dir.join("noida.log")).unwrap();
-        let child = Command::new(&noida)
-            .args(["start", "--only", "kafka", "--kafka-port", &port.to_string()])
-            .current_dir(&dir)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start noida-db at {noida}: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "noida-db did not listen on {port} within 30s");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let mut cmd = Command::new(&noida);
+        cmd.args(["start", "--only", "kafka", "--kafka-port", &port.to_string()]).current_dir(&dir);
+        let child = spawn_listening(cmd, port, &dir.join("noida.log"));
         Broker { bootstrap: format!("127.0.0.1:{port}"), process: Some(child), prefix }
     }
 
