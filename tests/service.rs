@@ -22,8 +22,16 @@ fn end_to_end_the_business_topic_holds_what_replay_emits() {
     let input = broker.name("raw");
     broker.create_topic(&input, 4, &[]);
     let records = workload(300, 4000, 11);
-    broker.produce(&input, &records);
     let expected = replay_events(&records);
+    // Bad records mixed in (the fixture's rejected lines) go to the dead-letter topic.
+    let bad_lines: Vec<String> = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/bad-lines.jsonl")).unwrap().lines().map(String::from).collect();
+    let rejected: Vec<usize> = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/bad-lines.rejected")).unwrap().lines().map(|l| l.trim().parse().unwrap()).collect();
+    let bad: Vec<(String, String)> = rejected.iter().map(|n| (format!("bad-{n}"), bad_lines[n - 1].clone())).collect();
+    let mut mixed = records.clone();
+    for (i, b) in bad.iter().enumerate() {
+        mixed.insert(i * 300 + 7, b.clone());
+    }
+    broker.produce(&input, &mixed);
     assert!(expected.len() > 1000, "workload too small: {} events", expected.len());
 
     let app = broker.name("app");
@@ -46,6 +54,19 @@ fn end_to_end_the_business_topic_holds_what_replay_emits() {
         let e = r.json();
         assert_eq!(r.key.as_deref(), e["reservationId"].as_str(), "keyed by reservation id");
         assert!(r.headers.iter().any(|(k, v)| k == "eventType" && Some(v.as_str()) == e["eventType"].as_str()), "eventType header");
+    }
+    // Every bad record is in the dead-letter topic once, byte for byte, with its reason.
+    let dlt = broker.read_all(&format!("{input}.dlt"));
+    let mut dead: Vec<(String, String)> = dlt.iter().map(|r| (r.key.clone().unwrap(), String::from_utf8(r.value.clone().unwrap()).unwrap())).collect();
+    dead.sort();
+    let mut bad_sorted = bad.clone();
+    bad_sorted.sort();
+    assert_eq!(dead, bad_sorted);
+    for r in &dlt {
+        let h: std::collections::HashMap<_, _> = r.headers.iter().cloned().collect();
+        assert!(!h["resevent.error.kind"].is_empty() && !h["resevent.error.message"].is_empty(), "{h:?}");
+        assert_eq!(h["resevent.original.topic"], input);
+        assert!(h["resevent.original.offset"].parse::<i64>().is_ok());
     }
     // The route carries exactly the checkouts, in order per reservation.
     let routed: Vec<serde_json::Value> = broker.read_all(&checkouts).iter().map(Record::json).collect();

@@ -1,6 +1,7 @@
 //! Start-up checks and creation of the topics `resevent run` uses: input
 //! partition counts agree, the changelog is partitioned like the input and
-//! compacted, the business topic exists with its retention.
+//! compacted, the business (and routed) topics exist with their retention,
+//! and each input has its dead-letter topic `<input>.dlt`.
 //!
 //! Runs once, before anything is consumed: a mismatch stops the service with
 //! an error that names the topics and the fix.
@@ -67,6 +68,15 @@ pub async fn prepare(cfg: &RunConfig, routed: &[String], client: &ClientConfig) 
                 vec![("retention.ms", cfg.output_retention_ms.to_string()), ("retention.bytes", cfg.output_retention_bytes.to_string()), ("cleanup.policy", "delete".to_string())],
             )),
             None => anyhow::bail!("business topic {topic:?} does not exist and topic creation is off"),
+        }
+    }
+    // Dead letters keep the broker's default retention: someone must look at them.
+    for topic in &cfg.input_topics {
+        let dlt = format!("{topic}.dlt");
+        match partitions(&probe, &dlt)? {
+            Some(_) => {}
+            None if cfg.create_topics => to_create.push((dlt, n, vec![])),
+            None => anyhow::bail!("dead-letter topic {dlt:?} does not exist and topic creation is off"),
         }
     }
     if !to_create.is_empty() {
