@@ -10,23 +10,24 @@
 
 use serde_json::Value;
 
+use super::lean::{self, Lv};
 use super::{Captured, DecodeError, Decoded, FieldPaths, Format, Top, delta, extjson};
 use crate::change::{Change, Operation, SourcePosition};
 
-pub(super) fn decode(top: Top, key: Option<&str>, paths: &FieldPaths) -> Result<Decoded, DecodeError> {
+pub(super) fn decode(top: Top<'_>, key: Option<&str>, paths: &FieldPaths) -> Result<Decoded, DecodeError> {
     let op = match &top.op {
-        Some(Value::String(s)) => s.as_str(),
+        Some(Lv::Str(s)) => s.as_ref(),
         Some(other) => return Err(DecodeError::Malformed(format!("op is {other}, not a string"))),
         None => unreachable!("debezium::decode is called only with an op"),
     };
-    let after = match &top.after {
+    let after = match top.after {
         Some(raw) => super::document_from_raw(raw, paths, "after")?,
         None => None,
     };
     let source = top.source.as_ref();
     let snapshot_flag = source.and_then(|s| s.get("snapshot")).is_some_and(|s| match s {
-        Value::String(s) => !s.is_empty() && s != "false",
-        Value::Bool(b) => *b,
+        Lv::Str(s) => !s.is_empty() && s != "false",
+        Lv::Bool(b) => *b,
         _ => false,
     });
     let need_after = |what: &str| -> Result<_, DecodeError> {
@@ -50,8 +51,8 @@ pub(super) fn decode(top: Top, key: Option<&str>, paths: &FieldPaths) -> Result<
             })?,
         },
     };
-    let ts_ms = source.and_then(|s| s.get("ts_ms")).and_then(as_i64);
-    let ord = source.and_then(|s| s.get("ord")).and_then(as_i64).unwrap_or(0);
+    let ts_ms = source.and_then(|s| s.get("ts_ms")).and_then(lv_as_i64);
+    let ord = source.and_then(|s| s.get("ord")).and_then(lv_as_i64).unwrap_or(0);
     let position = ts_ms.and_then(|ms| cluster_position(ms, ord));
     Ok(Decoded::Change(Change { reservation_id, operation, position, occurred_at_ms: ts_ms, snapshot }))
 }
@@ -75,16 +76,25 @@ fn as_i64(v: &Value) -> Option<i64> {
     }
 }
 
-fn update(top: &Top, after: Option<&Captured>, paths: &FieldPaths) -> Result<Operation, DecodeError> {
+/// [`as_i64`] over an `Lv`.
+fn lv_as_i64(v: &Lv) -> Option<i64> {
+    match v {
+        Lv::Number(n) => n.as_i64(),
+        Lv::Str(s) => s.parse().ok(),
+        other => lean::date_millis(other),
+    }
+}
+
+fn update(top: &Top<'_>, after: Option<&Captured<'_>>, paths: &FieldPaths) -> Result<Operation, DecodeError> {
     let lookup = after.map(|d| d.values(paths));
-    if let Some(raw) = top.update_description.as_ref().filter(|r| r.get() != "null") {
+    if let Some(raw) = top.update_description.filter(|r| r.get() != "null") {
         let ud: Value = serde_json::from_str(raw.get()).map_err(super::json_error)?;
         let Value::Object(ud) = ud else {
             return Err(DecodeError::Malformed("updateDescription is not a document".into()));
         };
         let updated = match ud.get("updatedFields") {
             Some(Value::String(s)) => super::document_from_text(s, paths, "updateDescription.updatedFields")?.unwrap_or_default(),
-            Some(Value::Object(m)) => Captured(m.iter().filter(|(k, _)| paths.relevant(k)).map(|(k, v)| (k.clone(), v.clone())).collect()),
+            Some(Value::Object(m)) => Captured::from_map(m, paths),
             Some(Value::Null) | None => Captured::default(),
             Some(other) => return Err(DecodeError::Malformed(format!("updatedFields is {other}, not a document"))),
         };
@@ -92,7 +102,7 @@ fn update(top: &Top, after: Option<&Captured>, paths: &FieldPaths) -> Result<Ope
         let removed = super::mongo::removed_fields(removed_raw.as_deref())?;
         return Ok(Operation::Update { delta: delta(&updated, &removed, paths), lookup });
     }
-    if let Some(raw) = top.patch.as_ref().filter(|r| r.get() != "null") {
+    if let Some(raw) = top.patch.filter(|r| r.get() != "null") {
         return patch(raw, paths);
     }
     // Change-streams capture of a replace: op u with the whole new document.
@@ -111,9 +121,9 @@ fn patch(raw: &serde_json::value::RawValue, paths: &FieldPaths) -> Result<Operat
         v => v,
     };
     let Value::Object(m) = v else { return Err(DecodeError::Malformed("patch is not a document".into())) };
-    let pick = |doc: Option<&Value>| -> Captured {
+    let pick = |doc: Option<&Value>| -> Captured<'static> {
         match doc {
-            Some(Value::Object(d)) => Captured(d.iter().filter(|(k, _)| paths.relevant(k)).map(|(k, v)| (k.clone(), v.clone())).collect()),
+            Some(Value::Object(d)) => Captured::from_map(d, paths),
             _ => Captured::default(),
         }
     };
@@ -137,8 +147,8 @@ fn patch(raw: &serde_json::value::RawValue, paths: &FieldPaths) -> Result<Operat
     Ok(Operation::Replace(pick(Some(&Value::Object(m))).values(paths)))
 }
 
-fn before_or_filter_id(top: &Top, paths: &FieldPaths) -> Result<Option<String>, DecodeError> {
-    for (raw, what) in [(&top.before, "before"), (&top.filter, "filter")] {
+fn before_or_filter_id(top: &Top<'_>, paths: &FieldPaths) -> Result<Option<String>, DecodeError> {
+    for (raw, what) in [(top.before, "before"), (top.filter, "filter")] {
         if let Some(raw) = raw {
             if let Some(id) = super::document_from_raw(raw, paths, what)?.and_then(|d| d.id(paths)) {
                 return id.map(Some);
@@ -183,7 +193,7 @@ fn key_id(key: Option<&str>) -> Result<Option<String>, DecodeError> {
 /// output, or the source connector's `publish.full.document.only`. Without
 /// `add.fields` such a record has no source position; the caller gives it the
 /// record's input position.
-pub(super) fn decode_document(top: Top, key: Option<&str>, paths: &FieldPaths, format: Format) -> Result<Decoded, DecodeError> {
+pub(super) fn decode_document(top: Top<'_>, key: Option<&str>, paths: &FieldPaths, format: Format) -> Result<Decoded, DecodeError> {
     let flat = &top.flat;
     if top.document.0.is_empty() && flat.is_empty() {
         return Err(DecodeError::NotAChange(format!(

@@ -20,7 +20,7 @@ fn wrapper(v: &Value) -> Option<(&str, &Value)> {
 
 /// Decimal text of a JSON number: integral floats lose their `.0`, so `305`,
 /// `305.0` and `{"$numberDouble": "305.0"}` are the same room.
-fn number_text(n: &serde_json::Number) -> String {
+pub(crate) fn number_text(n: &serde_json::Number) -> String {
     if n.is_f64() {
         if let Some(f) = n.as_f64() {
             if f.fract() == 0.0 && f.abs() < 9.0e15 {
@@ -31,7 +31,7 @@ fn number_text(n: &serde_json::Number) -> String {
     n.to_string()
 }
 
-fn numeric_string_text(s: &str) -> String {
+pub(crate) fn numeric_string_text(s: &str) -> String {
     match s.parse::<f64>() {
         Ok(f) if f.is_finite() && f.fract() == 0.0 && f.abs() < 9.0e15 && s.contains(['.', 'e', 'E']) => format!("{}", f as i64),
         _ => s.to_string(),
@@ -81,7 +81,9 @@ pub fn scalar_text(v: &Value) -> Option<String> {
         Value::Object(_) => match wrapper(v) {
             Some(("$numberInt" | "$numberLong" | "$numberDouble" | "$numberDecimal", Value::String(s))) => Some(numeric_string_text(s)),
             Some(("$oid" | "$symbol" | "$uuid", Value::String(s))) => Some(s.clone()),
-            Some(("$date", _)) => date_text(v),
+            // A `$date` holding no date is kept as its JSON text (not read as a
+            // date again, which would never end).
+            Some(("$date", _)) => Some(date_millis(v).map_or_else(|| v.to_string(), time::format_millis)),
             _ => Some(v.to_string()),
         },
     }
@@ -148,8 +150,13 @@ pub fn timestamp(v: &Value) -> Option<(u32, u32)> {
 /// KeyString starts with type byte 0x82 and the 8-byte big-endian timestamp.
 /// Used only when a record lost its `clusterTime`.
 pub fn resume_token_time(token: &Value) -> Option<(u32, u32)> {
-    let data = token.get("_data")?.as_str()?;
-    if data.len() < 18 || !data[..2].eq_ignore_ascii_case("82") {
+    resume_token_data_time(token.get("_data")?.as_str()?)
+}
+
+/// [`resume_token_time`] given the token's `_data` text.
+pub(crate) fn resume_token_data_time(data: &str) -> Option<(u32, u32)> {
+    // `get`, not slicing: the token is untrusted text and may not be ASCII.
+    if data.len() < 18 || !data.get(..2)?.eq_ignore_ascii_case("82") {
         return None;
     }
     let t = u32::from_str_radix(data.get(2..10)?, 16).ok()?;
@@ -173,6 +180,10 @@ mod tests {
             assert_eq!(date_text(&v).as_deref(), Some("2023-05-11T08:27:07Z"), "{v}");
         }
         assert_eq!(date_text(&json!("TBD")).as_deref(), Some("TBD"));
+        // Wrappers that hold no date are kept as text, never read again (that recursed forever).
+        assert_eq!(date_text(&json!({"$date": "TBD"})).as_deref(), Some(r#"{"$date":"TBD"}"#));
+        assert_eq!(scalar_text(&json!({"$date": null})).as_deref(), Some(r#"{"$date":null}"#));
+        assert_eq!(date_text(&json!({"$date": {"x": 1}})).as_deref(), Some(r#"{"$date":{"x":1}}"#));
         assert_eq!(date_text(&Value::Null), None);
     }
 
@@ -203,5 +214,7 @@ mod tests {
         let token = json!({"_data": "8263F1A2B3000000042B022C0100296E5A1004"});
         assert_eq!(resume_token_time(&token), Some((0x63F1A2B3, 4)));
         assert_eq!(resume_token_time(&json!({"_data": "zz"})), None);
+        // Once a panic: slicing a non-ASCII token at a byte index.
+        assert_eq!(resume_token_time(&json!({"_data": "\u{bb79d}L*$V\u{468}\t{\u{1049af}u"})), None);
     }
 }

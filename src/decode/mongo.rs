@@ -6,8 +6,10 @@
 //! `wallTime`, and copy-existing records (`_id: {"_id": …, "copyingData": true}`).
 
 use serde_json::Value;
+use serde_json::value::RawValue;
 
-use super::{Captured, DecodeError, Decoded, FieldPaths, Top, delta, extjson};
+use super::lean::{self, Lv};
+use super::{Captured, DecodeError, Decoded, FieldPaths, Top, delta};
 use crate::change::{Change, Operation, SourcePosition};
 
 /// Change-stream events about the collection or database, not a document.
@@ -26,9 +28,9 @@ const COLLECTION_EVENTS: [&str; 11] = [
     "reshardCollection",
 ];
 
-pub(super) fn decode(top: Top, paths: &FieldPaths) -> Result<Decoded, DecodeError> {
+pub(super) fn decode(top: Top<'_>, paths: &FieldPaths) -> Result<Decoded, DecodeError> {
     let op = match &top.operation_type {
-        Some(Value::String(s)) => s.as_str(),
+        Some(Lv::Str(s)) => s.as_ref(),
         Some(other) => return Err(DecodeError::Malformed(format!("operationType is {other}, not a string"))),
         None => unreachable!("mongo::decode is called only with an operationType"),
     };
@@ -45,7 +47,6 @@ pub(super) fn decode(top: Top, paths: &FieldPaths) -> Result<Decoded, DecodeErro
         "update" => {
             let raw = top
                 .update_description
-                .as_ref()
                 .ok_or_else(|| DecodeError::Malformed("an update event without updateDescription".into()))?;
             let ud: UpdateDescription = serde_json::from_str(raw.get())
                 .map_err(|e| DecodeError::Malformed(format!("updateDescription is not {{updatedFields, removedFields}}: {e}")))?;
@@ -53,24 +54,24 @@ pub(super) fn decode(top: Top, paths: &FieldPaths) -> Result<Decoded, DecodeErro
                 Some(raw) => super::document_from_raw(raw, paths, "updateDescription.updatedFields")?.unwrap_or_default(),
                 None => Captured::default(),
             };
-            let removed = removed_fields(ud.removed_fields.as_deref())?;
+            let removed = removed_fields(ud.removed_fields)?;
             Operation::Update { delta: delta(&updated, &removed, paths), lookup: full.map(|d| d.values(paths)) }
         }
         "delete" => Operation::Delete,
         other => return Err(DecodeError::UnknownOperation(format!("{other:?}"))),
     };
 
-    let copying = top.id.as_ref().is_some_and(|id| matches!(id.get("copyingData"), Some(Value::Bool(true))) || id.get("copyingData").and_then(Value::as_str) == Some("true"));
+    let copying = top.id.as_ref().is_some_and(|id| matches!(id.get("copyingData"), Some(Lv::Bool(true))) || id.get("copyingData").and_then(Lv::as_str) == Some("true"));
     let reservation_id = reservation_id(&top, full, paths, copying)?;
     let cluster_time = match &top.cluster_time {
-        Some(v) => Some(extjson::timestamp(v).ok_or_else(|| DecodeError::Malformed(format!("clusterTime {v} is not a BSON timestamp {{\"$timestamp\": {{\"t\": …, \"i\": …}}}}")))?),
+        Some(v) => Some(lean::timestamp(v).ok_or_else(|| DecodeError::Malformed(format!("clusterTime {v} is not a BSON timestamp {{\"$timestamp\": {{\"t\": …, \"i\": …}}}}")))?),
         None => None,
     };
-    let position = cluster_time.or_else(|| top.id.as_ref().and_then(extjson::resume_token_time)).map(|(t, i)| SourcePosition::Cluster { t, i });
+    let position = cluster_time.or_else(|| top.id.as_ref().and_then(lean::resume_token_time)).map(|(t, i)| SourcePosition::Cluster { t, i });
     let occurred_at_ms = top
         .wall_time
         .as_ref()
-        .and_then(extjson::date_millis)
+        .and_then(lean::date_millis)
         .or_else(|| match position {
             Some(SourcePosition::Cluster { t, .. }) => Some(i64::from(t) * 1000),
             _ => None,
@@ -78,16 +79,17 @@ pub(super) fn decode(top: Top, paths: &FieldPaths) -> Result<Decoded, DecodeErro
     Ok(Decoded::Change(Change { reservation_id, operation, position, occurred_at_ms, snapshot: copying }))
 }
 
+/// Borrowed parts of the record's text, not copies.
 #[derive(serde::Deserialize)]
-struct UpdateDescription {
-    #[serde(rename = "updatedFields")]
-    updated_fields: Option<Box<serde_json::value::RawValue>>,
-    #[serde(rename = "removedFields")]
-    removed_fields: Option<Box<serde_json::value::RawValue>>,
+struct UpdateDescription<'a> {
+    #[serde(rename = "updatedFields", borrow)]
+    updated_fields: Option<&'a RawValue>,
+    #[serde(rename = "removedFields", borrow)]
+    removed_fields: Option<&'a RawValue>,
 }
 
 /// `removedFields`: an array of dotted paths, or (Debezium) a string holding one.
-pub(super) fn removed_fields(raw: Option<&serde_json::value::RawValue>) -> Result<Vec<String>, DecodeError> {
+pub(super) fn removed_fields(raw: Option<&RawValue>) -> Result<Vec<String>, DecodeError> {
     let Some(raw) = raw else { return Ok(Vec::new()) };
     let v: Value = serde_json::from_str(raw.get()).map_err(super::json_error)?;
     let v = match v {
@@ -107,13 +109,13 @@ pub(super) fn removed_fields(raw: Option<&serde_json::value::RawValue>) -> Resul
     }
 }
 
-fn reservation_id(top: &Top, full: Option<&Captured>, paths: &FieldPaths, copying: bool) -> Result<String, DecodeError> {
+fn reservation_id(top: &Top<'_>, full: Option<&Captured<'_>>, paths: &FieldPaths, copying: bool) -> Result<String, DecodeError> {
     if let Some(key) = &top.document_key {
-        let Value::Object(m) = key else {
+        if !matches!(key, Lv::Object(_)) {
             return Err(DecodeError::Malformed(format!("documentKey is {key}, not a document")));
-        };
-        if let Some(v) = extjson::at_path(m, &paths.id) {
-            return extjson::id_text(v).map_err(|e| DecodeError::InvalidId(e.0));
+        }
+        if let Some(v) = lean::at_path(key, &paths.id) {
+            return lean::id_text(v).map_err(|e| DecodeError::InvalidId(e.0));
         }
     }
     if let Some(id) = full.and_then(|d| d.id(paths)) {
@@ -122,7 +124,7 @@ fn reservation_id(top: &Top, full: Option<&Captured>, paths: &FieldPaths, copyin
     if copying {
         // Copy-existing records carry the document's id inside their own _id.
         if let Some(v) = top.id.as_ref().and_then(|id| id.get("_id")) {
-            return extjson::id_text(v).map_err(|e| DecodeError::InvalidId(e.0));
+            return lean::id_text(v).map_err(|e| DecodeError::InvalidId(e.0));
         }
     }
     Err(DecodeError::MissingId(format!("neither documentKey nor fullDocument holds {:?}", paths.id)))

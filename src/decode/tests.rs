@@ -204,6 +204,18 @@ fn forced_formats_refuse_the_other_connector() {
 }
 
 #[test]
+fn a_date_wrapper_holding_no_date_is_kept_as_text_not_a_crash() {
+    // Once a stack overflow: scalar_text and date_text called each other forever.
+    let v = json!({"operationType": "insert", "documentKey": {"_id": 1}, "clusterTime": {"$timestamp": {"t": 1, "i": 1}},
+                   "fullDocument": {"_id": 1, "bookingStatus": {"$date": "TBD"}, "arrivalDate": {"$date": "TBD"}, "departureDate": {"$date": null}}})
+    .to_string();
+    let Operation::Insert(d) = change(&v).operation else { panic!() };
+    assert_eq!(d.status.as_deref(), Some(r#"{"$date":"TBD"}"#));
+    assert_eq!(d.get(Field::Arrival), Some(r#"{"$date":"TBD"}"#));
+    assert_eq!(d.get(Field::Departure), Some(r#"{"$date":null}"#));
+}
+
+#[test]
 fn tombstones_and_collection_events_are_ignored_not_rejected() {
     assert!(matches!(dec().decode(None, None), Ok(Decoded::Ignored(_))));
     assert!(matches!(dec().decode(None, Some(b"null")), Ok(Decoded::Ignored(_))));
@@ -281,5 +293,56 @@ proptest! {
         for f in [Format::Auto, Format::Mongo, Format::Debezium] {
             let _ = Decoder::new(f, FieldPaths::default()).decode(key.as_deref().map(str::as_bytes), Some(text.as_bytes()));
         }
+    }
+}
+
+/// `lean::Lv` and its readings must answer exactly as `Value` and `extjson` do.
+fn assert_lean_agrees(text: &str) {
+    let v: Result<serde_json::Value, _> = serde_json::from_str(text);
+    let lv: Result<lean::Lv, _> = serde_json::from_str(text);
+    let (v, lv) = match (v, lv) {
+        (Ok(v), Ok(lv)) => (v, lv),
+        (Err(a), Err(b)) => return assert_eq!(a.to_string(), b.to_string(), "{text}"),
+        (a, b) => panic!("{text}: Value {a:?}, Lv {b:?}"),
+    };
+    assert_eq!(lv.to_value(), v, "{text}");
+    assert_eq!(lv.to_string(), v.to_string(), "{text}");
+    assert_eq!(lean::date_millis(&lv), extjson::date_millis(&v), "{text}");
+    assert_eq!(lean::scalar_text(&lv), extjson::scalar_text(&v), "{text}");
+    assert_eq!(lean::date_text(&lv), extjson::date_text(&v), "{text}");
+    assert_eq!(lean::id_text(&lv), extjson::id_text(&v), "{text}");
+    assert_eq!(lean::timestamp(&lv), extjson::timestamp(&v), "{text}");
+    assert_eq!(lean::resume_token_time(&lv), extjson::resume_token_time(&v), "{text}");
+    if let serde_json::Value::Object(m) = &v {
+        for path in ["_id", "a", "a.b", "a.0", "a.b.c", "$date"] {
+            assert_eq!(lean::at_path(&lv, path).map(lean::Lv::to_value), extjson::at_path(m, path).cloned(), "{text} at {path}");
+        }
+    }
+}
+
+#[test]
+fn lean_values_read_like_values() {
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    for text in [
+        "null", "true", "305", "-7", "305.0", "30.5", "1e400", "\"R-1\"", "\"\"", "\"esc\\u00e9\"", "[1, {\"a\": 2}]", "{}",
+        r#"{"$oid": "6502A1F0C3B7E41D9A200001"}"#, r#"{"$oid": "xyz"}"#, r#"{"$oid": 5}"#, r#"{"$oid": "a", "$oid": "6502a1f0c3b7e41d9a200001"}"#,
+        r#"{"$date": 1683793627000}"#, r#"{"$date": 1.5e12}"#, r#"{"$date": "2023-05-11T08:27:07Z"}"#, r#"{"$date": "TBD"}"#, r#"{"$date": null}"#,
+        r#"{"$date": {"$numberLong": "1683793627000"}}"#, r#"{"$date": {"$numberLong": "x"}}"#, r#"{"$date": {"$numberLong": 5}}"#, r#"{"$date": {"x": 1}}"#,
+        r#"{"$date": {"$numberLong": "1", "$numberLong": "2"}}"#, r#"{"$date": 1, "$date": 2}"#, r#"{"$numberLong": "42"}"#, r#"{"$numberInt": "305"}"#,
+        r#"{"$numberDouble": "305.0"}"#, r#"{"$numberDecimal": 1}"#, r#"{"$uuid": "u"}"#, r#"{"$symbol": "s"}"#, r#"{"x": "y"}"#, r#"{"b": 1, "a": 2}"#,
+        r#"{"$timestamp": {"t": 1795300000, "i": 4}}"#, r#"{"$timestamp": {"t": "7", "i": 1}}"#, r#"{"$timestamp": {"t": 1, "t": 2, "i": 3}}"#,
+        r#"{"$timestamp": {"t": 5000000000, "i": 1}}"#, r#"{"$timestamp": 5}"#, r#"{"_data": "8263F1A2B3000000042B022C0100296E5A1004"}"#,
+        r#"{"_data": "zz"}"#, r#"{"_data": 1, "_data": "8263F1A2B3000000042B"}"#, r#"{"a": {"b": {"c": 1}}, "a": {"b": 2}}"#, r#"{"a": [5, {"x": 1}]}"#,
+        r#"{"$serde_json::private::RawValue": "{\"$oid\": \"6502a1f0c3b7e41d9a200001\"}"}"#, r#"{"$serde_json::private::RawValue": 5}"#,
+        r#"{"$serde_json::private::RawValue": "nope"}"#, r#"{"k": {"$serde_json::private::RawValue": "[1]"}}"#, r#"{"a": 1,}"#, "[1,", &deep,
+    ] {
+        assert_lean_agrees(text);
+    }
+}
+
+proptest! {
+    #[test]
+    fn lean_values_read_like_values_for_arbitrary_json(v in arb_json()) {
+        assert_lean_agrees(&v.to_string());
     }
 }

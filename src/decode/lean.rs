@@ -1,0 +1,318 @@
+//! A lean JSON value that borrows from the record, for the few entries
+//! resevent keeps, and the Extended JSON readings of it.
+//!
+//! Pure, like the rest of the decoder. Why not `serde_json::Value`: a tracked
+//! `{"$date": 1683793627000}` became a `BTreeMap` node plus a `String` key, and
+//! every string value its own `String`; a dozen such values per record were
+//! most of the decoder's allocations. `Lv` borrows strings and keys from the
+//! input and keeps an object's entries in a `Vec`.
+//!
+//! Behaviour is `Value`'s by construction:
+//! - `Lv` is built by the same deserializer calls `Value`'s `Deserialize` makes
+//!   (`deserialize_any` at every level, the raw-value key check on each
+//!   object's first key), so the same inputs fail with the same errors, the
+//!   recursion limit included.
+//! - An object keeps duplicate keys, and lookups take the last one, which is
+//!   what `Map::insert` leaves.
+//! - The readings below only answer the common shapes themselves (plain
+//!   scalars, one-entry Extended JSON wrappers); anything else is converted to
+//!   a `Value` and handed to the functions in [`extjson`], so odd input keeps
+//!   exactly today's answers.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::{Map, Number, Value};
+
+use super::extjson::{self, BadId};
+use crate::time;
+
+/// A JSON value; strings and keys borrowed from the input when it has no
+/// escapes.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) enum Lv<'de> {
+    Null,
+    Bool(bool),
+    Number(Number),
+    Str(Cow<'de, str>),
+    Array(Vec<Lv<'de>>),
+    /// Entries in input order, repeated keys kept (lookups take the last).
+    Object(Vec<(Cow<'de, str>, Lv<'de>)>),
+}
+
+/// The key `serde_json` gives its raw-value trick (`serde_json::raw::TOKEN`,
+/// which is private); `Value` reads an object whose first key is this as the
+/// JSON text of the string that follows, so `Lv` does too.
+const RAW_VALUE_TOKEN: &str = "$serde_json::private::RawValue";
+
+impl<'de> Lv<'de> {
+    /// The same tree as a `Value` (for the fallbacks and error messages).
+    pub(super) fn to_value(&self) -> Value {
+        match self {
+            Lv::Null => Value::Null,
+            Lv::Bool(b) => Value::Bool(*b),
+            Lv::Number(n) => Value::Number(n.clone()),
+            Lv::Str(s) => Value::String(s.as_ref().to_owned()),
+            Lv::Array(a) => Value::Array(a.iter().map(Lv::to_value).collect()),
+            Lv::Object(entries) => {
+                let mut m = Map::new();
+                for (k, v) in entries {
+                    m.insert(k.as_ref().to_owned(), v.to_value());
+                }
+                Value::Object(m)
+            }
+        }
+    }
+
+    pub(super) fn from_value(v: &Value) -> Lv<'static> {
+        match v {
+            Value::Null => Lv::Null,
+            Value::Bool(b) => Lv::Bool(*b),
+            Value::Number(n) => Lv::Number(n.clone()),
+            Value::String(s) => Lv::Str(Cow::Owned(s.clone())),
+            Value::Array(a) => Lv::Array(a.iter().map(Lv::from_value).collect()),
+            Value::Object(m) => Lv::Object(m.iter().map(|(k, v)| (Cow::Owned(k.clone()), Lv::from_value(v))).collect()),
+        }
+    }
+
+    /// Detaches the value from the text it was read from.
+    pub(super) fn into_owned(self) -> Lv<'static> {
+        match self {
+            Lv::Null => Lv::Null,
+            Lv::Bool(b) => Lv::Bool(b),
+            Lv::Number(n) => Lv::Number(n),
+            Lv::Str(s) => Lv::Str(Cow::Owned(s.into_owned())),
+            Lv::Array(a) => Lv::Array(a.into_iter().map(Lv::into_owned).collect()),
+            Lv::Object(e) => Lv::Object(e.into_iter().map(|(k, v)| (Cow::Owned(k.into_owned()), v.into_owned())).collect()),
+        }
+    }
+
+    /// An object's entry, as `Value::get` finds it: the last of repeated keys.
+    pub(super) fn get(&self, key: &str) -> Option<&Lv<'de>> {
+        match self {
+            Lv::Object(entries) => entries.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        }
+    }
+
+    pub(super) fn as_str(&self) -> Option<&str> {
+        match self {
+            Lv::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn as_u64(&self) -> Option<u64> {
+        match self {
+            Lv::Number(n) => n.as_u64(),
+            _ => None,
+        }
+    }
+
+    /// The entry of a one-entry object. A `Map` would also collapse repeated
+    /// keys into one entry; such objects are not "single" here and take the
+    /// `Value` fallback, which sees them as `Map` does.
+    fn single(&self) -> Option<(&str, &Lv<'de>)> {
+        match self {
+            Lv::Object(entries) if entries.len() == 1 => Some((&entries[0].0, &entries[0].1)),
+            _ => None,
+        }
+    }
+}
+
+/// Compact JSON, as `Value` writes it (error messages quote values).
+impl fmt::Display for Lv<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        fmt::Display::fmt(&self.to_value(), f)
+    }
+}
+
+impl<'de> de::Deserialize<'de> for Lv<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(LvVisitor)
+    }
+}
+
+/// Mirrors `serde_json::Value`'s visitor call for call.
+struct LvVisitor;
+
+impl<'de> Visitor<'de> for LvVisitor {
+    type Value = Lv<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any valid JSON value")
+    }
+    fn visit_bool<E>(self, b: bool) -> Result<Lv<'de>, E> {
+        Ok(Lv::Bool(b))
+    }
+    fn visit_i64<E>(self, n: i64) -> Result<Lv<'de>, E> {
+        Ok(Lv::Number(n.into()))
+    }
+    fn visit_i128<E: de::Error>(self, n: i128) -> Result<Lv<'de>, E> {
+        de::Deserialize::deserialize(de::value::I128Deserializer::new(n)).map(Lv::Number)
+    }
+    fn visit_u64<E>(self, n: u64) -> Result<Lv<'de>, E> {
+        Ok(Lv::Number(n.into()))
+    }
+    fn visit_u128<E: de::Error>(self, n: u128) -> Result<Lv<'de>, E> {
+        de::Deserialize::deserialize(de::value::U128Deserializer::new(n)).map(Lv::Number)
+    }
+    fn visit_f64<E>(self, f: f64) -> Result<Lv<'de>, E> {
+        Ok(Number::from_f64(f).map_or(Lv::Null, Lv::Number))
+    }
+    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Lv<'de>, E> {
+        Ok(Lv::Str(Cow::Borrowed(s)))
+    }
+    fn visit_str<E>(self, s: &str) -> Result<Lv<'de>, E> {
+        Ok(Lv::Str(Cow::Owned(s.to_owned())))
+    }
+    fn visit_string<E>(self, s: String) -> Result<Lv<'de>, E> {
+        Ok(Lv::Str(Cow::Owned(s)))
+    }
+    fn visit_none<E>(self) -> Result<Lv<'de>, E> {
+        Ok(Lv::Null)
+    }
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Lv<'de>, D::Error> {
+        de::Deserialize::deserialize(d)
+    }
+    fn visit_unit<E>(self) -> Result<Lv<'de>, E> {
+        Ok(Lv::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Lv<'de>, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(Lv::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Lv<'de>, A::Error> {
+        let Some(super::Key(first)) = map.next_key::<super::Key>()? else { return Ok(Lv::Object(Vec::new())) };
+        if first == RAW_VALUE_TOKEN {
+            let text = map.next_value_seed(RawText)?;
+            let v: Value = serde_json::from_str(&text).map_err(de::Error::custom)?;
+            return Ok(Lv::from_value(&v));
+        }
+        let mut entries = vec![(first, map.next_value()?)];
+        while let Some(super::Key(key)) = map.next_key::<super::Key>()? {
+            entries.push((key, map.next_value()?));
+        }
+        Ok(Lv::Object(entries))
+    }
+}
+
+/// The string after a raw-value key, read as `serde_json`'s private
+/// `BoxedFromString` reads it (same expectation in its error).
+struct RawText;
+
+impl<'de> DeserializeSeed<'de> for RawText {
+    type Value = String;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for RawText {
+    type Value = String;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("raw value")
+    }
+    fn visit_str<E>(self, s: &str) -> Result<String, E> {
+        Ok(s.to_owned())
+    }
+    fn visit_string<E>(self, s: String) -> Result<String, E> {
+        Ok(s)
+    }
+}
+
+/// [`extjson::at_path`] over an object `Lv`.
+pub(super) fn at_path<'v, 'de>(doc: &'v Lv<'de>, path: &str) -> Option<&'v Lv<'de>> {
+    let mut parts = path.split('.');
+    let mut cur = doc.get(parts.next()?)?;
+    for part in parts {
+        cur = match cur {
+            Lv::Object(_) => cur.get(part)?,
+            Lv::Array(a) => a.get(part.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(cur)
+}
+
+/// [`extjson::date_millis`].
+pub(super) fn date_millis(v: &Lv) -> Option<i64> {
+    match v {
+        Lv::Number(n) => n.as_i64().or_else(|| n.as_f64().map(|f| f as i64)),
+        Lv::Str(s) => time::parse_millis(s),
+        Lv::Null | Lv::Bool(_) | Lv::Array(_) => None,
+        Lv::Object(_) => match v.single() {
+            Some(("$date", inner @ (Lv::Number(_) | Lv::Str(_)))) => date_millis(inner),
+            Some(("$date", inner @ Lv::Object(_))) => match inner.single() {
+                Some(("$numberLong", Lv::Str(s))) => s.parse().ok(),
+                _ => extjson::date_millis(&v.to_value()),
+            },
+            Some(("$numberLong", Lv::Str(s))) => s.parse().ok(),
+            _ => extjson::date_millis(&v.to_value()),
+        },
+    }
+}
+
+/// [`extjson::date_text`].
+pub(super) fn date_text(v: &Lv) -> Option<String> {
+    if let Lv::Null = v {
+        return None;
+    }
+    match date_millis(v) {
+        Some(ms) => Some(time::format_millis(ms)),
+        None => scalar_text(v),
+    }
+}
+
+/// [`extjson::scalar_text`].
+pub(super) fn scalar_text(v: &Lv) -> Option<String> {
+    match v {
+        Lv::Null => None,
+        Lv::Str(s) => Some(s.as_ref().to_owned()),
+        Lv::Number(n) => Some(extjson::number_text(n)),
+        Lv::Bool(b) => Some(b.to_string()),
+        _ => match v.single() {
+            Some(("$numberInt" | "$numberLong" | "$numberDouble" | "$numberDecimal", Lv::Str(s))) => Some(extjson::numeric_string_text(s)),
+            Some(("$oid" | "$symbol" | "$uuid", Lv::Str(s))) => Some(s.as_ref().to_owned()),
+            // A `$date` holding no date is kept as its JSON text (not read as a
+            // date again, which would never end).
+            Some(("$date", _)) => Some(date_millis(v).map_or_else(|| v.to_value().to_string(), time::format_millis)),
+            _ => extjson::scalar_text(&v.to_value()),
+        },
+    }
+}
+
+/// [`extjson::id_text`].
+pub(super) fn id_text(v: &Lv) -> Result<String, BadId> {
+    match v {
+        Lv::Str(s) if !s.is_empty() => Ok(s.as_ref().to_owned()),
+        Lv::Number(n) => Ok(extjson::number_text(n)),
+        _ => match v.single() {
+            Some(("$oid", Lv::Str(s))) if s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(s.to_ascii_lowercase()),
+            _ => extjson::id_text(&v.to_value()),
+        },
+    }
+}
+
+/// [`extjson::timestamp`].
+pub(super) fn timestamp(v: &Lv) -> Option<(u32, u32)> {
+    match v {
+        Lv::Number(n) => n.as_u64().map(|x| ((x >> 32) as u32, x as u32)),
+        _ => match v.single() {
+            Some(("$timestamp", ti @ Lv::Object(_))) => {
+                let part = |k: &str| ti.get(k).and_then(|x| x.as_u64().or_else(|| x.as_str()?.parse().ok())).and_then(|x| u32::try_from(x).ok());
+                Some((part("t")?, part("i")?))
+            }
+            _ => extjson::timestamp(&v.to_value()),
+        },
+    }
+}
+
+/// [`extjson::resume_token_time`].
+pub(super) fn resume_token_time(token: &Lv) -> Option<(u32, u32)> {
+    extjson::resume_token_data_time(token.get("_data")?.as_str()?)
+}
