@@ -117,13 +117,19 @@ impl StateStore {
         options.set_write_buffer_size(32 << 20);
         options.set_max_background_jobs(2);
         options.set_max_open_files(512);
+        // Point lookups by reservation id only: bloom filters on every file and
+        // in the memtable, a hash index inside data blocks, a bounded cache.
         let mut table = BlockBasedOptions::default();
         table.set_bloom_filter(10.0, false);
+        table.set_whole_key_filtering(true);
+        table.set_data_block_index_type(rocksdb::DataBlockIndexType::BinaryAndHash);
         table.set_block_cache(&Cache::new_lru_cache(64 << 20));
         table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
         options.set_block_based_table_factory(&table);
-        // Point lookups by reservation id only: a prefix-free, hash-friendly workload.
-        options.optimize_for_point_lookup(64);
+        options.set_memtable_whole_key_filtering(true);
+        options.set_memtable_prefix_bloom_ratio(0.05);
+        options.set_level_compaction_dynamic_level_bytes(true);
         let existing = DB::list_cf(&options, dir).unwrap_or_else(|_| vec!["default".to_string()]);
         let descriptors = existing.iter().map(|name| ColumnFamilyDescriptor::new(name, options.clone()));
         let db = DB::open_cf_descriptors(&options, dir, descriptors).map_err(rocks)?;
