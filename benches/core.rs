@@ -3,9 +3,9 @@
 //! the same run with decode-only (serde_json parsing the same lines into a
 //! `Value`), the floor any JSON consumer pays.
 //!
-//!   cargo bench --bench core                 # criterion figures, then the side-by-side table
-//!   RESEVENT_BENCH_RESERVATIONS=100000 cargo bench --bench core   # smaller state
-//!   RESEVENT_BENCH_QUICK=1 cargo bench --bench core                # only the side-by-side table
+//!   scripts/bench-core                                   # criterion figures, then the side-by-side table
+//!   RESEVENT_BENCH_RESERVATIONS=100000 scripts/bench-core   # smaller state
+//!   RESEVENT_BENCH_QUICK=1 scripts/bench-core                # only the side-by-side table
 
 use std::time::{Duration, Instant};
 
