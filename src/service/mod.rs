@@ -18,6 +18,14 @@
 //! from the changelog never hides an event that was not written: a change the
 //! restored state already holds was emitted before. Repeats carry the same
 //! eventId; consumers drop them by it.
+//!
+//! Exactly-once (`--guarantee exactly-once`): steps 2, 3 and the input offsets
+//! are one Kafka transaction; step 4 follows its commit (a crash in between
+//! leaves the local checkpoint behind the changelog, which restore catches up).
+//!
+//! Restore runs inside the rebalance callback, which blocks this consumer's
+//! poll: a restore longer than `max.poll.interval.ms` (300 s by default) would
+//! cost the instance its membership; raise it for very large partitions.
 
 pub mod config;
 pub mod passthrough;
@@ -38,10 +46,10 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::engine::{Counts, Engine, InputRecord};
 use crate::store::{self, StateStore};
 use config::{Guarantee, RunConfig};
+use restore::{CHANGELOG_NEXT, Restorer, task_name};
 
 /// Timeout of transaction calls (exactly-once).
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
-use restore::{CHANGELOG_NEXT, Restorer, task_name};
 
 /// What a finished run did.
 #[derive(Debug, Default, Clone, Copy)]
