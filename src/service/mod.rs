@@ -44,7 +44,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::engine::{Counts, Engine, InputRecord};
-use crate::store::{self, StateStore};
+use crate::store::{self, StateBatch, StateStore};
 use config::{Guarantee, RunConfig};
 use restore::{CHANGELOG_NEXT, Restorer, task_name};
 
@@ -188,6 +188,31 @@ pub(crate) fn client_config(cfg: &RunConfig) -> ClientConfig {
     c
 }
 
+/// `base` with a settings map laid over it.
+fn with_settings(base: &ClientConfig, extra: &BTreeMap<String, String>) -> ClientConfig {
+    let mut c = base.clone();
+    for (k, v) in extra {
+        c.set(k, v);
+    }
+    c
+}
+
+/// The group consumer `run` and the passthrough share: the user's settings,
+/// then manual offset handling (offsets advance only after a batch is done).
+pub(crate) fn group_consumer_config(cfg: &RunConfig, group_id: &str) -> ClientConfig {
+    let mut c = with_settings(&client_config(cfg), &cfg.consumer);
+    c.set("group.id", group_id).set("enable.auto.commit", "false").set("enable.auto.offset.store", "false").set("auto.offset.reset", "earliest");
+    c
+}
+
+/// The producer `run` and the passthrough share: idempotent (order kept per
+/// partition across retries), acks=all, a short linger; the user's settings win.
+pub(crate) fn producer_config(cfg: &RunConfig) -> ClientConfig {
+    let mut c = client_config(cfg);
+    c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
+    with_settings(&c, &cfg.producer)
+}
+
 /// Runs the service until `shutdown` resolves; then finishes the batch in
 /// hand, commits, leaves the group and returns.
 pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunSummary> {
@@ -200,14 +225,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
     std::fs::create_dir_all(&cfg.state_dir)?;
     let store = Arc::new(Mutex::new(StateStore::open(&cfg.state_dir)?));
 
-    let with = |extra: &std::collections::BTreeMap<String, String>| {
-        let mut c = base.clone();
-        for (k, v) in extra {
-            c.set(k, v);
-        }
-        c
-    };
-    let mut restore_cfg = with(&cfg.consumer);
+    let mut restore_cfg = with_settings(&base, &cfg.consumer);
     // A short fetch wait: restore ends on the empty fetch at the partition's end.
     restore_cfg.set("enable.partition.eof", "true").set("fetch.wait.max.ms", "50").set("enable.auto.commit", "false").set("group.id", format!("{}-restore", cfg.application_id));
     // Only read_committed is safe for a changelog written transactionally.
@@ -215,12 +233,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
     let restorer = Restorer { store: store.clone(), changelog: cfg.changelog_topic(), consumer: restore_cfg.create_with_context(restore::RestoreContext)? };
     let context = ServiceContext { restorer, ready: Mutex::new(HashSet::new()), failure: Mutex::new(None) };
 
-    let mut consumer_cfg = with(&cfg.consumer);
-    consumer_cfg
-        .set("group.id", &cfg.application_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest");
+    let mut consumer_cfg = group_consumer_config(&cfg, &cfg.application_id);
     if !cfg.consumer.contains_key("partition.assignment.strategy") {
         // Several input topics must be co-partitioned (partition N of each on one
         // instance): the range assignor guarantees that; one topic can rebalance
@@ -231,11 +244,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
         consumer_cfg.set("isolation.level", "read_committed");
     }
     let consumer: StreamConsumer<ServiceContext> = consumer_cfg.create_with_context(context)?;
-    let mut producer_cfg = base.clone();
-    producer_cfg.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
-    for (k, v) in &cfg.producer {
-        producer_cfg.set(k, v);
-    }
+    let mut producer_cfg = producer_config(&cfg);
     if cfg.processing_guarantee == Guarantee::ExactlyOnce {
         // Stable across restarts of this instance (same state dir), so a new
         // incarnation's init_transactions aborts what a killed one left open
@@ -444,14 +453,15 @@ async fn process_batch(
     // 3. Changelog, acknowledged before the state that depends on it.
     let changelog = cfg.changelog_topic();
     let mut futures = Vec::new();
-    let mut encoded = Vec::new();
+    // Encoded once: the same bytes go to the changelog and into the WriteBatch.
+    let mut encoded: BTreeMap<i32, Vec<(&str, Vec<u8>)>> = BTreeMap::new();
     for (p, out) in &outputs {
-        for (id, state) in &out.states {
-            encoded.push((*p, id.as_bytes(), store::encode(state)));
-        }
+        encoded.insert(*p, out.states.iter().map(|(id, state)| (id.as_str(), store::encode(state))).collect());
     }
-    for (p, id, value) in &encoded {
-        futures.push(send(producer, FutureRecord::to(&changelog).partition(*p).key(*id).payload(&value[..])).await?);
+    for (p, records) in &encoded {
+        for (id, value) in records {
+            futures.push(send(producer, FutureRecord::to(&changelog).partition(*p).key(id.as_bytes()).payload(&value[..])).await?);
+        }
     }
     let mut commit = TopicPartitionList::new();
     let mut next_offsets: BTreeMap<i32, BTreeMap<&str, i64>> = BTreeMap::new();
@@ -488,17 +498,20 @@ async fn process_batch(
     // 4. State with its checkpoint and input offsets, one WriteBatch per task.
     {
         let store = store.lock().expect("store lock");
-        for (p, out) in &outputs {
-            let mut sb = out.state_batch();
-            if let Some(last) = changelog_last.get(p) {
+        for (p, records) in encoded {
+            let mut sb = StateBatch::default();
+            for (id, value) in records {
+                sb.put_encoded(id.as_bytes(), Some(value));
+            }
+            if let Some(last) = changelog_last.get(&p) {
                 // In a transaction the commit marker follows the last record.
                 sb.mark(CHANGELOG_NEXT, (*last + 1) as u64);
             }
-            for (topic, next) in &next_offsets[p] {
+            for (topic, next) in &next_offsets[&p] {
                 sb.mark(&format!("input-offset/{topic}"), *next as u64);
             }
             if !sb.is_empty() {
-                store.commit(&task_name(*p), sb)?;
+                store.commit(&task_name(p), sb)?;
             }
         }
     }

@@ -13,26 +13,13 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::config::RunConfig;
-use super::{RunSummary, acknowledged, client_config, next_batch, send};
+use super::{RunSummary, acknowledged, group_consumer_config, next_batch, producer_config, send};
 use crate::engine::Counts;
 
 pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunSummary> {
-    let base = client_config(&cfg);
-    let mut consumer_cfg = base.clone();
-    for (k, v) in &cfg.consumer {
-        consumer_cfg.set(k, v);
-    }
-    consumer_cfg
-        .set("group.id", format!("{}-passthrough", cfg.application_id))
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest");
-    let consumer: StreamConsumer<DefaultConsumerContext> = consumer_cfg.create()?;
-    let mut producer_cfg = base.clone();
-    producer_cfg.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
-    for (k, v) in &cfg.producer {
-        producer_cfg.set(k, v);
-    }
+    // The same client settings as `run`, so the comparison measures processing only.
+    let consumer: StreamConsumer<DefaultConsumerContext> = group_consumer_config(&cfg, &format!("{}-passthrough", cfg.application_id)).create()?;
+    let producer_cfg = producer_config(&cfg);
     let producer: FutureProducer = producer_cfg.create()?;
     consumer.subscribe(&cfg.input_topics.iter().map(String::as_str).collect::<Vec<_>>())?;
 
