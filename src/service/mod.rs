@@ -28,6 +28,7 @@
 //! cost the instance its membership; raise it for very large partitions.
 
 pub mod config;
+pub mod latency;
 pub mod passthrough;
 pub mod restore;
 mod topics;
@@ -52,9 +53,11 @@ use restore::{CHANGELOG_NEXT, Restorer, task_name};
 const TXN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What a finished run did.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct RunSummary {
     pub counts: Counts,
+    /// Input record timestamp → its batch's business events acknowledged.
+    pub latency: latency::Latency,
     pub batches: u64,
     /// When the first and the last batch were done, for a busy-time rate.
     pub first_batch: Option<Instant>,
@@ -85,6 +88,11 @@ impl RunSummary {
             "batches": self.batches,
             "busy_seconds": self.last_batch.zip(self.first_batch).map(|(l, f)| l.duration_since(f).as_secs_f64()),
             "records_per_second": self.busy_rate().map(f64::round),
+            "latency_ms": {
+                "p50": self.latency.quantile(0.5),
+                "p99": self.latency.quantile(0.99),
+                "max": (self.latency.count() > 0).then(|| self.latency.max_ms()),
+            },
         })
         .to_string()
     }
@@ -273,7 +281,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
         if let Some(f) = consumer.context().failure.lock().expect("failure lock").take() {
             anyhow::bail!("{f}; stopping so the instance restarts cleanly");
         }
-        let counts = process_batch(&cfg, &engine, &store, &consumer, &producer, batch).await?;
+        let counts = process_batch(&cfg, &engine, &store, &consumer, &producer, batch, &mut summary.latency).await?;
         summary.record_batch(&counts);
         since_log.add(&counts);
         if last_log.elapsed() >= Duration::from_secs(10) {
@@ -361,6 +369,17 @@ pub(crate) async fn acknowledged(futures: Vec<DeliveryFuture>, what: &str) -> an
     Ok(last)
 }
 
+/// The batch's events are acknowledged now: each record's latency is now
+/// minus its timestamp (producer create time, or broker append time).
+pub(crate) fn record_latency(latency: &mut latency::Latency, batch: &[OwnedMessage]) {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    for m in batch {
+        if let Some(ts) = m.timestamp().to_millis() {
+            latency.record(now - ts);
+        }
+    }
+}
+
 async fn process_batch(
     cfg: &RunConfig,
     engine: &Engine,
@@ -368,6 +387,7 @@ async fn process_batch(
     consumer: &StreamConsumer<ServiceContext>,
     producer: &FutureProducer,
     batch: Vec<OwnedMessage>,
+    latency: &mut latency::Latency,
 ) -> anyhow::Result<Counts> {
     let ready = consumer.context().ready.lock().expect("ready lock").clone();
     // Group by task (partition number), keeping input order within each.
@@ -448,6 +468,7 @@ async fn process_batch(
     let mut event_futures = Some(futures);
     if !exactly_once {
         acknowledged(event_futures.take().unwrap_or_default(), "business event or dead letter").await?;
+        record_latency(latency, &batch);
     }
 
     // 3. Changelog, acknowledged before the state that depends on it.
@@ -492,6 +513,7 @@ async fn process_batch(
             anyhow::bail!("transaction not committed: {e}; the batch was aborted and will be read again after restart");
         }
         acknowledged(event_futures.take().unwrap_or_default(), "business event or dead letter").await?;
+        record_latency(latency, &batch);
     }
     let changelog_last = acknowledged(futures, "changelog record").await?;
 

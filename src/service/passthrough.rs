@@ -13,7 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::config::RunConfig;
-use super::{RunSummary, acknowledged, group_consumer_config, next_batch, producer_config, send};
+use super::{RunSummary, acknowledged, group_consumer_config, next_batch, producer_config, record_latency, send};
 use crate::engine::Counts;
 
 pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunSummary> {
@@ -41,6 +41,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
             commit.add_partition_offset(m.topic(), m.partition(), Offset::Offset(m.offset() + 1))?;
         }
         acknowledged(futures, "passthrough record").await?;
+        record_latency(&mut summary.latency, &batch);
         consumer.commit(&commit, CommitMode::Async)?;
         summary.record_batch(&Counts { records: batch.len() as u64, ..Counts::default() });
     }
