@@ -8,6 +8,7 @@
 //! events out).
 
 pub mod change;
+pub mod deadletter;
 pub mod decode;
 pub mod engine;
 pub mod machine;

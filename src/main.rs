@@ -98,7 +98,9 @@ resevent replay --state-dir ./state day1.jsonl && resevent replay --state-dir ./
 RESEVENT_CONSUMER__SESSION_TIMEOUT_MS=6000 resevent run --config resevent.toml\n\n\
 Config file (TOML) keys: bootstrap_servers, input_topics, application_id, state_dir, pipeline,\n\
 output_topic, format, create_topics, output_retention_ms, output_retention_bytes,\n\
-replication_factor, max_batch_records, batch_wait_ms, processing_guarantee, idle_exit_secs; librdkafka settings go in [kafka] (every\n\
+replication_factor, max_batch_records, batch_wait_ms, processing_guarantee, idle_exit_secs,\n\
+dead_letter_topic, max_record_bytes, max_nesting_depth, retry_initial_backoff_ms, retry_max_backoff_ms,\n\
+retry_max_attempts, state_write_buffer_bytes; librdkafka settings go in [kafka] (every\n\
 client), [consumer] and [producer]. Environment: RESEVENT_<KEY>, and RESEVENT_KAFKA__<SETTING>,\n\
 RESEVENT_CONSUMER__<SETTING>, RESEVENT_PRODUCER__<SETTING> with dots written as underscores.")]
     Run {
@@ -197,7 +199,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let (pipeline, origin) = load_pipeline(cfg.pipeline.as_deref())?;
             tracing::info!(pipeline = %origin, "pipeline loaded");
-            let engine = Engine::new(pipeline.clone(), Decoder::new(cfg.format, pipeline.paths.clone()));
+            let engine = Engine::new(pipeline.clone(), Decoder::new(cfg.format, pipeline.paths.clone()).with_limits(cfg.limits()));
             let summary = runtime.block_on(service::run(cfg, engine, shutdown_signal()))?;
             if summary.first_batch.is_some() {
                 println!("{}", summary.to_json());

@@ -38,6 +38,8 @@ pub enum StoreError {
     Corrupt { partition: String, id: String, reason: &'static str },
     #[error("partition {0} is not open in the state store")]
     UnknownPartition(String),
+    #[error("the state store at {0} is closed after a failure and not yet reopened")]
+    Closed(PathBuf),
 }
 
 impl StoreError {
@@ -50,6 +52,7 @@ impl StoreError {
                 source.kind(),
                 rocksdb::ErrorKind::IOError | rocksdb::ErrorKind::Busy | rocksdb::ErrorKind::TimedOut | rocksdb::ErrorKind::TryAgain | rocksdb::ErrorKind::Incomplete
             ),
+            StoreError::Closed(_) => true,
             StoreError::Corrupt { .. } | StoreError::UnknownPartition(_) => false,
         }
     }
@@ -99,9 +102,23 @@ fn marker_key(name: &str) -> Vec<u8> {
     key
 }
 
+/// Tuning of the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Memtable size per partition before it is flushed to a file.
+    pub write_buffer_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions { write_buffer_bytes: 32 << 20 }
+    }
+}
+
 /// The RocksDB database holding every partition's state.
 pub struct StateStore {
-    db: DB,
+    /// `None` between a failure that closed it and a successful [`StateStore::reopen`].
+    db: Option<DB>,
     path: PathBuf,
     options: Options,
 }
@@ -109,12 +126,15 @@ pub struct StateStore {
 impl StateStore {
     /// Opens (or creates) the store in `dir`, with every partition it holds.
     pub fn open(dir: &Path) -> Result<StateStore, StoreError> {
-        let rocks = |source| StoreError::Rocks { path: dir.to_path_buf(), source };
+        StateStore::open_with(dir, StoreOptions::default())
+    }
+
+    pub fn open_with(dir: &Path, tuning: StoreOptions) -> Result<StateStore, StoreError> {
         let mut options = Options::default();
         options.create_if_missing(true);
         options.create_missing_column_families(true);
         options.set_compression_type(rocksdb::DBCompressionType::Lz4);
-        options.set_write_buffer_size(32 << 20);
+        options.set_write_buffer_size(tuning.write_buffer_bytes);
         options.set_max_background_jobs(2);
         options.set_max_open_files(512);
         // Point lookups by reservation id only: bloom filters on every file and
@@ -130,10 +150,29 @@ impl StateStore {
         options.set_memtable_whole_key_filtering(true);
         options.set_memtable_prefix_bloom_ratio(0.05);
         options.set_level_compaction_dynamic_level_bytes(true);
-        let existing = DB::list_cf(&options, dir).unwrap_or_else(|_| vec!["default".to_string()]);
+        let db = Self::open_db(dir, &options)?;
+        Ok(StateStore { db: Some(db), path: dir.to_path_buf(), options })
+    }
+
+    fn open_db(dir: &Path, options: &Options) -> Result<DB, StoreError> {
+        let existing = DB::list_cf(options, dir).unwrap_or_else(|_| vec!["default".to_string()]);
         let descriptors = existing.iter().map(|name| ColumnFamilyDescriptor::new(name, options.clone()));
-        let db = DB::open_cf_descriptors(&options, dir, descriptors).map_err(rocks)?;
-        Ok(StateStore { db, path: dir.to_path_buf(), options })
+        DB::open_cf_descriptors(options, dir, descriptors).map_err(|source| StoreError::Rocks { path: dir.to_path_buf(), source })
+    }
+
+    /// Closes and opens the database again: after an I/O failure RocksDB
+    /// refuses writes until reopened. Reopening replays the WAL, so every
+    /// committed batch is there; an uncommitted one never was. On error the
+    /// store stays closed (every call fails with the retryable
+    /// [`StoreError::Closed`]) and reopen can be tried again.
+    pub fn reopen(&mut self) -> Result<(), StoreError> {
+        self.db = None;
+        self.db = Some(Self::open_db(&self.path, &self.options)?);
+        Ok(())
+    }
+
+    fn db(&self) -> Result<&DB, StoreError> {
+        self.db.as_ref().ok_or_else(|| StoreError::Closed(self.path.clone()))
     }
 
     pub fn path(&self) -> &Path {
@@ -156,8 +195,9 @@ impl StateStore {
     /// Makes sure a partition's column family exists.
     pub fn open_partition(&mut self, partition: &str) -> Result<(), StoreError> {
         let name = format!("{PARTITION_PREFIX}{partition}");
-        if self.db.cf_handle(&name).is_none() {
-            self.db.create_cf(&name, &self.options).map_err(|e| self.rocks(e))?;
+        let db = self.db.as_mut().ok_or_else(|| StoreError::Closed(self.path.clone()))?;
+        if db.cf_handle(&name).is_none() {
+            db.create_cf(&name, &self.options).map_err(|e| self.rocks(e))?;
         }
         Ok(())
     }
@@ -165,19 +205,20 @@ impl StateStore {
     /// Deletes a partition's state and markers (before a rebuild from the changelog).
     pub fn drop_partition(&mut self, partition: &str) -> Result<(), StoreError> {
         let name = format!("{PARTITION_PREFIX}{partition}");
-        if self.db.cf_handle(&name).is_some() {
-            self.db.drop_cf(&name).map_err(|e| self.rocks(e))?;
+        let db = self.db.as_mut().ok_or_else(|| StoreError::Closed(self.path.clone()))?;
+        if db.cf_handle(&name).is_some() {
+            db.drop_cf(&name).map_err(|e| self.rocks(e))?;
         }
         Ok(())
     }
 
     fn cf(&self, partition: &str) -> Result<&rocksdb::ColumnFamily, StoreError> {
-        self.db.cf_handle(&format!("{PARTITION_PREFIX}{partition}")).ok_or_else(|| StoreError::UnknownPartition(partition.into()))
+        self.db()?.cf_handle(&format!("{PARTITION_PREFIX}{partition}")).ok_or_else(|| StoreError::UnknownPartition(partition.into()))
     }
 
     pub fn get(&self, partition: &str, id: &str) -> Result<Option<ReservationState>, StoreError> {
         let cf = self.cf(partition)?;
-        match self.db.get_pinned_cf(cf, reservation_key(id.as_bytes())).map_err(|e| self.rocks(e))? {
+        match self.db()?.get_pinned_cf(cf, reservation_key(id.as_bytes())).map_err(|e| self.rocks(e))? {
             None => Ok(None),
             Some(bytes) => decode(&bytes).map(Some).map_err(|reason| StoreError::Corrupt { partition: partition.into(), id: id.into(), reason }),
         }
@@ -188,7 +229,7 @@ impl StateStore {
     pub fn get_many(&self, partition: &str, ids: &[&str]) -> Result<Vec<Option<ReservationState>>, StoreError> {
         let cf = self.cf(partition)?;
         let keys: Vec<Vec<u8>> = ids.iter().map(|id| reservation_key(id.as_bytes())).collect();
-        self.db
+        self.db()?
             .batched_multi_get_cf(cf, &keys, false)
             .into_iter()
             .zip(ids)
@@ -201,7 +242,7 @@ impl StateStore {
 
     pub fn marker(&self, partition: &str, name: &str) -> Result<Option<u64>, StoreError> {
         let cf = self.cf(partition)?;
-        let v = self.db.get_pinned_cf(cf, marker_key(name)).map_err(|e| self.rocks(e))?;
+        let v = self.db()?.get_pinned_cf(cf, marker_key(name)).map_err(|e| self.rocks(e))?;
         Ok(v.and_then(|b| <[u8; 8]>::try_from(&b[..]).ok()).map(u64::from_be_bytes))
     }
 
@@ -215,14 +256,14 @@ impl StateStore {
                 None => write.delete_cf(cf, k),
             }
         }
-        self.db.write(write).map_err(|e| self.rocks(e))
+        self.db()?.write(write).map_err(|e| self.rocks(e))
     }
 
     /// Every reservation of a partition, in key order (for inspection and tests).
     pub fn reservations(&self, partition: &str) -> Result<Vec<(String, ReservationState)>, StoreError> {
         let cf = self.cf(partition)?;
         let mut out = Vec::new();
-        for item in self.db.prefix_iterator_cf(cf, [RESERVATION]) {
+        for item in self.db()?.prefix_iterator_cf(cf, [RESERVATION]) {
             let (k, v) = item.map_err(|e| self.rocks(e))?;
             if k.first() != Some(&RESERVATION) {
                 break;

@@ -100,6 +100,15 @@ pub enum DecodeError {
     Malformed(String),
     #[error("this is a {found} record but --format {expected} was given; use --format auto or the matching format")]
     WrongFormat { expected: &'static str, found: &'static str },
+    #[error("the record is {size} bytes, over the limit of {limit}; raise max_record_bytes if such records are legitimate")]
+    TooLarge { size: usize, limit: usize },
+    #[error("the value nests deeper than {limit} levels; raise max_nesting_depth (at most 128) if such records are legitimate")]
+    TooDeep { limit: usize },
+    #[error(
+        "the value is in the Confluent Schema Registry wire format (magic byte 0, schema id {0}), and no schema registry is configured \
+         to resolve that schema; point the connector's value.converter at JSON, or configure a registry"
+    )]
+    UnknownSchema(u32),
 }
 
 impl DecodeError {
@@ -114,6 +123,9 @@ impl DecodeError {
             DecodeError::UnknownOperation(_) => "unknown-operation",
             DecodeError::Malformed(_) => "malformed",
             DecodeError::WrongFormat { .. } => "wrong-format",
+            DecodeError::TooLarge { .. } => "too-large",
+            DecodeError::TooDeep { .. } => "too-deep",
+            DecodeError::UnknownSchema(_) => "unknown-schema",
         }
     }
 
@@ -136,16 +148,74 @@ pub enum Decoded {
     Ignored(&'static str),
 }
 
+/// Bounds on what one record may cost. A record beyond them is rejected
+/// (dead-lettered by the service) with that reason, before it is parsed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Key plus value, in bytes.
+    pub max_record_bytes: usize,
+    /// Objects and arrays inside each other, counting the outermost as 1.
+    pub max_nesting_depth: usize,
+}
+
+/// serde_json refuses deeper values anyway (its recursion limit).
+pub const MAX_NESTING_DEPTH: usize = 128;
+
+impl Default for Limits {
+    /// 1 MiB: a reservation change event is a few KB; MongoDB's own document
+    /// limit is 16 MiB, so raise it if full documents carry large blobs.
+    /// 64 levels: far beyond any reservation document, far below a stack risk.
+    fn default() -> Self {
+        Limits { max_record_bytes: 1 << 20, max_nesting_depth: 64 }
+    }
+}
+
+/// Whether `text`, as JSON, nests objects and arrays deeper than `limit`.
+/// One pass over the bytes, strings skipped; stops at the first excess.
+fn nests_deeper_than(text: &str, limit: usize) -> bool {
+    let bytes = text.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    false
+}
+
 /// Turns record bytes into changes, for one format and one field mapping.
 #[derive(Clone, Debug)]
 pub struct Decoder {
     format: Format,
     paths: FieldPaths,
+    limits: Limits,
 }
 
 impl Decoder {
     pub fn new(format: Format, paths: FieldPaths) -> Self {
-        Decoder { format, paths }
+        Decoder { format, paths, limits: Limits::default() }
+    }
+
+    /// The same decoder with other limits (`max_nesting_depth` is capped at
+    /// [`MAX_NESTING_DEPTH`]).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = Limits { max_nesting_depth: limits.max_nesting_depth.min(MAX_NESTING_DEPTH), ..limits };
+        self
     }
 
     pub fn format(&self) -> Format {
@@ -156,6 +226,14 @@ impl Decoder {
     /// document's id only there); `value` is `None` for a tombstone.
     pub fn decode(&self, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Decoded, DecodeError> {
         let Some(value) = value else { return Ok(Decoded::Ignored("tombstone (null value)")) };
+        let size = value.len() + key.map_or(0, <[u8]>::len);
+        if size > self.limits.max_record_bytes {
+            return Err(DecodeError::TooLarge { size, limit: self.limits.max_record_bytes });
+        }
+        if let [0, a, b, c, d, ..] = value {
+            // JSON never starts with a NUL byte; the Confluent wire format does.
+            return Err(DecodeError::UnknownSchema(u32::from_be_bytes([*a, *b, *c, *d])));
+        }
         let text = std::str::from_utf8(value).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?;
         let key = match key {
             Some(k) => Some(std::str::from_utf8(k).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?),
@@ -168,6 +246,9 @@ impl Decoder {
     /// JsonConverter layers already peeled off, so a value cannot nest forever.
     fn decode_text(&self, key: Option<&str>, text: &str, unwrapped: u8) -> Result<Decoded, DecodeError> {
         let trimmed = text.trim_start();
+        if nests_deeper_than(trimmed, self.limits.max_nesting_depth) {
+            return Err(DecodeError::TooDeep { limit: self.limits.max_nesting_depth });
+        }
         match trimmed.as_bytes().first() {
             None => return Err(DecodeError::NotJson("the value is empty".into())),
             Some(b'{') => {}

@@ -242,13 +242,21 @@ fn bad_input_gets_a_specific_error() {
     assert!(matches!(err(&json!({"op": "c", "after": "{broken", "source": {}}).to_string()), DecodeError::Malformed(_)));
     assert!(matches!(err(&json!({"operationType": "delete", "documentKey": {"_id": 1}, "clusterTime": {"$timestamp": {"t": "soon", "i": 1}}}).to_string()), DecodeError::Malformed(_)));
     assert!(matches!(err(&json!({"documentKey": {"_id": 1}, "clusterTime": {"$timestamp": {"t": 1, "i": 1}}}).to_string()), DecodeError::Malformed(_)));
+    // Nesting beyond the limit is refused before parsing, wherever it is.
     let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-    // Deep nesting in a field resevent skips costs no stack (serde_json skips
-    // iteratively); the record is judged on what it lacks. In a tracked field
-    // the recursion limit rejects it.
-    assert!(matches!(err(&format!("{{\"operationType\": \"insert\", \"fullDocument\": {{\"x\": {deep}}}}}")), DecodeError::MissingId(_)));
-    assert!(matches!(err(&format!("{{\"operationType\": \"insert\", \"fullDocument\": {{\"bookingStatus\": {deep}}}}}")), DecodeError::NotJson(_)));
-    assert!(matches!(err(&format!("{{\"x\": {deep}}}")), DecodeError::NotAChange(_)));
+    assert!(matches!(err(&format!("{{\"operationType\": \"insert\", \"fullDocument\": {{\"x\": {deep}}}}}")), DecodeError::TooDeep { limit: 64 }));
+    assert!(matches!(err(&format!("{{\"x\": {deep}}}")), DecodeError::TooDeep { .. }));
+    // Brackets inside strings are text, not nesting.
+    let in_string = format!("{{\"operationType\": \"insert\", \"documentKey\": {{\"_id\": \"r1\"}}, \"fullDocument\": {{\"_id\": \"r1\", \"note\": \"{}\\\"{}\"}}}}", "[".repeat(100), "{".repeat(100));
+    assert!(matches!(dec().decode(None, Some(in_string.as_bytes())), Ok(Decoded::Change(_))), "{in_string}");
+    let at_limit = format!("{{\"operationType\": \"insert\", \"documentKey\": {{\"_id\": \"r1\"}}, \"fullDocument\": {{\"_id\": \"r1\", \"x\": {}{}}}}}", "[".repeat(62), "]".repeat(62));
+    assert!(matches!(dec().decode(None, Some(at_limit.as_bytes())), Ok(Decoded::Change(_))));
+    let lower = Decoder::new(Format::Auto, FieldPaths::default()).with_limits(Limits { max_record_bytes: 100, max_nesting_depth: 3 });
+    assert!(matches!(lower.decode(None, Some(at_limit.as_bytes())), Err(DecodeError::TooLarge { limit: 100, .. })));
+    assert!(matches!(lower.decode(None, Some(b"{\"a\": {\"b\": [[1]]}}")), Err(DecodeError::TooDeep { limit: 3 })));
+    assert!(matches!(lower.decode(Some(&[b'k'; 95]), Some(b"{\"a\": 1}")), Err(DecodeError::TooLarge { size: 103, .. })));
+    // The Confluent Schema Registry wire format: magic byte 0, then the schema id.
+    assert!(matches!(dec().decode(None, Some(&[0, 0, 0, 1, 44, 2, 6, 0x61])), Err(DecodeError::UnknownSchema(300))));
     for e in [err("{}"), err("x")] {
         assert!(!e.is_retryable());
         assert!(!e.kind().is_empty());

@@ -59,6 +59,22 @@ pub struct RunConfig {
     pub batch_wait_ms: u64,
     /// Stop after this many seconds without input (batch jobs, benchmarks); none = run until signalled.
     pub idle_exit_secs: Option<u64>,
+    /// Where records that can never be processed go, with the reason in
+    /// headers; none = `<input-topic>.dlt` for each input topic.
+    pub dead_letter_topic: Option<String>,
+    /// A record (key + value) larger than this is dead-lettered as `too-large`.
+    pub max_record_bytes: usize,
+    /// A value nesting objects/arrays deeper than this (at most 128) is dead-lettered as `too-deep`.
+    pub max_nesting_depth: usize,
+    /// First wait before retrying after a transient failure (broker, disk), in ms;
+    /// doubled per attempt, with jitter, up to `retry_max_backoff_ms`.
+    pub retry_initial_backoff_ms: u64,
+    pub retry_max_backoff_ms: u64,
+    /// Give up (exit non-zero, for the orchestrator to restart) after this many
+    /// attempts at one batch; 0 = retry until it works or the instance is stopped.
+    pub retry_max_attempts: u32,
+    /// RocksDB memtable size per partition, in bytes.
+    pub state_write_buffer_bytes: usize,
     /// librdkafka settings for every client (e.g. `security.protocol`,
     /// `sasl.password`), passed through as given.
     pub kafka: BTreeMap<String, String>,
@@ -86,6 +102,13 @@ impl Default for RunConfig {
             max_batch_records: 5000,
             batch_wait_ms: 20,
             idle_exit_secs: None,
+            dead_letter_topic: None,
+            max_record_bytes: 1 << 20,
+            max_nesting_depth: 64,
+            retry_initial_backoff_ms: 200,
+            retry_max_backoff_ms: 30_000,
+            retry_max_attempts: 0,
+            state_write_buffer_bytes: 32 << 20,
             kafka: BTreeMap::new(),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
@@ -132,6 +155,7 @@ impl RunConfig {
             let optional = match key.as_str() {
                 "pipeline" => Some(toml::Value::String(String::new())),
                 "idle_exit_secs" => Some(toml::Value::Integer(0)),
+                "dead_letter_topic" => Some(toml::Value::String(String::new())),
                 _ => None,
             };
             let Some(kind) = table.get(&key).cloned().or(optional) else {
@@ -191,7 +215,28 @@ impl RunConfig {
         if self.application_id.is_empty() || self.max_batch_records == 0 {
             anyhow::bail!("application_id must not be empty and max_batch_records must be at least 1");
         }
+        if self.max_nesting_depth == 0 || self.max_nesting_depth > crate::decode::MAX_NESTING_DEPTH {
+            anyhow::bail!("max_nesting_depth = {} is out of range; give 1 to {}", self.max_nesting_depth, crate::decode::MAX_NESTING_DEPTH);
+        }
+        if self.retry_initial_backoff_ms == 0 || self.retry_max_backoff_ms < self.retry_initial_backoff_ms {
+            anyhow::bail!("retry_initial_backoff_ms must be at least 1 and retry_max_backoff_ms at least retry_initial_backoff_ms");
+        }
+        if let Some(dlt) = self.dead_letter_topic.as_deref() {
+            if self.input_topics.iter().any(|t| t == dlt) || dlt == self.output_topic {
+                anyhow::bail!("dead_letter_topic {dlt:?} is also an input or the output topic; give a topic of its own");
+            }
+        }
         Ok(())
+    }
+
+    /// The dead-letter topic of an input topic.
+    pub fn dead_letter_topic_for(&self, input: &str) -> String {
+        crate::deadletter::topic_for(input, self.dead_letter_topic.as_deref())
+    }
+
+    /// The decoder limits these settings give.
+    pub fn limits(&self) -> crate::decode::Limits {
+        crate::decode::Limits { max_record_bytes: self.max_record_bytes, max_nesting_depth: self.max_nesting_depth }
     }
 
     /// The compacted changelog topic of the state store.

@@ -28,6 +28,7 @@
 //! cost the instance its membership; raise it for very large partitions.
 
 pub mod config;
+pub mod fault;
 pub mod latency;
 pub mod passthrough;
 pub mod restore;
@@ -47,6 +48,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use crate::engine::{Counts, Engine, InputRecord};
 use crate::store::{self, StateBatch, StateStore};
 use config::{Guarantee, RunConfig};
+use fault::{Backoff, Fault};
 use restore::{CHANGELOG_NEXT, Restorer, task_name};
 
 /// Timeout of transaction calls (exactly-once).
@@ -98,16 +100,21 @@ impl RunSummary {
     }
 }
 
-/// Collects the next batch: waits for a first record (or shutdown, or `idle`
-/// without input), then takes what arrives within `wait`, up to `max`.
-/// `None` = stop.
+/// Collects the next batch: starts with `carried` (records received while a
+/// batch was being retried) or else waits for a first record (or shutdown,
+/// or `idle` without input), then takes what arrives within `wait`, up to
+/// `max`. `None` = stop.
 async fn next_batch<C: ConsumerContext + 'static>(
     consumer: &StreamConsumer<C>,
+    carried: Vec<OwnedMessage>,
     max: usize,
     wait: Duration,
     idle: Option<Duration>,
     shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
 ) -> Option<Vec<OwnedMessage>> {
+    if !carried.is_empty() {
+        return Some(fill_batch(consumer, carried, max, wait).await);
+    }
     let idle_for = idle.unwrap_or(Duration::from_secs(365 * 24 * 3600));
     let first = loop {
         tokio::select! {
@@ -122,7 +129,11 @@ async fn next_batch<C: ConsumerContext + 'static>(
             }
         }
     };
-    let mut batch = vec![first];
+    Some(fill_batch(consumer, vec![first], max, wait).await)
+}
+
+/// Adds what arrives within `wait` to `batch`, up to `max` records.
+async fn fill_batch<C: ConsumerContext + 'static>(consumer: &StreamConsumer<C>, mut batch: Vec<OwnedMessage>, max: usize, wait: Duration) -> Vec<OwnedMessage> {
     let deadline = tokio::time::Instant::now() + wait;
     while batch.len() < max {
         match tokio::time::timeout_at(deadline, consumer.recv()).await {
@@ -134,7 +145,7 @@ async fn next_batch<C: ConsumerContext + 'static>(
             Err(_) => break,
         }
     }
-    Some(batch)
+    batch
 }
 
 /// Rebalance handling: restore on assign, forget on revoke.
@@ -218,6 +229,8 @@ pub(crate) fn group_consumer_config(cfg: &RunConfig, group_id: &str) -> ClientCo
 pub(crate) fn producer_config(cfg: &RunConfig) -> ClientConfig {
     let mut c = client_config(cfg);
     c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
+    // A dead letter carries the original record, however large it was.
+    c.set("message.max.bytes", (topics::DEAD_LETTER_MAX_BYTES + (1 << 20)).to_string());
     with_settings(&c, &cfg.producer)
 }
 
@@ -231,7 +244,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
     tracing::info!(input = ?cfg.input_topics, partitions, changelog = %cfg.changelog_topic(), output = %cfg.output_topic, "topics ready");
 
     std::fs::create_dir_all(&cfg.state_dir)?;
-    let store = Arc::new(Mutex::new(StateStore::open(&cfg.state_dir)?));
+    let store = Arc::new(Mutex::new(StateStore::open_with(&cfg.state_dir, store::StoreOptions { write_buffer_bytes: cfg.state_write_buffer_bytes })?));
 
     let mut restore_cfg = with_settings(&base, &cfg.consumer);
     // A short fetch wait: restore ends on the empty fetch at the partition's end.
@@ -276,12 +289,20 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
     let mut last_log = Instant::now();
     let mut since_log = Counts::default();
     let idle = cfg.idle_exit_secs.map(Duration::from_secs);
+    let mut retry = Retry {
+        backoff: Backoff::new(Duration::from_millis(cfg.retry_initial_backoff_ms), Duration::from_millis(cfg.retry_max_backoff_ms)),
+        max_attempts: cfg.retry_max_attempts,
+        carried: Vec::new(),
+    };
     tokio::pin!(shutdown);
-    while let Some(batch) = next_batch(&consumer, cfg.max_batch_records, Duration::from_millis(cfg.batch_wait_ms), idle, &mut shutdown).await {
+    while let Some(batch) = next_batch(&consumer, std::mem::take(&mut retry.carried), cfg.max_batch_records, Duration::from_millis(cfg.batch_wait_ms), idle, &mut shutdown).await {
         if let Some(f) = consumer.context().failure.lock().expect("failure lock").take() {
             anyhow::bail!("{f}; stopping so the instance restarts cleanly");
         }
-        let counts = process_batch(&cfg, &engine, &store, &consumer, &producer, batch, &mut summary.latency).await?;
+        let Some(counts) = process_with_retry(&cfg, &engine, &store, &consumer, &producer, &batch, &mut summary.latency, &mut retry, &mut shutdown).await? else {
+            tracing::info!("stopped while retrying a batch; it is read again at the next start");
+            break;
+        };
         summary.record_batch(&counts);
         since_log.add(&counts);
         if last_log.elapsed() >= Duration::from_secs(10) {
@@ -290,7 +311,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
                 records = since_log.records,
                 per_second = (since_log.records as f64 / secs) as u64,
                 events = since_log.events,
-                rejected = since_log.rejected,
+                dead_letters = since_log.rejected,
                 stale = since_log.stale,
                 "progress"
             );
@@ -313,7 +334,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
     producer_flush(&producer);
     consumer.unsubscribe();
     drop(consumer);
-    tracing::info!(records = summary.counts.records, events = summary.counts.events, rejected = summary.counts.rejected, "stopped");
+    tracing::info!(records = summary.counts.records, events = summary.counts.events, dead_letters = summary.counts.rejected, "stopped");
     Ok(summary)
 }
 
@@ -340,7 +361,7 @@ fn instance_id(state_dir: &std::path::Path) -> anyhow::Result<String> {
 }
 
 /// Sends a record, waiting for queue space when the producer is full.
-pub(crate) async fn send(producer: &FutureProducer, mut record: FutureRecord<'_, [u8], [u8]>) -> anyhow::Result<DeliveryFuture> {
+pub(crate) async fn send(producer: &FutureProducer, mut record: FutureRecord<'_, [u8], [u8]>) -> Result<DeliveryFuture, Fault> {
     loop {
         match producer.send_result(record) {
             Ok(f) => return Ok(f),
@@ -348,13 +369,13 @@ pub(crate) async fn send(producer: &FutureProducer, mut record: FutureRecord<'_,
                 record = r;
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            Err((e, r)) => anyhow::bail!("producing to {}: {e}", r.topic),
+            Err((e, r)) => return Err(Fault::kafka(e, &format!("producing to {}", r.topic))),
         }
     }
 }
 
 /// Awaits acknowledgements; returns the highest offset per partition.
-pub(crate) async fn acknowledged(futures: Vec<DeliveryFuture>, what: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+pub(crate) async fn acknowledged(futures: Vec<DeliveryFuture>, what: &str) -> Result<BTreeMap<i32, i64>, Fault> {
     let mut last = BTreeMap::new();
     for f in futures {
         match f.await {
@@ -362,8 +383,8 @@ pub(crate) async fn acknowledged(futures: Vec<DeliveryFuture>, what: &str) -> an
                 let e = last.entry(d.partition).or_insert(d.offset);
                 *e = (*e).max(d.offset);
             }
-            Ok(Err((e, _))) => anyhow::bail!("{what} not acknowledged: {e}"),
-            Err(_) => anyhow::bail!("{what}: producer dropped the delivery report"),
+            Ok(Err((e, _))) => return Err(Fault::kafka(e, &format!("{what} not acknowledged"))),
+            Err(_) => return Err(Fault::Broker(anyhow::anyhow!("{what}: the producer dropped the delivery report"))),
         }
     }
     Ok(last)
@@ -380,19 +401,100 @@ pub(crate) fn record_latency(latency: &mut latency::Latency, batch: &[OwnedMessa
     }
 }
 
+/// How transient failures are retried, and what arrived meanwhile.
+struct Retry {
+    backoff: Backoff,
+    max_attempts: u32,
+    /// Records received while the input was paused (fetched before the
+    /// pause); they follow the retried batch, so they start the next one.
+    carried: Vec<OwnedMessage>,
+}
+
+/// Processes a batch; on a transient failure pauses the whole input (a
+/// reservation's changes must apply in order, so nothing may overtake the
+/// failed batch), waits with backoff while still serving the group, and
+/// retries the same records until they go through. `None`: shutdown came
+/// first; the batch was not committed and is read again at the next start.
+#[allow(clippy::too_many_arguments)]
+async fn process_with_retry(
+    cfg: &RunConfig,
+    engine: &Engine,
+    store: &Arc<Mutex<StateStore>>,
+    consumer: &StreamConsumer<ServiceContext>,
+    producer: &FutureProducer,
+    batch: &[OwnedMessage],
+    latency: &mut latency::Latency,
+    retry: &mut Retry,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> anyhow::Result<Option<Counts>> {
+    let mut attempt = 0u32;
+    let mut paused = false;
+    let first_failure = Instant::now();
+    loop {
+        let fault = match process_batch(cfg, engine, store, consumer, producer, batch, latency).await {
+            Ok(counts) => {
+                if paused {
+                    let assignment = consumer.assignment()?;
+                    consumer.resume(&assignment)?;
+                    tracing::info!(attempts = attempt + 1, seconds = first_failure.elapsed().as_secs(), "batch went through; input resumed");
+                }
+                return Ok(Some(counts));
+            }
+            Err(f) if f.is_transient() => f,
+            Err(f) => return Err(anyhow::Error::new(f).context("a failure retrying cannot fix")),
+        };
+        attempt += 1;
+        if retry.max_attempts > 0 && attempt >= retry.max_attempts {
+            anyhow::bail!("{fault}; gave up after {attempt} attempts (retry_max_attempts); the batch is read again at the next start");
+        }
+        if !paused {
+            consumer.pause(&consumer.assignment()?)?;
+            paused = true;
+        }
+        let wait = retry.backoff.delay(attempt);
+        tracing::warn!(attempt, retry_in_ms = wait.as_millis() as u64, records = batch.len(), error = %fault, "transient failure: input paused, the same batch is retried");
+        // Serve the consumer while waiting (rebalance callbacks, the poll
+        // interval); keep whatever it still delivers, in order.
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            tokio::select! {
+                _ = shutdown.as_mut() => return Ok(None),
+                m = tokio::time::timeout_at(deadline, consumer.recv()) => match m {
+                    Err(_) => break,
+                    Ok(Ok(m)) => retry.carried.push(m.detach()),
+                    Ok(Err(e)) => tracing::debug!(error = %e, "consumer error while paused"),
+                }
+            }
+        }
+        if let Some(f) = consumer.context().failure.lock().expect("failure lock").take() {
+            anyhow::bail!("{f}; stopping so the instance restarts cleanly");
+        }
+        if matches!(fault, Fault::Disk(_)) {
+            // RocksDB refuses writes after an I/O error until reopened.
+            match store.lock().expect("store lock").reopen() {
+                Ok(()) => tracing::info!(dir = %cfg.state_dir.display(), "state store reopened"),
+                Err(e) => tracing::warn!(error = %e, "state store cannot be reopened yet"),
+            }
+        }
+    }
+}
+
+/// One batch, at-least-once (or exactly-once) as the module header says.
+/// Permanent record failures become dead letters inside; what fails here is
+/// the batch's I/O, and nothing of the batch is committed then.
 async fn process_batch(
     cfg: &RunConfig,
     engine: &Engine,
     store: &Arc<Mutex<StateStore>>,
     consumer: &StreamConsumer<ServiceContext>,
     producer: &FutureProducer,
-    batch: Vec<OwnedMessage>,
+    batch: &[OwnedMessage],
     latency: &mut latency::Latency,
-) -> anyhow::Result<Counts> {
+) -> Result<Counts, Fault> {
     let ready = consumer.context().ready.lock().expect("ready lock").clone();
     // Group by task (partition number), keeping input order within each.
     let mut by_task: BTreeMap<i32, Vec<&OwnedMessage>> = BTreeMap::new();
-    for m in &batch {
+    for m in batch {
         if ready.contains(&m.partition()) {
             by_task.entry(m.partition()).or_default().push(m);
         } else {
@@ -401,6 +503,7 @@ async fn process_batch(
         }
     }
 
+    // 1. Compute everything; nothing is written yet.
     let mut counts = Counts::default();
     let mut outputs = Vec::new();
     {
@@ -412,19 +515,85 @@ async fn process_batch(
             outputs.push((p, out));
         }
     }
-
-    // 2. Business events and dead letters, acknowledged first.
-    if cfg.processing_guarantee == Guarantee::ExactlyOnce {
+    let exactly_once = cfg.processing_guarantee == Guarantee::ExactlyOnce;
+    if exactly_once {
         tokio::task::block_in_place(|| {
             use rdkafka::producer::Producer;
             producer.begin_transaction()
-        })?;
+        })
+        .map_err(|e| Fault::kafka(e, "beginning a transaction"))?;
+        let delivered = deliver(cfg, engine, store, consumer, producer, &by_task, &outputs, batch, latency).await;
+        if delivered.is_err() {
+            // Nothing of an aborted transaction is visible to read_committed
+            // consumers; the retry starts a new one.
+            let aborted = tokio::task::block_in_place(|| {
+                use rdkafka::producer::Producer;
+                producer.abort_transaction(TXN_TIMEOUT)
+            });
+            if let Err(e) = aborted {
+                return Err(Fault::Fatal(anyhow::anyhow!("{}; and aborting the transaction failed too: {e}", delivered.unwrap_err())));
+            }
+        }
+        delivered?;
+    } else {
+        deliver(cfg, engine, store, consumer, producer, &by_task, &outputs, batch, latency).await?;
     }
+    Ok(counts)
+}
+
+/// A dead letter for `m`: its key, value and headers unchanged, plus the
+/// reason and where it came from (the header names are `crate::deadletter`'s).
+fn dead_letter<'a>(m: &'a OwnedMessage, topic: &'a str, kind: &'a str, reason: &'a str, now: &'a str, numbers: &'a [String; 3]) -> FutureRecord<'a, [u8], [u8]> {
+    use crate::deadletter as dl;
+    let mut headers = OwnedHeaders::new();
+    if let Some(h) = m.headers() {
+        use rdkafka::message::Headers;
+        for h in h.iter() {
+            headers = headers.insert(Header { key: h.key, value: h.value });
+        }
+    }
+    let [partition, offset, timestamp] = numbers;
+    headers = headers
+        .insert(Header { key: dl::KIND, value: Some(kind) })
+        .insert(Header { key: dl::MESSAGE, value: Some(reason) })
+        .insert(Header { key: dl::ORIGINAL_TOPIC, value: Some(m.topic()) })
+        .insert(Header { key: dl::ORIGINAL_PARTITION, value: Some(partition.as_str()) })
+        .insert(Header { key: dl::ORIGINAL_OFFSET, value: Some(offset.as_str()) });
+    if !timestamp.is_empty() {
+        headers = headers.insert(Header { key: dl::ORIGINAL_TIMESTAMP, value: Some(timestamp.as_str()) });
+    }
+    headers = headers.insert(Header { key: dl::VERSION, value: Some(env!("CARGO_PKG_VERSION")) }).insert(Header { key: dl::TIME, value: Some(now) });
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+    if let Some(k) = m.key() {
+        record = record.key(k);
+    }
+    if let Some(v) = m.payload() {
+        record = record.payload(v);
+    }
+    record
+}
+
+/// Steps 2–5 of the module header for a computed batch.
+#[allow(clippy::too_many_arguments)]
+async fn deliver(
+    cfg: &RunConfig,
+    engine: &Engine,
+    store: &Arc<Mutex<StateStore>>,
+    consumer: &StreamConsumer<ServiceContext>,
+    producer: &FutureProducer,
+    by_task: &BTreeMap<i32, Vec<&OwnedMessage>>,
+    outputs: &[(i32, crate::engine::BatchOutput)],
+    batch: &[OwnedMessage],
+    latency: &mut latency::Latency,
+) -> Result<(), Fault> {
+    let exactly_once = cfg.processing_guarantee == Guarantee::ExactlyOnce;
+    // 2. Business events and dead letters, acknowledged first.
     let mut futures = Vec::new();
-    for (p, out) in &outputs {
+    let now = crate::time::format_millis(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0));
+    for (p, out) in outputs {
         let msgs = &by_task[p];
         for (_, event) in &out.events {
-            let payload = serde_json::to_vec(event)?;
+            let payload = serde_json::to_vec(event).map_err(|e| Fault::Fatal(e.into()))?;
             let headers = OwnedHeaders::new().insert(Header { key: "eventType", value: Some(event.event_type) });
             let record = FutureRecord::to(&cfg.output_topic).key(event.reservation_id.as_bytes()).payload(&payload[..]).headers(headers.clone());
             futures.push(send(producer, record).await?);
@@ -435,40 +604,17 @@ async fn process_batch(
         }
         for r in &out.rejected {
             let m = msgs[r.index];
-            tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), kind = r.error.kind(), error = %r.error, "record rejected; sent to the dead-letter topic");
-            let dlt = format!("{}.dlt", m.topic());
-            let mut headers = OwnedHeaders::new();
-            if let Some(h) = m.headers() {
-                use rdkafka::message::Headers;
-                for h in h.iter() {
-                    headers = headers.insert(Header { key: h.key, value: h.value });
-                }
-            }
-            let offset = m.offset().to_string();
-            let partition = m.partition().to_string();
+            let dlt = cfg.dead_letter_topic_for(m.topic());
+            tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), kind = r.error.kind(), error = %r.error, dead_letter_topic = %dlt, "record rejected; sent to the dead-letter topic");
+            let numbers = [m.partition().to_string(), m.offset().to_string(), m.timestamp().to_millis().map(|t| t.to_string()).unwrap_or_default()];
             let reason = r.error.to_string();
-            headers = headers
-                .insert(Header { key: "resevent.error.kind", value: Some(r.error.kind()) })
-                .insert(Header { key: "resevent.error.message", value: Some(reason.as_str()) })
-                .insert(Header { key: "resevent.original.topic", value: Some(m.topic()) })
-                .insert(Header { key: "resevent.original.partition", value: Some(partition.as_str()) })
-                .insert(Header { key: "resevent.original.offset", value: Some(offset.as_str()) })
-                .insert(Header { key: "resevent.version", value: Some(env!("CARGO_PKG_VERSION")) });
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&dlt).headers(headers);
-            if let Some(k) = m.key() {
-                record = record.key(k);
-            }
-            if let Some(v) = m.payload() {
-                record = record.payload(v);
-            }
-            futures.push(send(producer, record).await?);
+            futures.push(send(producer, dead_letter(m, &dlt, r.error.kind(), &reason, &now, &numbers)).await?);
         }
     }
-    let exactly_once = cfg.processing_guarantee == Guarantee::ExactlyOnce;
     let mut event_futures = Some(futures);
     if !exactly_once {
         acknowledged(event_futures.take().unwrap_or_default(), "business event or dead letter").await?;
-        record_latency(latency, &batch);
+        record_latency(latency, batch);
     }
 
     // 3. Changelog, acknowledged before the state that depends on it.
@@ -476,7 +622,7 @@ async fn process_batch(
     let mut futures = Vec::new();
     // Encoded once: the same bytes go to the changelog and into the WriteBatch.
     let mut encoded: BTreeMap<i32, Vec<(&str, Vec<u8>)>> = BTreeMap::new();
-    for (p, out) in &outputs {
+    for (p, out) in outputs {
         encoded.insert(*p, out.states.iter().map(|(id, state)| (id.as_str(), store::encode(state))).collect());
     }
     for (p, records) in &encoded {
@@ -486,34 +632,28 @@ async fn process_batch(
     }
     let mut commit = TopicPartitionList::new();
     let mut next_offsets: BTreeMap<i32, BTreeMap<&str, i64>> = BTreeMap::new();
-    for (p, _) in &outputs {
+    for (p, _) in outputs {
         let next_by_topic = next_offsets.entry(*p).or_default();
         for m in &by_task[p] {
             let e = next_by_topic.entry(m.topic()).or_insert(0);
             *e = (*e).max(m.offset() + 1);
         }
         for (topic, next) in next_by_topic.iter() {
-            commit.add_partition_offset(topic, *p, Offset::Offset(*next))?;
+            commit.add_partition_offset(topic, *p, Offset::Offset(*next)).map_err(|e| Fault::Fatal(e.into()))?;
         }
     }
     if exactly_once {
         // Events, dead letters, changelog and input offsets commit together or
         // not at all; read_committed consumers never see an aborted batch.
-        let group = consumer.group_metadata().ok_or_else(|| anyhow::anyhow!("no consumer group metadata for the transaction"))?;
-        let committed = tokio::task::block_in_place(|| {
+        let group = consumer.group_metadata().ok_or_else(|| Fault::Fatal(anyhow::anyhow!("no consumer group metadata for the transaction")))?;
+        tokio::task::block_in_place(|| {
             use rdkafka::producer::Producer;
             producer.send_offsets_to_transaction(&commit, &group, TXN_TIMEOUT)?;
             producer.commit_transaction(TXN_TIMEOUT)
-        });
-        if let Err(e) = committed {
-            tokio::task::block_in_place(|| {
-                use rdkafka::producer::Producer;
-                let _ = producer.abort_transaction(TXN_TIMEOUT);
-            });
-            anyhow::bail!("transaction not committed: {e}; the batch was aborted and will be read again after restart");
-        }
+        })
+        .map_err(|e| Fault::kafka(e, "committing the transaction"))?;
         acknowledged(event_futures.take().unwrap_or_default(), "business event or dead letter").await?;
-        record_latency(latency, &batch);
+        record_latency(latency, batch);
     }
     let changelog_last = acknowledged(futures, "changelog record").await?;
 
@@ -543,5 +683,5 @@ async fn process_batch(
             tracing::warn!(error = %e, "offset commit failed; the next commit covers it");
         }
     }
-    Ok(counts)
+    Ok(())
 }

@@ -26,7 +26,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut summary = RunSummary::default();
     let idle = cfg.idle_exit_secs.map(Duration::from_secs);
     tokio::pin!(shutdown);
-    while let Some(batch) = next_batch(&consumer, cfg.max_batch_records, Duration::from_millis(cfg.batch_wait_ms), idle, &mut shutdown).await {
+    while let Some(batch) = next_batch(&consumer, Vec::new(), cfg.max_batch_records, Duration::from_millis(cfg.batch_wait_ms), idle, &mut shutdown).await {
         let mut futures = Vec::with_capacity(batch.len());
         let mut commit = TopicPartitionList::new();
         for m in &batch {

@@ -70,12 +70,15 @@ pub async fn prepare(cfg: &RunConfig, routed: &[String], client: &ClientConfig) 
             None => anyhow::bail!("business topic {topic:?} does not exist and topic creation is off"),
         }
     }
-    // Dead letters keep the broker's default retention: someone must look at them.
-    for topic in &cfg.input_topics {
-        let dlt = format!("{topic}.dlt");
+    // Dead letters keep the broker's default retention: someone must look at
+    // them. They carry the original bytes, so they take records as large as
+    // any input may hold (the oversized ones are why some are here).
+    let mut dead_letter_topics: Vec<String> = cfg.input_topics.iter().map(|t| cfg.dead_letter_topic_for(t)).collect();
+    dead_letter_topics.dedup();
+    for dlt in dead_letter_topics {
         match partitions(&probe, &dlt)? {
             Some(_) => {}
-            None if cfg.create_topics => to_create.push((dlt, n, vec![])),
+            None if cfg.create_topics => to_create.push((dlt, n, vec![("max.message.bytes", DEAD_LETTER_MAX_BYTES.to_string())])),
             None => anyhow::bail!("dead-letter topic {dlt:?} does not exist and topic creation is off"),
         }
     }
@@ -100,3 +103,7 @@ pub async fn prepare(cfg: &RunConfig, routed: &[String], client: &ClientConfig) 
     }
     Ok(n)
 }
+
+/// `max.message.bytes` of a created dead-letter topic, and the producer's
+/// `message.max.bytes`: 64 MiB, four times MongoDB's document limit.
+pub(crate) const DEAD_LETTER_MAX_BYTES: usize = 64 << 20;

@@ -1,0 +1,38 @@
+//! The dead-letter record: what `resevent run` writes for a record it can
+//! never process, and what `resevent dlq` reads back.
+//!
+//! A dead letter carries the original record's key, value and headers byte
+//! for byte (so a re-injected record is the record that failed), plus these
+//! headers, all UTF-8 text. This layout is a contract with operators' tools:
+//! add headers, never rename one.
+
+/// Stable error kind, e.g. `not-json`, `missing-id`, `too-large` (see `DecodeError::kind`).
+pub const KIND: &str = "resevent.error.kind";
+/// A person-readable reason that names the input and the fix.
+pub const MESSAGE: &str = "resevent.error.message";
+/// Where the record was read: topic, partition, offset.
+pub const ORIGINAL_TOPIC: &str = "resevent.original.topic";
+pub const ORIGINAL_PARTITION: &str = "resevent.original.partition";
+pub const ORIGINAL_OFFSET: &str = "resevent.original.offset";
+/// The original record's timestamp, milliseconds since the epoch (absent if it had none).
+pub const ORIGINAL_TIMESTAMP: &str = "resevent.original.timestamp";
+/// The resevent version that dead-lettered it.
+pub const VERSION: &str = "resevent.version";
+/// When it was dead-lettered, RFC 3339 UTC.
+pub const TIME: &str = "resevent.time";
+
+/// Every header resevent adds; a re-injected record drops these and keeps the rest.
+pub const ALL: [&str; 8] = [KIND, MESSAGE, ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET, ORIGINAL_TIMESTAMP, VERSION, TIME];
+
+/// Whether a header is one resevent added (as opposed to one of the original record's).
+pub fn is_resevent_header(key: &str) -> bool {
+    ALL.contains(&key)
+}
+
+/// The dead-letter topic of an input topic: `configured` if set, else `<input>.dlt`.
+pub fn topic_for(input: &str, configured: Option<&str>) -> String {
+    match configured {
+        Some(t) => t.to_string(),
+        None => format!("{input}.dlt"),
+    }
+}
