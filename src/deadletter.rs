@@ -21,7 +21,11 @@ pub const VERSION: &str = "resevent.version";
 /// When it was dead-lettered, RFC 3339 UTC.
 pub const TIME: &str = "resevent.time";
 
-/// Every header resevent adds; a re-injected record drops these and keeps the rest.
+/// On a record `resevent dlq replay` re-injected: `<dead-letter topic>/<partition>/<offset>`
+/// of the dead letter it came from, so the trail stays visible.
+pub const REPLAYED_FROM: &str = "resevent.replayed.from";
+
+/// Every header resevent adds to a dead letter; a re-injected record drops these and keeps the rest.
 pub const ALL: [&str; 8] = [KIND, MESSAGE, ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET, ORIGINAL_TIMESTAMP, VERSION, TIME];
 
 /// Whether a header is one resevent added (as opposed to one of the original record's).

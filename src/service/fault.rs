@@ -28,6 +28,12 @@ pub enum Fault {
     /// The state directory: reopen the store, then retry the batch.
     #[error("state store: {0:#}")]
     Disk(anyhow::Error),
+    /// The producer instance failed for good (fenced, or a fatal idempotence
+    /// error, as after deliveries timed out in an outage): at-least-once
+    /// creates a new producer and retries; exactly-once stops, since a fenced
+    /// transactional producer means another instance took its place.
+    #[error("producer: {0:#}")]
+    ProducerLost(anyhow::Error),
     /// Stop the instance.
     #[error("{0:#}")]
     Fatal(anyhow::Error),
@@ -40,9 +46,16 @@ impl Fault {
 
     /// A Kafka client error, classified.
     pub fn kafka(e: KafkaError, doing: &str) -> Fault {
+        let lost = producer_lost(&e);
         let transient = kafka_is_transient(&e);
         let e = anyhow::anyhow!("{doing}: {e}");
-        if transient { Fault::Broker(e) } else { Fault::Fatal(e) }
+        if lost {
+            Fault::ProducerLost(e)
+        } else if transient {
+            Fault::Broker(e)
+        } else {
+            Fault::Fatal(e)
+        }
     }
 
     pub fn store(e: StoreError) -> Fault {
@@ -53,6 +66,14 @@ impl Fault {
 impl From<StoreError> for Fault {
     fn from(e: StoreError) -> Self {
         Fault::store(e)
+    }
+}
+
+/// Errors after which the producer instance cannot be used again.
+fn producer_lost(e: &KafkaError) -> bool {
+    match e {
+        KafkaError::Transaction(t) => t.is_fatal(),
+        _ => matches!(e.rdkafka_error_code(), Some(RDKafkaErrorCode::ProducerFenced | RDKafkaErrorCode::Fatal)),
     }
 }
 
@@ -127,6 +148,8 @@ mod tests {
         assert!(kafka_is_transient(&KafkaError::MessageProduction(RDKafkaErrorCode::NotEnoughReplicas)));
         assert!(!kafka_is_transient(&KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed)));
         assert!(!kafka_is_transient(&KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)));
-        assert!(!Fault::kafka(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal), "producing").is_transient());
+        assert!(matches!(Fault::kafka(KafkaError::MessageProduction(RDKafkaErrorCode::Fatal), "producing"), Fault::ProducerLost(_)));
+        assert!(matches!(Fault::kafka(KafkaError::MessageProduction(RDKafkaErrorCode::ProducerFenced), "producing"), Fault::ProducerLost(_)));
+        assert!(matches!(Fault::kafka(KafkaError::MessageProduction(RDKafkaErrorCode::TopicAuthorizationFailed), "producing"), Fault::Fatal(_)));
     }
 }

@@ -172,9 +172,15 @@ impl ConsumerContext for ServiceContext {
         }
     }
 
-    fn post_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                // librdkafka keeps a partition's pause across a rebalance: one
+                // paused during a retry would never deliver again. A batch
+                // still being retried runs first; what arrives meanwhile follows it.
+                if let Err(e) = consumer.resume(tpl) {
+                    tracing::warn!(error = %e, "resuming newly assigned partitions");
+                }
                 let parts: std::collections::BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
                 tracing::info!(partitions = ?parts, "partitions assigned");
                 for p in parts {
@@ -272,7 +278,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
         // instead of read_committed consumers waiting out its timeout.
         producer_cfg.set("transactional.id", format!("{}-{}", cfg.application_id, instance_id(&cfg.state_dir)?));
     }
-    let producer: FutureProducer = producer_cfg.create()?;
+    let mut producer: FutureProducer = producer_cfg.create()?;
     if cfg.processing_guarantee == Guarantee::ExactlyOnce {
         tokio::task::block_in_place(|| {
             use rdkafka::producer::Producer;
@@ -299,7 +305,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
         if let Some(f) = consumer.context().failure.lock().expect("failure lock").take() {
             anyhow::bail!("{f}; stopping so the instance restarts cleanly");
         }
-        let Some(counts) = process_with_retry(&cfg, &engine, &store, &consumer, &producer, &batch, &mut summary.latency, &mut retry, &mut shutdown).await? else {
+        let Some(counts) = process_with_retry(&cfg, &engine, &store, &consumer, (&mut producer, &producer_cfg), &batch, &mut summary.latency, &mut retry, &mut shutdown).await? else {
             tracing::info!("stopped while retrying a batch; it is read again at the next start");
             break;
         };
@@ -421,7 +427,7 @@ async fn process_with_retry(
     engine: &Engine,
     store: &Arc<Mutex<StateStore>>,
     consumer: &StreamConsumer<ServiceContext>,
-    producer: &FutureProducer,
+    (producer, producer_cfg): (&mut FutureProducer, &ClientConfig),
     batch: &[OwnedMessage],
     latency: &mut latency::Latency,
     retry: &mut Retry,
@@ -468,6 +474,14 @@ async fn process_with_retry(
         }
         if let Some(f) = consumer.context().failure.lock().expect("failure lock").take() {
             anyhow::bail!("{f}; stopping so the instance restarts cleanly");
+        }
+        if let Fault::ProducerLost(e) = &fault {
+            if cfg.processing_guarantee == Guarantee::ExactlyOnce {
+                anyhow::bail!("{e:#}: another instance has taken over this transactional id, or the producer failed for good; stopping");
+            }
+            // Whatever the old one did not get acknowledged is sent again with the batch.
+            *producer = producer_cfg.create()?;
+            tracing::warn!("a new producer replaces the one that failed");
         }
         if matches!(fault, Fault::Disk(_)) {
             // RocksDB refuses writes after an I/O error until reopened.
@@ -522,19 +536,18 @@ async fn process_batch(
             producer.begin_transaction()
         })
         .map_err(|e| Fault::kafka(e, "beginning a transaction"))?;
-        let delivered = deliver(cfg, engine, store, consumer, producer, &by_task, &outputs, batch, latency).await;
-        if delivered.is_err() {
+        if let Err(failed) = deliver(cfg, engine, store, consumer, producer, &by_task, &outputs, batch, latency).await {
             // Nothing of an aborted transaction is visible to read_committed
             // consumers; the retry starts a new one.
             let aborted = tokio::task::block_in_place(|| {
                 use rdkafka::producer::Producer;
                 producer.abort_transaction(TXN_TIMEOUT)
             });
-            if let Err(e) = aborted {
-                return Err(Fault::Fatal(anyhow::anyhow!("{}; and aborting the transaction failed too: {e}", delivered.unwrap_err())));
-            }
+            return Err(match aborted {
+                Ok(()) => failed,
+                Err(e) => Fault::Fatal(anyhow::anyhow!("{failed}; and aborting the transaction failed too: {e}")),
+            });
         }
-        delivered?;
     } else {
         deliver(cfg, engine, store, consumer, producer, &by_task, &outputs, batch, latency).await?;
     }
@@ -563,7 +576,7 @@ fn dead_letter<'a>(m: &'a OwnedMessage, topic: &'a str, kind: &'a str, reason: &
         headers = headers.insert(Header { key: dl::ORIGINAL_TIMESTAMP, value: Some(timestamp.as_str()) });
     }
     headers = headers.insert(Header { key: dl::VERSION, value: Some(env!("CARGO_PKG_VERSION")) }).insert(Header { key: dl::TIME, value: Some(now) });
-    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+    let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).partition(m.partition()).headers(headers);
     if let Some(k) = m.key() {
         record = record.key(k);
     }

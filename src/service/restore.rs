@@ -55,9 +55,11 @@ pub struct RestoreContext;
 
 impl rdkafka::ClientContext for RestoreContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        match error {
-            KafkaError::PartitionEOF(_) => tracing::debug!(%reason, "changelog partition end"),
-            e => tracing::error!(error = %e, %reason, "restore consumer error"),
+        // librdkafka reports a partition's end here too, as a global error.
+        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
+            tracing::debug!(%reason, "changelog partition end");
+        } else {
+            tracing::warn!(error = %error, %reason, "restore consumer error");
         }
     }
 }
@@ -68,10 +70,16 @@ impl Restorer {
     /// Brings task `partition`'s local state up to the changelog's current end.
     pub fn restore(&self, partition: i32) -> anyhow::Result<Restored> {
         let name = task_name(partition);
-        let (low, high) = self
-            .consumer
-            .fetch_watermarks(&self.changelog, partition, Duration::from_secs(15))
-            .map_err(|e| anyhow::anyhow!("cannot read offsets of changelog {}/{partition}: {e}", self.changelog))?;
+        // The broker may be coming back from an outage: keep asking until the stall limit.
+        let asked = Instant::now();
+        let (low, high) = loop {
+            match self.consumer.fetch_watermarks(&self.changelog, partition, Duration::from_secs(10)) {
+                Ok(w) => break w,
+                Err(e) if asked.elapsed() < STALL_LIMIT => tracing::warn!(partition, error = %e, "cannot read changelog offsets yet; retrying"),
+                Err(e) => anyhow::bail!("cannot read offsets of changelog {}/{partition} for {}s: {e}", self.changelog, STALL_LIMIT.as_secs()),
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        };
         let (low, high) = (low.max(0) as u64, high.max(0) as u64);
         let start;
         let rebuilt;
@@ -127,7 +135,9 @@ impl Restorer {
                         break Ok(());
                     }
                 }
-                Some(Err(e)) => break Err(anyhow::anyhow!("reading changelog {}/{partition}: {e}", self.changelog)),
+                // Connection trouble (often reported late, from an outage
+                // already over) is retried by the client; only a stall ends the restore.
+                Some(Err(e)) => tracing::warn!(partition, error = %e, "changelog consumer error; still restoring"),
                 Some(Ok(m)) => {
                     let offset = m.offset() as u64;
                     let key = m.key().unwrap_or_default();

@@ -77,6 +77,9 @@ pub async fn prepare(cfg: &RunConfig, routed: &[String], client: &ClientConfig) 
     dead_letter_topics.dedup();
     for dlt in dead_letter_topics {
         match partitions(&probe, &dlt)? {
+            // A dead letter goes to its original's partition number, so a
+            // replay re-injects each partition's records in their order.
+            Some(m) if m < n => anyhow::bail!("dead-letter topic {dlt:?} has {m} partitions, fewer than the input's {n}; add partitions to it or name another with dead_letter_topic"),
             Some(_) => {}
             None if cfg.create_topics => to_create.push((dlt, n, vec![("max.message.bytes", DEAD_LETTER_MAX_BYTES.to_string())])),
             None => anyhow::bail!("dead-letter topic {dlt:?} does not exist and topic creation is off"),

@@ -42,6 +42,9 @@ fn spawn_listening(mut cmd: Command, port: u16, log: &Path) -> Child {
     child
 }
 
+/// A record's key and value as bytes, each possibly absent.
+pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
+
 pub struct Broker {
     pub bootstrap: String,
     process: Option<Child>,
@@ -64,6 +67,22 @@ impl Broker {
         cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"]);
         let child = spawn_listening(cmd, port, &std::env::temp_dir().join(format!("tansu-{prefix}.log")));
         Broker { bootstrap: format!("127.0.0.1:{port}"), process: Some(child), prefix }
+    }
+
+    /// Tansu behind a [`Proxy`] that clients reach it through (Tansu advertises
+    /// the proxy's address): cutting the proxy is the broker going away for
+    /// every client while the broker keeps its in-memory data. Always Tansu,
+    /// even when RESEVENT_TEST_BOOTSTRAP is set: an external broker cannot be
+    /// put behind the proxy.
+    pub fn start_behind_proxy(test: &str) -> (Broker, Proxy) {
+        let prefix = format!("{test}-{}", std::process::id());
+        let tansu = std::env::var("RESEVENT_TANSU").unwrap_or_else(|_| panic!("this test needs RESEVENT_TANSU, a tansu binary (scripts/test installs it)"));
+        let (port, front) = (free_port(), free_port());
+        let mut cmd = Command::new(&tansu);
+        cmd.args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{port}"), "--advertised-listener-url", &format!("tcp://127.0.0.1:{front}"), "--storage-engine", "memory://tansu/"]);
+        let child = spawn_listening(cmd, port, &std::env::temp_dir().join(format!("tansu-{prefix}.log")));
+        let proxy = Proxy::start(front, port);
+        (Broker { bootstrap: format!("127.0.0.1:{front}"), process: Some(child), prefix }, proxy)
     }
 
     /// A broker that honours transaction aborts, for the exactly-once test:
@@ -115,6 +134,30 @@ impl Broker {
             self.client().set("enable.idempotence", "true").set("linger.ms", "10").set("queue.buffering.max.messages", "1000000").create().unwrap();
         for (k, v) in records {
             let mut rec = BaseRecord::to(topic).key(k.as_str()).payload(v.as_str());
+            loop {
+                match producer.send(rec) {
+                    Ok(()) => break,
+                    Err((_, r)) => {
+                        rec = r;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                }
+            }
+        }
+        producer.flush(Duration::from_secs(60)).unwrap();
+    }
+
+    /// Produces records as bytes, key and value each possibly absent (a null value is a tombstone).
+    pub fn produce_raw(&self, topic: &str, records: &[RawRecord]) {
+        let producer: ThreadedProducer<DefaultProducerContext> = self.client().set("enable.idempotence", "true").set("message.max.bytes", "67108864").create().unwrap();
+        for (k, v) in records {
+            let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+            if let Some(k) = k {
+                rec = rec.key(&k[..]);
+            }
+            if let Some(v) = v {
+                rec = rec.payload(&v[..]);
+            }
             loop {
                 match producer.send(rec) {
                     Ok(()) => break,
@@ -180,6 +223,55 @@ impl Drop for Broker {
     }
 }
 
+/// A TCP proxy in front of the broker, to cut the network: while cut, every
+/// open connection is closed and new ones are closed on arrival.
+pub struct Proxy {
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(front: u16, back: u16) -> Proxy {
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind(("127.0.0.1", front)).unwrap();
+        let proxy = Proxy { up: Default::default(), open: Default::default() };
+        proxy.up.store(true, Ordering::SeqCst);
+        let (up, open) = (proxy.up.clone(), proxy.open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if !up.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", back)) else { continue };
+                let _ = client.set_nodelay(true);
+                let _ = server.set_nodelay(true);
+                open.lock().unwrap().extend([client.try_clone().unwrap(), server.try_clone().unwrap()]);
+                for (mut from, mut to) in [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        proxy
+    }
+
+    /// The broker is gone for every client until [`Proxy::restore`].
+    pub fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for s in self.open.lock().unwrap().drain(..) {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    pub fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Record {
     pub partition: i32,
@@ -223,6 +315,11 @@ impl Instance {
             .spawn()
             .unwrap();
         Instance { child, log }
+    }
+
+    /// Whether the process is still running (it never exited or restarted).
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     /// SIGKILL: no chance to flush or commit.

@@ -1,0 +1,272 @@
+//! Bad input and faults against a real broker and real `resevent run`
+//! processes: a poison-pill suite mixed into a valid stream, the broker gone
+//! for 30 s mid-stream, and the state directory made unwritable mid-stream.
+//! In each: nothing lost, no eventId with two contents, no restart.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use resevent::workload::Workload;
+
+fn workload(reservations: u64, events: usize, seed: u64) -> Vec<(String, String)> {
+    let mut w = Workload::new(reservations, seed);
+    (0..events).map(|_| w.next_event()).collect()
+}
+
+/// A MongoDB source connector insert of a reservation that arrives in house
+/// (one CHECKED_IN by the default table), with `id` and `room` as raw JSON
+/// and `dates` the arrival/departure values, so each dialect can be written.
+fn insert(id: &str, room: &str, arrival: &str, departure: &str, t: u64) -> String {
+    format!(
+        r#"{{"_id": {{"_data": "82{t:08X}"}}, "operationType": "insert", "clusterTime": {{"$timestamp": {{"t": {t}, "i": 1}}}}, "fullDocument": {{"_id": {id}, "propertyId": "P-OSL-01", "bookingStatus": "Arrived", "roomNumber": {room}, "arrivalDate": {arrival}, "departureDate": {departure}, "guest": {{"firstName": "Ada"}}}}, "ns": {{"db": "property", "coll": "reservation"}}, "documentKey": {{"_id": {id}}}}}"#
+    )
+}
+
+/// Records that look odd but are valid in the connectors' formats: each must
+/// be processed (one CHECKED_IN for its reservation), never dead-lettered.
+/// (name, reservation id as resevent reports it, record value)
+fn odd_but_valid() -> Vec<(&'static str, String, Option<String>)> {
+    let t = 1_795_300_000;
+    let legacy = (r#"{"$date": 1795132800000}"#, r#"{"$date": 1795392000000}"#);
+    vec![
+        ("legacy dates", "odd-legacy".into(), Some(insert(r#""odd-legacy""#, r#""412""#, legacy.0, legacy.1, t))),
+        ("canonical dates", "odd-canonical".into(), Some(insert(r#""odd-canonical""#, r#""412""#, r#"{"$date": {"$numberLong": "1795132800000"}}"#, r#"{"$date": {"$numberLong": "1795392000000"}}"#, t))),
+        ("relaxed ISO dates", "odd-relaxed".into(), Some(insert(r#""odd-relaxed""#, r#""412""#, r#"{"$date": "2026-11-21T00:00:00Z"}"#, r#"{"$date": "2026-11-24T00:00:00.000Z"}"#, t))),
+        ("plain string dates", "odd-plain".into(), Some(insert(r#""odd-plain""#, r#""412""#, r#""2026-11-21""#, r#""2026-11-24""#, t))),
+        ("room as a number", "odd-room-number".into(), Some(insert(r#""odd-room-number""#, "412", legacy.0, legacy.1, t))),
+        ("room as canonical $numberInt", "odd-room-int".into(), Some(insert(r#""odd-room-int""#, r#"{"$numberInt": "412"}"#, legacy.0, legacy.1, t))),
+        ("ObjectId id", "6502a1f0c3b7e41d9a0affff".into(), Some(insert(r#"{"$oid": "6502a1f0c3b7e41d9a0affff"}"#, r#""412""#, legacy.0, legacy.1, t))),
+        ("numeric id", "90210".into(), Some(insert("90210", r#""412""#, legacy.0, legacy.1, t))),
+        ("$numberLong id", "90211".into(), Some(insert(r#"{"$numberLong": "90211"}"#, r#""412""#, legacy.0, legacy.1, t))),
+        ("a JSON string holding the event", "odd-wrapped".into(), Some(serde_json::to_string(&insert(r#""odd-wrapped""#, r#""412""#, legacy.0, legacy.1, t)).unwrap())),
+        ("JsonConverter envelope", "odd-envelope".into(), Some(format!(r#"{{"schema": {{"type": "string", "optional": false}}, "payload": {}}}"#, serde_json::to_string(&insert(r#""odd-envelope""#, r#""412""#, legacy.0, legacy.1, t)).unwrap()))),
+        // A Kafka null value is a tombstone (Debezium writes one after each
+        // delete): valid, carries no change, emits nothing.
+        ("null value (tombstone)", String::new(), None),
+    ]
+}
+
+/// A bad record: (name, record key, record value, the dead-letter kind it must get).
+type Pill = (&'static str, Option<Vec<u8>>, Option<Vec<u8>>, &'static str);
+
+/// Bad records of every kind, each with the dead-letter kind it must get.
+fn poison_pills() -> Vec<Pill> {
+    let t = 1_795_300_000;
+    let good = insert(r#""bad-x""#, r#""412""#, r#"{"$date": 1795132800000}"#, r#"{"$date": 1795392000000}"#, t);
+    let text = |name: &'static str, value: &str, kind: &'static str| (name, Some(format!("bad-{name}").into_bytes()), Some(value.as_bytes().to_vec()), kind);
+    let deep = format!(r#"{{"operationType": "insert", "fullDocument": {{"x": {}{}}}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+    let huge = format!(r#"{{"operationType": "insert", "documentKey": {{"_id": "bad-huge"}}, "fullDocument": {{"_id": "bad-huge", "blob": "{}"}}}}"#, "x".repeat(10 << 20));
+    let ts = r#""clusterTime": {"$timestamp": {"t": 1795300000, "i": 1}}"#;
+    vec![
+        text("not JSON", "reservation 42 checked in", "not-json"),
+        ("invalid UTF-8", Some(b"bad-utf8".to_vec()), Some(vec![b'{', b'"', 0xff, 0xfe, b'"', b':', b'1', b'}']), "not-utf8"),
+        text("truncated JSON", &good[..good.len() / 2], "not-json"),
+        text("empty value", "", "not-json"),
+        text("10 MB value", &huge, "too-large"),
+        text("10,000-deep nesting", &deep, "too-deep"),
+        text("a JSON number", "42", "not-a-change"),
+        text("a JSON array", r#"[{"operationType": "insert"}]"#, "not-a-change"),
+        text("an empty object", "{}", "not-a-change"),
+        text("a string holding garbage", r#""not json inside""#, "not-json"),
+        text("missing documentKey and _id", &format!(r#"{{"operationType": "delete", {ts}}}"#), "missing-id"),
+        text("documentKey without _id", &format!(r#"{{"operationType": "delete", "documentKey": {{"reservation": "r1"}}, {ts}}}"#), "missing-id"),
+        text("id null", &format!(r#"{{"operationType": "delete", "documentKey": {{"_id": null}}, {ts}}}"#), "invalid-id"),
+        text("id an array", &format!(r#"{{"operationType": "delete", "documentKey": {{"_id": [1, 2]}}, {ts}}}"#), "invalid-id"),
+        text("id a boolean", &format!(r#"{{"operationType": "delete", "documentKey": {{"_id": true}}, {ts}}}"#), "invalid-id"),
+        text("unknown operationType", &format!(r#"{{"operationType": "upsert", "documentKey": {{"_id": "r1"}}, {ts}}}"#), "unknown-operation"),
+        text("operationType a number", &format!(r#"{{"operationType": 2, "documentKey": {{"_id": "r1"}}, {ts}}}"#), "malformed"),
+        text("insert without fullDocument", &format!(r#"{{"operationType": "insert", "documentKey": {{"_id": "r1"}}, {ts}}}"#), "malformed"),
+        text("update without updateDescription", &format!(r#"{{"operationType": "update", "documentKey": {{"_id": "r1"}}, {ts}}}"#), "malformed"),
+        text("clusterTime seconds as a word", r#"{"operationType": "delete", "documentKey": {"_id": "r1"}, "clusterTime": {"$timestamp": {"t": "soon", "i": 1}}}"#, "malformed"),
+        text("change-stream fields without operationType", &format!(r#"{{"documentKey": {{"_id": "r1"}}, {ts}}}"#), "malformed"),
+        ("Avro with an unknown schema id", Some(b"bad-avro".to_vec()), Some(vec![0, 0, 0, 0x30, 0x39, 0x02, 0x0c, b'r', b'e', b's', b'-', b'1']), "unknown-schema"),
+        text("Debezium after a broken string", r#"{"op": "c", "after": "{\"_id\": {\"$oid\": ", "source": {"ts_ms": 1795300000000, "ord": 1}}"#, "malformed"),
+        text("Debezium unknown op", r#"{"op": "x", "after": "{\"_id\": \"r1\"}", "source": {"ts_ms": 1795300000000, "ord": 1}}"#, "unknown-operation"),
+        text("Debezium after without op", r#"{"after": "{\"_id\": \"r1\"}", "source": {"ts_ms": 1795300000000}}"#, "malformed"),
+        text("JsonConverter envelope around a number", r#"{"schema": {"type": "int32"}, "payload": 42}"#, "not-a-change"),
+        ("key not UTF-8", Some(vec![0xc3, 0x28]), Some(good.clone().into_bytes()), "not-utf8"),
+    ]
+}
+
+#[test]
+fn poison_pills_go_to_the_dead_letter_topic_and_valid_records_give_replays_events() {
+    let broker = Broker::start("poison");
+    let input = broker.name("raw");
+    broker.create_topic(&input, 3, &[]);
+    let valid = workload(200, 3000, 21);
+    let odd = odd_but_valid();
+    let pills = poison_pills();
+    assert!(pills.len() >= 25, "the suite tries at least 25 kinds of bad input");
+
+    // The stream: the workload with odd-but-valid and bad records spread through it.
+    let mut stream: Vec<RawRecord> = valid.iter().map(|(k, v)| (Some(k.clone().into_bytes()), Some(v.clone().into_bytes()))).collect();
+    let mut at = 5;
+    for (name, id, value) in &odd {
+        let key = if id.is_empty() { format!("odd-{name}") } else { id.clone() };
+        stream.insert(at.min(stream.len()), (Some(key.into_bytes()), value.clone().map(String::into_bytes)));
+        at += 97;
+    }
+    for (_, key, value, _) in &pills {
+        stream.insert(at.min(stream.len()), (key.clone(), value.clone()));
+        at += 89;
+    }
+    broker.produce_raw(&input, &stream);
+
+    // What replay computes for the valid records alone (tombstones carry nothing).
+    let mut replayable = valid.clone();
+    replayable.extend(odd.iter().filter_map(|(_, id, v)| v.clone().map(|v| (id.clone(), v))));
+    let expected = replay_events(&replayable);
+
+    let app = broker.name("app");
+    let state = tempfile::tempdir().unwrap();
+    let mut instance = Instance::start(&broker, &input, &app, state.path(), "a");
+    let out = format!("{app}-events");
+    let got = wait_for(&broker, &out, Duration::from_secs(120), |e| e.len() >= expected.len());
+    let dlt = wait_until_records(&broker, &format!("{input}.dlt"), pills.len());
+    assert!(instance.is_running(), "the service never stops or restarts on bad input");
+    assert_eq!(instance.terminate(), Some(0));
+
+    assert_same_per_reservation(&got, &expected);
+    // Each odd-but-valid record was processed: its reservation checked in once.
+    for (name, id, value) in &odd {
+        if value.is_some() {
+            let n = got.iter().filter(|e| e["reservationId"] == id.as_str() && e["eventType"] == "CHECKED_IN").count();
+            assert_eq!(n, 1, "{name}: reservation {id} should have one CHECKED_IN, got {n}");
+        }
+    }
+    // Each bad record is in the dead-letter topic once, byte for byte, with its kind.
+    assert_eq!(dlt.len(), pills.len(), "one dead letter per bad record, no more");
+    let by_value: HashMap<Vec<u8>, &Record> = dlt.iter().map(|r| (r.value.clone().unwrap_or_default(), r)).collect();
+    let mut wrong = Vec::new();
+    for (name, _, value, kind) in &pills {
+        let Some(r) = by_value.get(value.as_deref().unwrap_or_default()) else {
+            wrong.push(format!("{name}: not in the dead-letter topic"));
+            continue;
+        };
+        let h: BTreeMap<&str, &str> = r.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        if h.get("resevent.error.kind") != Some(kind) {
+            wrong.push(format!("{name}: kind {:?}, expected {kind} ({:?})", h.get("resevent.error.kind"), h.get("resevent.error.message")));
+        }
+        for header in ["resevent.error.message", "resevent.original.partition", "resevent.original.offset", "resevent.original.timestamp", "resevent.version", "resevent.time"] {
+            if h.get(header).is_none_or(|v| v.is_empty()) {
+                wrong.push(format!("{name}: no {header} header"));
+            }
+        }
+        if h.get("resevent.original.topic") != Some(&input.as_str()) {
+            wrong.push(format!("{name}: original topic {:?}", h.get("resevent.original.topic")));
+        }
+    }
+    assert!(wrong.is_empty(), "dead letters:\n  {}", wrong.join("\n  "));
+}
+
+/// Reads a topic until it holds at least `n` records (or 60 s pass).
+fn wait_until_records(broker: &Broker, topic: &str, n: usize) -> Vec<Record> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let records = broker.read_all(topic);
+        if records.len() >= n || std::time::Instant::now() > deadline {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[test]
+fn broker_gone_for_30_seconds_mid_stream_loses_nothing() {
+    let (broker, proxy) = Broker::start_behind_proxy("outage");
+    let input = broker.name("raw");
+    broker.create_topic(&input, 4, &[]);
+    let records = workload(300, 24_000, 31);
+    let (first, rest) = records.split_at(4_000);
+    broker.produce(&input, first);
+    let expected = replay_events(&records);
+
+    let app = broker.name("app");
+    let state = tempfile::tempdir().unwrap();
+    // Small batches keep the stream flowing for a while; a 10 s delivery
+    // timeout makes the outage fail deliveries, so the retry path runs.
+    let env = [("RESEVENT_MAX_BATCH_RECORDS", "20"), ("RESEVENT_PRODUCER__MESSAGE_TIMEOUT_MS", "10000"), ("RESEVENT_RETRY_MAX_BACKOFF_MS", "4000")];
+    let mut instance = Instance::start_with(&broker, &input, &app, state.path(), "a", &[], &env);
+    let out = format!("{app}-events");
+    wait_for(&broker, &out, Duration::from_secs(60), |e| !e.is_empty());
+    // The rest arrives, and the broker goes away while it is being processed.
+    broker.produce(&input, rest);
+    proxy.cut();
+    std::thread::sleep(Duration::from_secs(30));
+    assert!(instance.is_running(), "resevent waits out the outage");
+    proxy.restore();
+
+    let got = wait_for(&broker, &out, Duration::from_secs(240), |e| dedup(e).len() >= expected.len());
+    instance.wait_log("transient failure", 1, Duration::from_secs(5));
+    instance.wait_log("input resumed", 1, Duration::from_secs(5));
+    assert!(instance.is_running(), "no restart");
+    assert_eq!(instance.terminate(), Some(0));
+    // Nothing lost, and any repeat has the same eventId and content (dedup asserts it).
+    let got = dedup(&got);
+    assert_eq!(got.len(), expected.len(), "no eventId that replay does not emit");
+    assert_same_per_reservation(&got, &expected);
+}
+
+/// Makes a directory unwritable (no new files) even for root, or writable again.
+fn set_writable(dir: &Path, writable: bool) {
+    use std::os::unix::fs::PermissionsExt;
+    let root = std::fs::read_to_string("/proc/self/status").unwrap().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    if root {
+        // Root ignores permission bits; the immutable attribute binds it too.
+        let status = std::process::Command::new("chattr").arg(if writable { "-i" } else { "+i" }).arg(dir).status().expect("chattr (e2fsprogs) is needed to make a directory unwritable for root");
+        assert!(status.success(), "chattr failed on {}; this test needs a filesystem with the immutable attribute", dir.display());
+    } else {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(if writable { 0o755 } else { 0o555 })).unwrap();
+    }
+}
+
+#[test]
+fn an_unwritable_state_directory_pauses_and_resumes_without_loss() {
+    let broker = Broker::start("readonly");
+    let input = broker.name("raw");
+    broker.create_topic(&input, 2, &[]);
+    let records = workload(300, 12_000, 41);
+    let (first, rest) = records.split_at(2_000);
+    broker.produce(&input, first);
+    let expected = replay_events(&records);
+
+    let app = broker.name("app");
+    let state = tempfile::tempdir().unwrap();
+    // A 64 KB memtable needs new files often, so the unwritable directory bites at once.
+    let env = [("RESEVENT_MAX_BATCH_RECORDS", "20"), ("RESEVENT_STATE_WRITE_BUFFER_BYTES", "65536"), ("RESEVENT_RETRY_MAX_BACKOFF_MS", "2000")];
+    let mut instance = Instance::start_with(&broker, &input, &app, state.path(), "a", &[], &env);
+    let out = format!("{app}-events");
+    wait_for(&broker, &out, Duration::from_secs(60), |e| !e.is_empty());
+    set_writable(state.path(), false);
+    broker.produce(&input, rest);
+    let fixed = scopeguard(state.path());
+    instance.wait_log("transient failure", 2, Duration::from_secs(60));
+    let log = std::fs::read_to_string(&instance.log).unwrap();
+    assert!(log.contains("state store"), "the failure names the state store: {}", instance.log.display());
+    std::thread::sleep(Duration::from_secs(3));
+    drop(fixed);
+    instance.wait_log("state store reopened", 1, Duration::from_secs(30));
+    let got = wait_for(&broker, &out, Duration::from_secs(240), |e| dedup(e).len() >= expected.len());
+    assert!(instance.is_running(), "no restart");
+    assert_eq!(instance.terminate(), Some(0));
+    let got = dedup(&got);
+    assert_eq!(got.len(), expected.len(), "no eventId that replay does not emit");
+    assert_same_per_reservation(&got, &expected);
+}
+
+/// Makes the directory writable again when dropped, even if the test fails.
+struct Writable<'a>(&'a Path);
+
+fn scopeguard(dir: &Path) -> Writable<'_> {
+    Writable(dir)
+}
+
+impl Drop for Writable<'_> {
+    fn drop(&mut self) {
+        set_writable(self.0, true);
+    }
+}
