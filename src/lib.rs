@@ -10,6 +10,7 @@
 pub mod change;
 pub mod deadletter;
 pub mod decode;
+pub mod dlq;
 pub mod engine;
 pub mod machine;
 pub mod pipeline;

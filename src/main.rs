@@ -147,6 +147,8 @@ RESEVENT_CONSUMER__<SETTING>, RESEVENT_PRODUCER__<SETTING> with dots written as 
         #[command(subcommand)]
         command: PipelineCommand,
     },
+    /// Dead letters of `resevent run`: list, show, replay into the input, purge what was replayed.
+    Dlq(resevent::dlq::DlqArgs),
 }
 
 #[derive(Subcommand)]
@@ -177,6 +179,11 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Dlq(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let outcome = runtime.block_on(resevent::dlq::run(args, std::env::vars(), &mut io::stdout().lock()))?;
+            Ok(ExitCode::from(outcome.exit_code()))
+        }
         Command::Pipeline { command: PipelineCommand::Check { file } } => {
             let p = Pipeline::load(&file)?;
             println!("{}: ok ({} rules)", file.display(), p.rules.len());
