@@ -48,6 +48,8 @@ pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
 pub struct Broker {
     pub bootstrap: String,
     process: Option<Child>,
+    /// Whether `process` leads a process group of its own (killed as a whole).
+    own_group: bool,
     /// Unique prefix for topic and group names, so tests can share an external broker.
     pub prefix: String,
 }
@@ -56,7 +58,7 @@ impl Broker {
     pub fn start(test: &str) -> Broker {
         let prefix = format!("{test}-{}", std::process::id());
         if let Ok(b) = std::env::var("RESEVENT_TEST_BOOTSTRAP") {
-            return Broker { bootstrap: b, process: None, prefix };
+            return Broker { bootstrap: b, process: None, own_group: false, prefix };
         }
         let tansu = std::env::var("RESEVENT_TANSU").unwrap_or_else(|_| {
             panic!("no broker: set RESEVENT_TEST_BOOTSTRAP to a Kafka broker, or RESEVENT_TANSU to a tansu binary (scripts/test installs it)")
@@ -66,7 +68,7 @@ impl Broker {
         let mut cmd = Command::new(&tansu);
         cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"]);
         let child = spawn_listening(cmd, port, &std::env::temp_dir().join(format!("tansu-{prefix}.log")));
-        Broker { bootstrap: format!("127.0.0.1:{port}"), process: Some(child), prefix }
+        Broker { bootstrap: format!("127.0.0.1:{port}"), process: Some(child), own_group: false, prefix }
     }
 
     /// Tansu behind a [`Proxy`] that clients reach it through (Tansu advertises
@@ -82,7 +84,7 @@ impl Broker {
         cmd.args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{port}"), "--advertised-listener-url", &format!("tcp://127.0.0.1:{front}"), "--storage-engine", "memory://tansu/"]);
         let child = spawn_listening(cmd, port, &std::env::temp_dir().join(format!("tansu-{prefix}.log")));
         let proxy = Proxy::start(front, port);
-        (Broker { bootstrap: format!("127.0.0.1:{front}"), process: Some(child), prefix }, proxy)
+        (Broker { bootstrap: format!("127.0.0.1:{front}"), process: Some(child), own_group: false, prefix }, proxy)
     }
 
     /// A broker that honours transaction aborts, for the exactly-once test:
@@ -91,7 +93,7 @@ impl Broker {
     pub fn start_transactional(test: &str) -> Broker {
         let prefix = format!("{test}-{}", std::process::id());
         if let Ok(b) = std::env::var("RESEVENT_TEST_TRANSACTIONAL_BOOTSTRAP") {
-            return Broker { bootstrap: b, process: None, prefix };
+            return Broker { bootstrap: b, process: None, own_group: false, prefix };
         }
         let noida = std::env::var("RESEVENT_NOIDA")
             .unwrap_or_else(|_| panic!("no transactional broker: set RESEVENT_TEST_TRANSACTIONAL_BOOTSTRAP, or RESEVENT_NOIDA to a noida-db binary (scripts/test installs it)"));
@@ -100,8 +102,10 @@ impl Broker {
         std::fs::create_dir_all(&dir).unwrap();
         let mut cmd = Command::new(&noida);
         cmd.args(["start", "--only", "kafka", "--kafka-port", &port.to_string()]).current_dir(&dir);
+        // Its launcher starts the server as a child: a group of their own lets Drop stop both.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = spawn_listening(cmd, port, &dir.join("noida.log"));
-        Broker { bootstrap: format!("127.0.0.1:{port}"), process: Some(child), prefix }
+        Broker { bootstrap: format!("127.0.0.1:{port}"), process: Some(child), own_group: true, prefix }
     }
 
     pub fn name(&self, what: &str) -> String {
@@ -217,6 +221,10 @@ impl Broker {
 impl Drop for Broker {
     fn drop(&mut self) {
         if let Some(mut p) = self.process.take() {
+            if self.own_group {
+                // The launcher and the server it started, as one process group.
+                let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{}", p.id())]).stderr(Stdio::null()).status();
+            }
             let _ = p.kill();
             let _ = p.wait();
         }
