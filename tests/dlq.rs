@@ -7,19 +7,13 @@ mod common;
 
 use std::collections::{BTreeMap, HashSet};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use resevent::deadletter;
 use resevent::dlq::REPLAYED_FROM;
-use resevent::workload::Workload;
-
-fn workload(reservations: u64, events: usize, seed: u64) -> Vec<(String, String)> {
-    let mut w = Workload::new(reservations, seed);
-    (0..events).map(|_| w.next_event()).collect()
-}
 
 /// `resevent dlq ARGS` against the broker: (exit code, stdout, stderr).
 fn dlq(broker: &Broker, args: &[&str]) -> (i32, String, String) {
@@ -39,19 +33,6 @@ fn key_and_value(r: &Record) -> (String, String) {
 fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v.sort();
     v
-}
-
-/// Waits until `topic` holds at least `n` records, and returns them.
-fn wait_records(broker: &Broker, topic: &str, n: usize, within: Duration) -> Vec<Record> {
-    let deadline = Instant::now() + within;
-    loop {
-        let records = broker.read_all(topic);
-        if records.len() >= n {
-            return records;
-        }
-        assert!(Instant::now() < deadline, "{topic} holds {} records, not {n}, after {within:?}", records.len());
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 /// Produces one record to one partition.

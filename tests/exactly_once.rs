@@ -8,15 +8,13 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use resevent::workload::Workload;
 
 #[test]
 fn kill_9_mid_stream_leaves_no_repeat_for_read_committed_consumers() {
     let broker = Broker::start_transactional("eos");
     let input = broker.name("raw");
     broker.create_topic(&input, 2, &[]);
-    let mut w = Workload::new(400, 21);
-    let records: Vec<(String, String)> = (0..20_000).map(|_| w.next_event()).collect();
+    let records = workload(400, 20_000, 21);
     let expected = replay_events(&records);
     let app = broker.name("app");
     let out = format!("{app}-events");

@@ -10,12 +10,6 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::*;
-use resevent::workload::Workload;
-
-fn workload(reservations: u64, events: usize, seed: u64) -> Vec<(String, String)> {
-    let mut w = Workload::new(reservations, seed);
-    (0..events).map(|_| w.next_event()).collect()
-}
 
 /// A MongoDB source connector insert of a reservation that arrives in house
 /// (one CHECKED_IN by the default table), with `id` and `room` as raw JSON
@@ -126,7 +120,7 @@ fn poison_pills_go_to_the_dead_letter_topic_and_valid_records_give_replays_event
     let mut instance = Instance::start(&broker, &input, &app, state.path(), "a");
     let out = format!("{app}-events");
     let got = wait_for(&broker, &out, Duration::from_secs(120), |e| e.len() >= expected.len());
-    let dlt = wait_until_records(&broker, &format!("{input}.dlt"), pills.len());
+    let dlt = wait_records(&broker, &format!("{input}.dlt"), pills.len(), Duration::from_secs(60));
     assert!(instance.is_running(), "the service never stops or restarts on bad input");
     assert_eq!(instance.terminate(), Some(0));
 
@@ -161,18 +155,6 @@ fn poison_pills_go_to_the_dead_letter_topic_and_valid_records_give_replays_event
         }
     }
     assert!(wrong.is_empty(), "dead letters:\n  {}", wrong.join("\n  "));
-}
-
-/// Reads a topic until it holds at least `n` records (or 60 s pass).
-fn wait_until_records(broker: &Broker, topic: &str, n: usize) -> Vec<Record> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let records = broker.read_all(topic);
-        if records.len() >= n || std::time::Instant::now() > deadline {
-            return records;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
 }
 
 #[test]

@@ -9,12 +9,6 @@ use std::time::Duration;
 use common::*;
 use resevent::service::restore::task_name;
 use resevent::store::StateStore;
-use resevent::workload::Workload;
-
-fn workload(reservations: u64, events: usize, seed: u64) -> Vec<(String, String)> {
-    let mut w = Workload::new(reservations, seed);
-    (0..events).map(|_| w.next_event()).collect()
-}
 
 #[test]
 fn end_to_end_the_business_topic_holds_what_replay_emits() {

@@ -134,26 +134,21 @@ impl Broker {
 
     /// Produces (key, value) records, keyed like the connectors do.
     pub fn produce(&self, topic: &str, records: &[(String, String)]) {
-        let producer: ThreadedProducer<DefaultProducerContext> =
-            self.client().set("enable.idempotence", "true").set("linger.ms", "10").set("queue.buffering.max.messages", "1000000").create().unwrap();
-        for (k, v) in records {
-            let mut rec = BaseRecord::to(topic).key(k.as_str()).payload(v.as_str());
-            loop {
-                match producer.send(rec) {
-                    Ok(()) => break,
-                    Err((_, r)) => {
-                        rec = r;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                }
-            }
-        }
-        producer.flush(Duration::from_secs(60)).unwrap();
+        let raw: Vec<RawRecord> = records.iter().map(|(k, v)| (Some(k.clone().into_bytes()), Some(v.clone().into_bytes()))).collect();
+        self.produce_raw(topic, &raw);
     }
 
-    /// Produces records as bytes, key and value each possibly absent (a null value is a tombstone).
+    /// Produces records as bytes, key and value each possibly absent (a null
+    /// value is a tombstone), in order, and waits for all of them.
     pub fn produce_raw(&self, topic: &str, records: &[RawRecord]) {
-        let producer: ThreadedProducer<DefaultProducerContext> = self.client().set("enable.idempotence", "true").set("message.max.bytes", "67108864").create().unwrap();
+        let producer: ThreadedProducer<DefaultProducerContext> = self
+            .client()
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "10")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("message.max.bytes", "67108864")
+            .create()
+            .unwrap();
         for (k, v) in records {
             let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
             if let Some(k) = k {
@@ -381,6 +376,26 @@ impl Drop for Instance {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// `events` change events of the built-in workload (~1 KB MongoDB source
+/// connector events) for `reservations` reservations in flight: (key, value).
+pub fn workload(reservations: u64, events: usize, seed: u64) -> Vec<(String, String)> {
+    let mut w = resevent::workload::Workload::new(reservations, seed);
+    (0..events).map(|_| w.next_event()).collect()
+}
+
+/// Waits until `topic` holds at least `n` records, and returns them.
+pub fn wait_records(broker: &Broker, topic: &str, n: usize, within: Duration) -> Vec<Record> {
+    let deadline = Instant::now() + within;
+    loop {
+        let records = broker.read_all(topic);
+        if records.len() >= n {
+            return records;
+        }
+        assert!(Instant::now() < deadline, "{topic} holds {} records, not {n}, after {within:?}", records.len());
+        std::thread::sleep(Duration::from_millis(500));
     }
 }
 
