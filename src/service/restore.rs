@@ -81,6 +81,7 @@ impl Restorer {
             std::thread::sleep(Duration::from_secs(1));
         };
         let (low, high) = (low.max(0) as u64, high.max(0) as u64);
+        let high = self.end_offset(partition, low, high);
         let start;
         let rebuilt;
         {
@@ -173,6 +174,38 @@ impl Restorer {
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         tracing::info!(partition, records, seconds = format!("{secs:.2}"), per_second = (records as f64 / secs) as u64, "restored");
         Ok(Restored { records, rebuilt })
+    }
+
+    /// The changelog partition's end offset: `high` as ListOffsets reported
+    /// it, or beyond, as a read from `high - 1` to the partition's end shows.
+    /// On Kafka they agree; Tansu reports its last batch's base offset + 1,
+    /// and a checkpoint past that would look inconsistent and cost a full
+    /// rebuild at every assignment. The read is at most the last batch.
+    fn end_offset(&self, partition: i32, low: u64, high: u64) -> u64 {
+        if high <= low {
+            return high;
+        }
+        let mut tpl = TopicPartitionList::new();
+        if tpl.add_partition_offset(&self.changelog, partition, Offset::Offset(high as i64 - 1)).is_err() || self.consumer.assign(&tpl).is_err() {
+            return high;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut end = high;
+        while Instant::now() < deadline {
+            match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Err(KafkaError::PartitionEOF(_))) => {
+                    end = self.fetch_position(partition).unwrap_or(high).max(high);
+                    break;
+                }
+                Some(Ok(m)) => end = end.max(m.offset() as u64 + 1),
+                _ => {}
+            }
+        }
+        let _ = self.consumer.unassign();
+        if end != high {
+            tracing::debug!(partition, reported = high, end, "changelog end is past the reported high watermark");
+        }
+        end
     }
 
     fn fetch_position(&self, partition: i32) -> Option<u64> {
