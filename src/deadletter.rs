@@ -21,12 +21,21 @@ pub const VERSION: &str = "resevent.version";
 /// When it was dead-lettered, RFC 3339 UTC.
 pub const TIME: &str = "resevent.time";
 
+/// Set (to the original value's size and why) only when the original value
+/// was too large to carry: over `DEAD_LETTER_MAX_VALUE_BYTES`, the value is
+/// left out and the record must be fetched from the original topic by offset.
+pub const VALUE_OMITTED: &str = "resevent.original.value.omitted";
+
+/// The largest original value a dead letter carries (the dead-letter topic is
+/// created with `max.message.bytes` of 64 MiB; headers and key need room too).
+pub const DEAD_LETTER_MAX_VALUE_BYTES: usize = 63 << 20;
+
 /// On a record `resevent dlq replay` re-injected: `<dead-letter topic>/<partition>/<offset>`
 /// of the dead letter it came from, so the trail stays visible.
 pub const REPLAYED_FROM: &str = "resevent.replayed.from";
 
 /// Every header resevent adds to a dead letter; a re-injected record drops these and keeps the rest.
-pub const ALL: [&str; 8] = [KIND, MESSAGE, ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET, ORIGINAL_TIMESTAMP, VERSION, TIME];
+pub const ALL: [&str; 9] = [KIND, MESSAGE, ORIGINAL_TOPIC, ORIGINAL_PARTITION, ORIGINAL_OFFSET, ORIGINAL_TIMESTAMP, VERSION, TIME, VALUE_OMITTED];
 
 /// Whether a header is one resevent added (as opposed to one of the original record's).
 pub fn is_resevent_header(key: &str) -> bool {

@@ -706,6 +706,15 @@ async fn plan_replay(topic: &DeadLetterTopic, selection: &Selection, to: Option<
         if !selection.selects(&dl) {
             continue;
         }
+        if let Some(why) = dl.header(deadletter::VALUE_OMITTED) {
+            bail!(
+                "dead letter {}/{}:{} carries no value (the original was {why}); it cannot be re-injected from here: leave it out with --kind or --since, \
+                 or copy the original record from its topic",
+                topic.name,
+                dl.partition,
+                dl.offset
+            );
+        }
         let (target, partition) = replay_target(&dl, to, &topic.name)?;
         let count = match target_partitions.get(target) {
             Some(&n) => n,

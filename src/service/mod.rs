@@ -257,6 +257,11 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
     restore_cfg.set("enable.partition.eof", "true").set("fetch.wait.max.ms", "50").set("enable.auto.commit", "false").set("group.id", format!("{}-restore", cfg.application_id));
     // Only read_committed is safe for a changelog written transactionally.
     restore_cfg.set("isolation.level", "read_committed");
+    // Changelog records are small (~100 bytes): librdkafka's 1 MB per
+    // partition fetch is ~10,000 of them a round trip; take more at once.
+    if !cfg.consumer.contains_key("max.partition.fetch.bytes") {
+        restore_cfg.set("max.partition.fetch.bytes", (16 << 20).to_string());
+    }
     let restorer = Restorer { store: store.clone(), changelog: cfg.changelog_topic(), consumer: restore_cfg.create_with_context(restore::RestoreContext)? };
     let context = ServiceContext { restorer, ready: Mutex::new(HashSet::new()), failure: Mutex::new(None) };
 
@@ -576,11 +581,16 @@ fn dead_letter<'a>(m: &'a OwnedMessage, topic: &'a str, kind: &'a str, reason: &
         headers = headers.insert(Header { key: dl::ORIGINAL_TIMESTAMP, value: Some(timestamp.as_str()) });
     }
     headers = headers.insert(Header { key: dl::VERSION, value: Some(env!("CARGO_PKG_VERSION")) }).insert(Header { key: dl::TIME, value: Some(now) });
+    let value = m.payload();
+    let omitted = value.filter(|v| v.len() > dl::DEAD_LETTER_MAX_VALUE_BYTES).map(|v| format!("{} bytes, over the dead-letter limit of {}; read it from the original topic at the offset above", v.len(), dl::DEAD_LETTER_MAX_VALUE_BYTES));
+    if let Some(why) = &omitted {
+        headers = headers.insert(Header { key: dl::VALUE_OMITTED, value: Some(why.as_str()) });
+    }
     let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).partition(m.partition()).headers(headers);
     if let Some(k) = m.key() {
         record = record.key(k);
     }
-    if let Some(v) = m.payload() {
+    if let Some(v) = value.filter(|_| omitted.is_none()) {
         record = record.payload(v);
     }
     record
