@@ -889,7 +889,7 @@ def report(bench, argv):
                                              for s in r["state"])
                      + ". The same store as `run`, with one column family where `run` has one per partition; 10M ~1 KB records "
                      f"would not fit Tansu's memory storage (~10 GB), so `run` is measured at {a.restore_reservations:,}: peak while draining the restore "
-                     "workload (Kafka client queues, one memtable per partition), VmRSS once restored (and its peak), and the "
+                     "workload (Kafka client queues and RocksDB memtables), VmRSS once restored (and its peak), and the "
                      "passthrough's peak as the share of the Kafka clients alone.")
     core_table = []
     if "core" in r:
