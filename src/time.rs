@@ -1,9 +1,15 @@
 //! RFC 3339 timestamps in UTC, the one date form resevent writes.
 //!
 //! Owns conversion between epoch milliseconds and RFC 3339 text, and parsing of
-//! the date strings connectors and PMSs produce. Pure arithmetic: no clock, no
-//! I/O, no date library (the civil-calendar algorithm below is Howard Hinnant's
-//! public-domain `days_from_civil`, re-derived here).
+//! the date strings connectors and PMSs produce. Pure arithmetic (only
+//! `now_millis` reads the clock), no I/O, no date library (the civil-calendar
+//! algorithm below is Howard Hinnant's public-domain `days_from_civil`,
+//! re-derived here).
+
+/// Milliseconds since the Unix epoch, now (0 if the clock is before 1970).
+pub fn now_millis() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
 
 /// Formats epoch milliseconds as RFC 3339 UTC: `2026-11-20T00:00:00Z`, with
 /// `.mmm` only when the milliseconds are not zero (the form PRODUCT.md shows).

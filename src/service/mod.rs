@@ -157,6 +157,16 @@ struct ServiceContext {
     failure: Mutex<Option<String>>,
 }
 
+impl ServiceContext {
+    /// A restore that failed in the rebalance callback stops the service here.
+    fn check_restores(&self) -> anyhow::Result<()> {
+        match self.failure.lock().expect("failure lock").take() {
+            Some(f) => anyhow::bail!("{f}; stopping so the instance restarts cleanly"),
+            None => Ok(()),
+        }
+    }
+}
+
 impl ClientContext for ServiceContext {}
 
 impl ConsumerContext for ServiceContext {
@@ -307,9 +317,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
     };
     tokio::pin!(shutdown);
     while let Some(batch) = next_batch(&consumer, std::mem::take(&mut retry.carried), cfg.max_batch_records, Duration::from_millis(cfg.batch_wait_ms), idle, &mut shutdown).await {
-        if let Some(f) = consumer.context().failure.lock().expect("failure lock").take() {
-            anyhow::bail!("{f}; stopping so the instance restarts cleanly");
-        }
+        consumer.context().check_restores()?;
         let Some(counts) = process_with_retry(&cfg, &engine, &store, &consumer, (&mut producer, &producer_cfg), &batch, &mut summary.latency, &mut retry, &mut shutdown).await? else {
             tracing::info!("stopped while retrying a batch; it is read again at the next start");
             break;
@@ -330,9 +338,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
             since_log = Counts::default();
         }
     }
-    if let Some(f) = consumer.context().failure.lock().expect("failure lock").take() {
-        anyhow::bail!("{f}; stopping so the instance restarts cleanly");
-    }
+    consumer.context().check_restores()?;
 
     tracing::info!("shutting down: committing offsets and leaving the group");
     // At-least-once committed after every batch already, this narrows nothing but
@@ -404,7 +410,7 @@ pub(crate) async fn acknowledged(futures: Vec<DeliveryFuture>, what: &str) -> Re
 /// The batch's events are acknowledged now: each record's latency is now
 /// minus its timestamp (producer create time, or broker append time).
 pub(crate) fn record_latency(latency: &mut latency::Latency, batch: &[OwnedMessage]) {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0);
+    let now = crate::time::now_millis();
     for m in batch {
         if let Some(ts) = m.timestamp().to_millis() {
             latency.record(now - ts);
@@ -477,9 +483,7 @@ async fn process_with_retry(
                 }
             }
         }
-        if let Some(f) = consumer.context().failure.lock().expect("failure lock").take() {
-            anyhow::bail!("{f}; stopping so the instance restarts cleanly");
-        }
+        consumer.context().check_restores()?;
         if let Fault::ProducerLost(e) = &fault {
             if cfg.processing_guarantee == Guarantee::ExactlyOnce {
                 anyhow::bail!("{e:#}: another instance has taken over this transactional id, or the producer failed for good; stopping");
@@ -561,7 +565,7 @@ async fn process_batch(
 
 /// A dead letter for `m`: its key, value and headers unchanged, plus the
 /// reason and where it came from (the header names are `crate::deadletter`'s).
-fn dead_letter<'a>(m: &'a OwnedMessage, topic: &'a str, kind: &'a str, reason: &'a str, now: &'a str, numbers: &'a [String; 3]) -> FutureRecord<'a, [u8], [u8]> {
+fn dead_letter<'a>(m: &'a OwnedMessage, topic: &'a str, error: &crate::decode::DecodeError) -> FutureRecord<'a, [u8], [u8]> {
     use crate::deadletter as dl;
     let mut headers = OwnedHeaders::new();
     if let Some(h) = m.headers() {
@@ -570,17 +574,19 @@ fn dead_letter<'a>(m: &'a OwnedMessage, topic: &'a str, kind: &'a str, reason: &
             headers = headers.insert(Header { key: h.key, value: h.value });
         }
     }
-    let [partition, offset, timestamp] = numbers;
+    // Header values are copied in, so temporaries serve.
     headers = headers
-        .insert(Header { key: dl::KIND, value: Some(kind) })
-        .insert(Header { key: dl::MESSAGE, value: Some(reason) })
+        .insert(Header { key: dl::KIND, value: Some(error.kind()) })
+        .insert(Header { key: dl::MESSAGE, value: Some(&error.to_string()) })
         .insert(Header { key: dl::ORIGINAL_TOPIC, value: Some(m.topic()) })
-        .insert(Header { key: dl::ORIGINAL_PARTITION, value: Some(partition.as_str()) })
-        .insert(Header { key: dl::ORIGINAL_OFFSET, value: Some(offset.as_str()) });
-    if !timestamp.is_empty() {
-        headers = headers.insert(Header { key: dl::ORIGINAL_TIMESTAMP, value: Some(timestamp.as_str()) });
+        .insert(Header { key: dl::ORIGINAL_PARTITION, value: Some(&m.partition().to_string()) })
+        .insert(Header { key: dl::ORIGINAL_OFFSET, value: Some(&m.offset().to_string()) });
+    if let Some(timestamp) = m.timestamp().to_millis() {
+        headers = headers.insert(Header { key: dl::ORIGINAL_TIMESTAMP, value: Some(&timestamp.to_string()) });
     }
-    headers = headers.insert(Header { key: dl::VERSION, value: Some(env!("CARGO_PKG_VERSION")) }).insert(Header { key: dl::TIME, value: Some(now) });
+    headers = headers
+        .insert(Header { key: dl::VERSION, value: Some(env!("CARGO_PKG_VERSION")) })
+        .insert(Header { key: dl::TIME, value: Some(&crate::time::format_millis(crate::time::now_millis())) });
     let value = m.payload();
     let omitted = value.filter(|v| v.len() > dl::DEAD_LETTER_MAX_VALUE_BYTES).map(|v| format!("{} bytes, over the dead-letter limit of {}; read it from the original topic at the offset above", v.len(), dl::DEAD_LETTER_MAX_VALUE_BYTES));
     if let Some(why) = &omitted {
@@ -612,7 +618,6 @@ async fn deliver(
     let exactly_once = cfg.processing_guarantee == Guarantee::ExactlyOnce;
     // 2. Business events and dead letters, acknowledged first.
     let mut futures = Vec::new();
-    let now = crate::time::format_millis(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0));
     for (p, out) in outputs {
         let msgs = &by_task[p];
         for (_, event) in &out.events {
@@ -629,9 +634,7 @@ async fn deliver(
             let m = msgs[r.index];
             let dlt = cfg.dead_letter_topic_for(m.topic());
             tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), kind = r.error.kind(), error = %r.error, dead_letter_topic = %dlt, "record rejected; sent to the dead-letter topic");
-            let numbers = [m.partition().to_string(), m.offset().to_string(), m.timestamp().to_millis().map(|t| t.to_string()).unwrap_or_default()];
-            let reason = r.error.to_string();
-            futures.push(send(producer, dead_letter(m, &dlt, r.error.kind(), &reason, &now, &numbers)).await?);
+            futures.push(send(producer, dead_letter(m, &dlt, &r.error)).await?);
         }
     }
     let mut event_futures = Some(futures);
