@@ -120,10 +120,16 @@ impl SourcePosition {
     /// be ordered; the newer record wins, which is what a connector switch
     /// (say, to full-document-only output) needs.
     pub fn is_after(self, stored: SourcePosition) -> bool {
-        match (self, stored) {
-            (SourcePosition::Cluster { t, i }, SourcePosition::Cluster { t: st, i: si }) => (t, i) > (st, si),
-            (SourcePosition::Input(a), SourcePosition::Input(b)) => a > b,
-            _ => true,
+        !matches!(self.compare(stored), Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal))
+    }
+
+    /// How `self` orders against `other`: `None` when they are of different
+    /// kinds and cannot be ordered.
+    pub fn compare(self, other: SourcePosition) -> Option<std::cmp::Ordering> {
+        match (self, other) {
+            (SourcePosition::Cluster { t, i }, SourcePosition::Cluster { t: ot, i: oi }) => Some((t, i).cmp(&(ot, oi))),
+            (SourcePosition::Input(a), SourcePosition::Input(b)) => Some(a.cmp(&b)),
+            _ => None,
         }
     }
 }
@@ -133,6 +139,85 @@ impl fmt::Display for SourcePosition {
         match self {
             SourcePosition::Cluster { t, i } => write!(f, "{t}:{i}"),
             SourcePosition::Input(n) => write!(f, "offset:{n}"),
+        }
+    }
+}
+
+/// What tells one change apart from another at the same source position.
+///
+/// The changes of one multi-document transaction all carry the commit's
+/// cluster time, so the position alone cannot tell a re-delivered change from
+/// the next statement of the same transaction. The MongoDB connector's resume
+/// token (`_id`) is unique per change; Debezium carries none, so its identity
+/// is the operation, what it changed (the delta, or the inserted document, as
+/// resevent reads them) and the transaction (`lsid`, `txnNumber`).
+///
+/// A 64-bit digest (the first 8 bytes of SHA-256 over those parts), stable
+/// across versions and machines because it is stored with the state and in
+/// the changelog.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChangeId(pub u64);
+
+impl ChangeId {
+    /// The digest of `parts`, each length-prefixed so that no two different
+    /// part lists hash the same bytes.
+    pub fn of(parts: &[&[u8]]) -> ChangeId {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for p in parts {
+            h.update((p.len() as u64).to_be_bytes());
+            h.update(p);
+        }
+        let d = h.finalize();
+        ChangeId(u64::from_be_bytes(d[..8].try_into().expect("SHA-256 has 32 bytes")))
+    }
+
+    /// The identity of a change that carries no token of its own: its
+    /// operation as resevent reads it (tracked values only, so the same change
+    /// written in another JSON dialect is the same change) and its
+    /// transaction, when it has one.
+    pub fn of_operation(operation: &Operation, txn: Option<(&str, &str)>) -> ChangeId {
+        let mut buf: Vec<u8> = Vec::with_capacity(128);
+        let text = |buf: &mut Vec<u8>, v: Option<&str>| match v {
+            None => buf.push(0),
+            Some(s) => {
+                buf.push(1);
+                buf.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                buf.extend_from_slice(s.as_bytes());
+            }
+        };
+        let edit = |buf: &mut Vec<u8>, e: &Edit| match e {
+            Edit::Keep => buf.push(0),
+            Edit::Remove => buf.push(1),
+            Edit::Set(s) => {
+                buf.push(2);
+                buf.extend_from_slice(&(s.len() as u32).to_be_bytes());
+                buf.extend_from_slice(s.as_bytes());
+            }
+        };
+        match operation {
+            Operation::Insert(d) | Operation::Replace(d) => {
+                buf.push(if matches!(operation, Operation::Insert(_)) { b'i' } else { b'r' });
+                text(&mut buf, d.status.as_deref());
+                for f in &d.fields {
+                    text(&mut buf, f.as_deref());
+                }
+            }
+            Operation::Update { delta, .. } => {
+                // The looked-up document is left out on purpose: it is read
+                // when the connector gets to the change, so a re-delivery may
+                // carry a different one.
+                buf.push(b'u');
+                edit(&mut buf, &delta.status);
+                for e in &delta.fields {
+                    edit(&mut buf, e);
+                }
+            }
+            Operation::Delete => buf.push(b'd'),
+        }
+        match txn {
+            Some((lsid, txn_number)) => ChangeId::of(&[b"op", &buf, lsid.as_bytes(), txn_number.as_bytes()]),
+            None => ChangeId::of(&[b"op", &buf]),
         }
     }
 }
@@ -152,4 +237,6 @@ pub struct Change {
     /// A snapshot read (Debezium `op: r`) or copy-existing record: it seeds
     /// state and emits nothing.
     pub snapshot: bool,
+    /// Tells this change apart from others at the same position (see [`ChangeId`]).
+    pub identity: ChangeId,
 }

@@ -38,6 +38,8 @@ pub struct Counts {
     pub records: u64,
     pub changes: u64,
     pub stale: u64,
+    /// Changes already applied (same position and identity): re-deliveries.
+    pub duplicates: u64,
     pub unmapped: u64,
     pub ignored: u64,
     pub rejected: u64,
@@ -49,6 +51,7 @@ impl Counts {
         self.records += o.records;
         self.changes += o.changes;
         self.stale += o.stale;
+        self.duplicates += o.duplicates;
         self.unmapped += o.unmapped;
         self.ignored += o.ignored;
         self.rejected += o.rejected;
@@ -133,6 +136,7 @@ impl Engine {
             let slot = slots[change.reservation_id.as_str()];
             match machine::apply(&self.pipeline, current[slot].as_ref(), change) {
                 Outcome::Stale => out.counts.stale += 1,
+                Outcome::Duplicate => out.counts.duplicates += 1,
                 Outcome::Unmapped { status, state } => {
                     out.counts.unmapped += 1;
                     if out.unmapped.len() < 10 {

@@ -6,14 +6,18 @@
 //! which is what makes replays, retries and crash recovery safe.
 //!
 //! The rules around the table (PRODUCT.md) live here: stale and duplicate
-//! changes do nothing; snapshots only seed; an update is its delta, and a
-//! looked-up full document only seeds or fills gaps; the allowlist filters
-//! emission, never state; event ids are deterministic.
+//! changes do nothing (a duplicate is told by position and, at an equal
+//! position, by the change's identity, since a transaction's changes share
+//! one position); snapshots only seed; an update is exactly its delta, and a
+//! looked-up full document only seeds a reservation seen for the first time;
+//! the allowlist filters emission, never state; event ids are deterministic.
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::change::{Change, DocumentValues, Edit, Field, Operation, SourcePosition};
+use std::cmp::Ordering;
+
+use crate::change::{Change, ChangeId, DocumentValues, Edit, Field, Operation, SourcePosition};
 use crate::pipeline::{EventType, FieldSet, Pipeline, State};
 use crate::time;
 
@@ -29,6 +33,12 @@ pub struct ReservationState {
     pub fields: [Option<String>; 4],
     /// The newest source position applied; `None` only if no change so far had one.
     pub position: Option<SourcePosition>,
+    /// The identities of the changes applied at `position`, in arrival order.
+    /// Usually one; several when one transaction changed this reservation
+    /// more than once. Emptied when the position moves on. Stored and sent to
+    /// the changelog with the state, so a restart in the middle of a
+    /// transaction still tells its applied changes from the rest.
+    pub applied: Vec<ChangeId>,
 }
 
 impl ReservationState {
@@ -66,9 +76,12 @@ pub struct BusinessEvent {
 /// What one change did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The change is not newer than the stored position: a duplicate or a
-    /// stale replay. Nothing changes, nothing is emitted.
+    /// The change is older than the stored position (a stale replay).
+    /// Nothing changes, nothing is emitted.
     Stale,
+    /// This very change was already applied (same position, same identity):
+    /// a re-delivery. Nothing changes, nothing is emitted.
+    Duplicate,
     /// The document's status is missing or not mapped by the pipeline. The
     /// stored values stay as they were and nothing is emitted; callers log and
     /// count it (a PMS may add a status before the pipeline knows it). Only
@@ -81,33 +94,46 @@ pub enum Outcome {
 
 /// Applies one change to a reservation's stored state.
 pub fn apply(pipeline: &Pipeline, prev: Option<&ReservationState>, change: &Change) -> Outcome {
+    // Where the change sits against the stored position decides whether it
+    // applies, and which identities the new state remembers.
+    let mut applied = vec![change.identity];
     if let (Some(new), Some(stored)) = (change.position, prev.and_then(|p| p.position)) {
         // A copy-existing record has only its input position. It cannot be
         // ordered against a change stream position, and the stream's changes
         // are what made the stored state, so such a seed never overwrites it
         // (a re-read of the copy after the stream must change nothing).
-        let unordered_seed = change.snapshot && matches!((new, stored), (SourcePosition::Input(_), SourcePosition::Cluster { .. }));
-        if unordered_seed || !new.is_after(stored) {
+        if change.snapshot && matches!((new, stored), (SourcePosition::Input(_), SourcePosition::Cluster { .. })) {
             return Outcome::Stale;
         }
+        match new.compare(stored) {
+            Some(Ordering::Less) => return Outcome::Stale,
+            Some(Ordering::Equal) => {
+                let seen = prev.map_or(&[][..], |p| p.applied.as_slice());
+                // No identities at a stored position: a state written before
+                // identities were kept. Any change there counts as applied,
+                // as it did then, so an upgrade re-emits nothing.
+                if seen.is_empty() || seen.contains(&change.identity) {
+                    return Outcome::Duplicate;
+                }
+                // Another change of the same transaction: it applies, and the
+                // position keeps every identity applied at it.
+                applied = seen.iter().copied().chain([change.identity]).collect();
+            }
+            Some(Ordering::Greater) | None => {}
+        }
     }
-    let mut live = prev.filter(|p| p.state != State::None).cloned();
+    let live = prev.filter(|p| p.state != State::None);
     let values = match &change.operation {
         Operation::Insert(doc) | Operation::Replace(doc) => Some(doc.clone()),
         Operation::Update { delta, lookup } => {
-            // The delta is the truth of an update; the looked-up document may be
-            // later than the change, so it only seeds a first-seen reservation
-            // and fills values the stored state lacks. A filled gap is learnt,
-            // not changed: it is part of the baseline the change is compared to.
-            let mut v = match live.as_mut() {
-                Some(p) => {
-                    if let Some(l) = lookup {
-                        for f in Field::ALL {
-                            fill(&mut p.fields[f as usize], &l.fields[f as usize]);
-                        }
-                    }
-                    p.values()
-                }
+            // Delta first, fully: for a known reservation the update is its
+            // delta and nothing else. The looked-up document is the document
+            // when the connector read it, possibly later than this change, so
+            // it only seeds a reservation seen for the first time; it never
+            // fills a value the stored state lacks (that would hide the change
+            // that sets it, and put a later moment into this change's events).
+            let mut v = match live {
+                Some(p) => p.values(),
                 None => lookup.clone().unwrap_or_default(),
             };
             edit(&mut v.status, &delta.status);
@@ -119,16 +145,15 @@ pub fn apply(pipeline: &Pipeline, prev: Option<&ReservationState>, change: &Chan
         Operation::Delete => None,
     };
 
-    let live = live.as_ref();
     let position = change.position.or(prev.and_then(|p| p.position));
     let new = match values {
-        None => ReservationState { state: State::None, status: None, fields: Default::default(), position },
+        None => ReservationState { state: State::None, status: None, fields: Default::default(), position, applied },
         Some(v) => {
             let Some(state) = v.status.as_deref().and_then(|s| pipeline.statuses.get(s)).copied() else {
-                let kept = ReservationState { position, ..prev.cloned().unwrap_or_default() };
+                let kept = ReservationState { position, applied, ..prev.cloned().unwrap_or_default() };
                 return Outcome::Unmapped { status: v.status, state: kept };
             };
-            ReservationState { state, status: v.status, fields: v.fields, position }
+            ReservationState { state, status: v.status, fields: v.fields, position, applied }
         }
     };
     if change.snapshot {
@@ -156,7 +181,7 @@ pub fn apply(pipeline: &Pipeline, prev: Option<&ReservationState>, change: &Chan
                 rule.emit
                     .iter()
                     .map(|&t| BusinessEvent {
-                        event_id: event_id(&change.reservation_id, change.position, t, &new),
+                        event_id: event_id(&change.reservation_id, change.position, change.identity, t, &new),
                         event_type: t.name(),
                         reservation_id: change.reservation_id.clone(),
                         property_id: current.fields[Field::Property as usize].clone(),
@@ -177,12 +202,6 @@ pub fn apply(pipeline: &Pipeline, prev: Option<&ReservationState>, change: &Chan
     Outcome::Applied { state: new, events }
 }
 
-fn fill(slot: &mut Option<String>, from: &Option<String>) {
-    if slot.is_none() {
-        slot.clone_from(from);
-    }
-}
-
 fn edit(slot: &mut Option<String>, e: &Edit) {
     match e {
         Edit::Keep => {}
@@ -192,10 +211,11 @@ fn edit(slot: &mut Option<String>, e: &Edit) {
 }
 
 /// The same change under the same rule always gets the same id: a hash of
-/// the reservation, the change's source position and the event type (a change
-/// emits each type at most once). A change without a position (callers give
-/// every change one; this is the fallback) hashes the state it produced.
-pub fn event_id(reservation_id: &str, position: Option<SourcePosition>, t: EventType, new: &ReservationState) -> String {
+/// the reservation, the change's source position, its identity (two changes
+/// of one transaction share a position) and the event type (a change emits
+/// each type at most once). A change without a position (callers give every
+/// change one; this is the fallback) hashes the state it produced.
+pub fn event_id(reservation_id: &str, position: Option<SourcePosition>, identity: ChangeId, t: EventType, new: &ReservationState) -> String {
     let mut h = Sha256::new();
     h.update(reservation_id.as_bytes());
     h.update([0x1f]);
@@ -210,6 +230,8 @@ pub fn event_id(reservation_id: &str, position: Option<SourcePosition>, t: Event
         }
         None => h.update(format!("unpositioned {:?} {:?} {:?}", new.state, new.status, new.fields).as_bytes()),
     }
+    h.update([0x1f]);
+    h.update(identity.0.to_be_bytes());
     h.update([0x1f]);
     h.update(t.name().as_bytes());
     let digest = h.finalize();

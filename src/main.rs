@@ -243,6 +243,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 changes = counts.changes,
                 events = counts.events,
                 stale = counts.stale,
+                duplicates = counts.duplicates,
                 unmapped = counts.unmapped,
                 ignored = counts.ignored,
                 rejected = counts.rejected,

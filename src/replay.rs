@@ -89,12 +89,13 @@ pub fn replay(engine: &Engine, store: &mut StateStore, inputs: Vec<Input>, out: 
                 reported = true;
                 let secs = started.elapsed().as_secs_f64();
                 eprintln!(
-                    "replay: {} lines ({:.0}/s), {} events, {} rejected, {} stale or duplicate",
+                    "replay: {} lines ({:.0}/s), {} events, {} rejected, {} stale, {} duplicate",
                     line_no,
                     line_no as f64 / secs,
                     total.events,
                     total.rejected,
-                    total.stale
+                    total.stale,
+                    total.duplicates
                 );
             }
         }

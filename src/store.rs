@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, WriteBatch};
 
-use crate::change::SourcePosition;
+use crate::change::{ChangeId, SourcePosition};
 use crate::machine::ReservationState;
 use crate::pipeline::State;
 
@@ -26,8 +26,12 @@ const PARTITION_PREFIX: &str = "partition/";
 /// Key prefixes inside a partition's column family.
 const RESERVATION: u8 = b'r';
 const MARKER: u8 = b'm';
-/// Record layout version, first byte of every reservation record.
+/// Record layout versions, first byte of every reservation record. v2 adds
+/// the identities applied at the stored position; v1 records still decode
+/// (with none, which the state machine reads as "any change at this
+/// position was applied", as v1 did).
 const RECORD_V1: u8 = 1;
+const RECORD_V2: u8 = 2;
 
 /// Why the store failed, and whether trying again can help.
 #[derive(Debug, thiserror::Error)]
@@ -284,12 +288,14 @@ impl StateStore {
     }
 }
 
-/// Record layout v1: version, state, position kind (0 none, 1 cluster,
+/// Record layout v2: version, state, position kind (0 none, 1 cluster,
 /// 2 input) and 8 bytes of position when present, then status and the four
-/// fields, each as a u32 length (u32::MAX = absent) and UTF-8 bytes.
+/// fields, each as a u32 length (u32::MAX = absent) and UTF-8 bytes, then the
+/// applied identities as a u32 count and 8 bytes each. (v1 ends before the
+/// identities.) The changelog carries the same bytes.
 pub fn encode(s: &ReservationState) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64);
-    out.push(RECORD_V1);
+    let mut out = Vec::with_capacity(64 + 8 * s.applied.len());
+    out.push(RECORD_V2);
     out.push(s.state as u8);
     match s.position {
         None => out.push(0),
@@ -311,6 +317,10 @@ pub fn encode(s: &ReservationState) -> Vec<u8> {
             }
         }
     }
+    out.extend_from_slice(&(s.applied.len() as u32).to_le_bytes());
+    for id in &s.applied {
+        out.extend_from_slice(&id.0.to_le_bytes());
+    }
     out
 }
 
@@ -323,7 +333,8 @@ pub fn decode(mut b: &[u8]) -> Result<ReservationState, &'static str> {
         b = tail;
         Ok(head)
     };
-    if take(1)? != [RECORD_V1] {
+    let version = take(1)?[0];
+    if version != RECORD_V1 && version != RECORD_V2 {
         return Err("unknown record version");
     }
     let state = State::from_u8(take(1)?[0]).ok_or("unknown state byte")?;
@@ -346,7 +357,20 @@ pub fn decode(mut b: &[u8]) -> Result<ReservationState, &'static str> {
     };
     let status = text()?;
     let fields = [text()?, text()?, text()?, text()?];
-    Ok(ReservationState { state, status, fields, position })
+    drop(text);
+    let mut applied = Vec::new();
+    if version == RECORD_V2 {
+        let n = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
+        // Checked entry by entry by `take`: a count beyond the record fails
+        // at the first missing identity, before it can allocate much.
+        for _ in 0..n.min(1024) {
+            applied.push(ChangeId(u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"))));
+        }
+    }
+    if !b.is_empty() {
+        return Err("trailing bytes after the record");
+    }
+    Ok(ReservationState { state, status, fields, position, applied })
 }
 
 #[cfg(test)]
@@ -359,6 +383,7 @@ mod tests {
             status: Some("Arrived".into()),
             fields: [Some("P-OSL-01".into()), Some("305".into()), None, Some("2026-11-24T00:00:00Z".into())],
             position: Some(SourcePosition::Cluster { t: 1_795_300_000, i: 7 }),
+            applied: vec![ChangeId(7), ChangeId(u64::MAX)],
         }
     }
 
@@ -372,6 +397,16 @@ mod tests {
         for cut in 0..bytes.len() {
             assert!(decode(&bytes[..cut]).is_err(), "truncated at {cut} must not decode");
         }
+    }
+
+    #[test]
+    fn v1_records_still_decode_with_no_identities() {
+        let s = sample();
+        let v2 = encode(&s);
+        // v1 is v2 without the identity list at the end.
+        let mut v1 = v2[..v2.len() - 4 - 8 * s.applied.len()].to_vec();
+        v1[0] = RECORD_V1;
+        assert_eq!(decode(&v1).unwrap(), ReservationState { applied: Vec::new(), ..s });
     }
 
     #[test]

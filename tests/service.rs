@@ -1,6 +1,7 @@
 //! `resevent run` against a real Kafka-protocol broker, as real processes:
 //! end to end against replay, scale-out with kill -9, a crash loop, a lost
-//! disk, and a partition-count mismatch.
+//! disk, a partition-count mismatch, and MongoDB's transactions and
+//! tombstone deletes across a restart.
 
 mod common;
 
@@ -210,4 +211,95 @@ fn a_changelog_partitioned_unlike_the_input_stops_start_up_with_a_clear_error() 
     assert_ne!(code, Some(0));
     assert!(log.contains("has 2 partitions but the input has 4"), "{log}");
     assert!(!broker.topic_exists(&format!("{app}-events")), "nothing was created or consumed");
+}
+
+/// A fixture's lines as Kafka records: each record keyed by its document key
+/// (`{"_id": …}`, as the MongoDB connector keys them), and its hand-derived
+/// events without their ids.
+fn fixture_records(name: &str) -> (Vec<RawRecord>, Vec<serde_json::Value>) {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/");
+    let text = std::fs::read_to_string(format!("{dir}{name}.jsonl")).unwrap();
+    let records = text
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            match v.get("key") {
+                // A keyed line: {"key": K, "value": V}; a string K is the key's text.
+                Some(k) if v.get("value").is_some() => {
+                    let key = k.as_str().map_or_else(|| k.to_string(), String::from);
+                    (Some(key.into_bytes()), (!v["value"].is_null()).then(|| v["value"].to_string().into_bytes()))
+                }
+                _ => (Some(serde_json::json!({"_id": v["documentKey"]["_id"]}).to_string().into_bytes()), Some(l.as_bytes().to_vec())),
+            }
+        })
+        .collect();
+    let expected = std::fs::read_to_string(format!("{dir}{name}.expected.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    (records, expected)
+}
+
+fn without_ids(events: &[serde_json::Value]) -> Vec<serde_json::Value> {
+    events
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            e.as_object_mut().unwrap().remove("eventId");
+            e
+        })
+        .collect()
+}
+
+#[test]
+fn a_restart_in_the_middle_of_a_transaction_applies_the_rest_and_tombstones_delete() {
+    let broker = Broker::start("txn");
+    let input = broker.name("raw");
+    broker.create_topic(&input, 1, &[]);
+    let app = broker.name("app");
+    let out = format!("{app}-events");
+    let state = tempfile::tempdir().unwrap();
+    let (records, expected) = fixture_records("mongo-transactions");
+    assert_eq!(expected.len(), 10);
+
+    // Up to the first change of the check-in transaction (line 7): 6 events.
+    broker.produce_raw(&input, &records[..7]);
+    let i = Instance::start(&broker, &input, &app, state.path(), "a");
+    wait_for(&broker, &out, Duration::from_secs(120), |e| dedup(e).len() >= 6);
+    assert_eq!(i.terminate(), Some(0));
+
+    // The local state is lost: the transaction's applied changes must come
+    // back from the changelog, so its second change applies and its
+    // re-delivered first one does not.
+    std::fs::remove_dir_all(state.path()).unwrap();
+    broker.produce_raw(&input, &records[7..]);
+    let i = Instance::start(&broker, &input, &app, state.path(), "b");
+    // The last expected event comes from the last record of the one
+    // partition, so once it is there every record has been processed.
+    wait_for(&broker, &out, Duration::from_secs(120), |e| e.last().is_some_and(|l| l["eventType"] == "CHECKED_OUT"));
+    assert_eq!(i.terminate(), Some(0));
+    let all = broker.read_all(&out).iter().map(Record::json).collect::<Vec<_>>();
+    assert_eq!(without_ids(&dedup(&all)), expected);
+
+    // Deletes published as tombstones (full-document-only), through Kafka.
+    let tomb_input = broker.name("fulldoc");
+    broker.create_topic(&tomb_input, 1, &[]);
+    let (records, expected) = fixture_records("mongo-tombstones.keyed");
+    assert!(records.iter().any(|(_, v)| v.is_none()), "the fixture has tombstones");
+    broker.produce_raw(&tomb_input, &records);
+    let app2 = broker.name("app2");
+    let out2 = format!("{app2}-events");
+    let state2 = tempfile::tempdir().unwrap();
+    let i = Instance::start(&broker, &tomb_input, &app2, state2.path(), "c");
+    wait_for(&broker, &out2, Duration::from_secs(120), |e| e.iter().any(|x| x["sourcePosition"] == "offset:6"));
+    assert_eq!(i.terminate(), Some(0));
+    let got: Vec<serde_json::Value> = broker.read_all(&out2).iter().map(Record::json).collect();
+    // Ordered by their Kafka offsets, which are the fixture's line numbers less one.
+    let shifted: Vec<serde_json::Value> = expected
+        .iter()
+        .map(|e| {
+            let mut e = e.clone();
+            let n: u64 = e["sourcePosition"].as_str().unwrap().strip_prefix("offset:").unwrap().parse().unwrap();
+            e["sourcePosition"] = format!("offset:{}", n - 1).into();
+            e
+        })
+        .collect();
+    assert_eq!(without_ids(&got), shifted);
 }

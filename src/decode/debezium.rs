@@ -54,7 +54,11 @@ pub(super) fn decode(top: Top<'_>, key: Option<&str>, paths: &FieldPaths) -> Res
     let ts_ms = source.and_then(|s| s.get("ts_ms")).and_then(lv_as_i64);
     let ord = source.and_then(|s| s.get("ord")).and_then(lv_as_i64).unwrap_or(0);
     let position = ts_ms.and_then(|ms| cluster_position(ms, ord));
-    Ok(Decoded::Change(Change { reservation_id, operation, position, occurred_at_ms: ts_ms, snapshot }))
+    // Debezium carries no resume token: a change is its op, what it did
+    // and its transaction (all of a transaction's changes share ts_ms and ord).
+    let txn = super::transaction(source.and_then(|s| s.get("lsid")), source.and_then(|s| s.get("txnNumber")));
+    let identity = super::operation_identity(&operation, txn.as_ref());
+    Ok(Decoded::Change(Change { reservation_id, operation, position, occurred_at_ms: ts_ms, snapshot, identity }))
 }
 
 /// Debezium's `source.ts_ms` is the cluster time's seconds × 1000 and `ord`
@@ -219,5 +223,13 @@ pub(super) fn decode_document(top: Top<'_>, key: Option<&str>, paths: &FieldPath
         _ => None,
     };
     let occurred_at_ms = ts_ms.or_else(|| flat.get("__ts_ms").and_then(as_i64));
-    Ok(Decoded::Change(Change { reservation_id, operation, position, occurred_at_ms, snapshot }))
+    // With `add.fields=source.ts_ms,source.ord` the changes of one transaction
+    // share a position; the document each one left (and the transaction, if
+    // `source.lsid,source.txnNumber` are added too) tells them apart.
+    let txn = match (flat.get("__source_lsid"), flat.get("__source_txnNumber")) {
+        (Some(l), Some(t)) if !l.is_null() && !t.is_null() => Some((l.to_string(), t.to_string())),
+        _ => None,
+    };
+    let identity = super::operation_identity(&operation, txn.as_ref());
+    Ok(Decoded::Change(Change { reservation_id, operation, position, occurred_at_ms, snapshot, identity }))
 }

@@ -26,7 +26,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::change::{Change, Delta, DocumentValues, Edit, Field};
+use crate::change::{Change, ChangeId, Delta, DocumentValues, Edit, Field, Operation};
 use lean::Lv;
 
 /// Which connector wrote the records. `Auto` tells them apart per record.
@@ -233,7 +233,7 @@ impl Decoder {
     /// Decodes one record. `key` is the record key (Debezium puts a deleted
     /// document's id only there); `value` is `None` for a tombstone.
     pub fn decode(&self, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Decoded, DecodeError> {
-        let Some(value) = value else { return Ok(Decoded::Ignored("tombstone (null value)")) };
+        let Some(value) = value else { return self.tombstone(key) };
         let size = value.len() + key.map_or(0, <[u8]>::len);
         if size > self.limits.max_record_bytes {
             return Err(DecodeError::TooLarge { size, limit: self.limits.max_record_bytes });
@@ -248,6 +248,43 @@ impl Decoder {
             None => None,
         };
         self.decode_text(key, text, 0)
+    }
+
+    /// A record with a null value. The MongoDB source connector with
+    /// `publish.full.document.only.tombstone.on.delete=true` publishes a delete
+    /// this way, keyed by the document key `{"_id": …}`
+    /// (`change.stream.document.key.as.key=true`, its default): that tombstone
+    /// is the delete. Debezium's tombstones are keyed `{"id": …}` and follow
+    /// their own delete event, so they mean nothing more; with `--format
+    /// debezium` every tombstone is taken as Debezium's. A tombstone carries
+    /// no source position; the caller orders it by its input position, as it
+    /// does the full-document-only values around it.
+    fn tombstone(&self, key: Option<&[u8]>) -> Result<Decoded, DecodeError> {
+        const DEBEZIUM: &str = "tombstone after a delete (null value; Debezium's, keyed {\"id\": …})";
+        if self.format == Format::Debezium {
+            return Ok(Decoded::Ignored(DEBEZIUM));
+        }
+        let Some(key) = key.filter(|k| !k.is_empty()) else { return Ok(Decoded::Ignored("tombstone (null value) without a record key")) };
+        let text = std::str::from_utf8(key).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?;
+        let Some(document_key) = document_key(text) else {
+            return Ok(Decoded::Ignored("tombstone (null value) whose key is not a document key {\"_id\": …}"));
+        };
+        let Value::Object(m) = &document_key else { unreachable!("document_key returns objects") };
+        if !m.contains_key("_id") && m.contains_key("id") {
+            return Ok(Decoded::Ignored(DEBEZIUM));
+        }
+        let Some(id) = m.get("_id") else {
+            return Ok(Decoded::Ignored("tombstone (null value) whose key holds no _id"));
+        };
+        let reservation_id = extjson::id_text(id).map_err(|e| DecodeError::InvalidId(format!("tombstone key: {}", e.0)))?;
+        Ok(Decoded::Change(Change {
+            reservation_id,
+            operation: Operation::Delete,
+            position: None,
+            occurred_at_ms: None,
+            snapshot: false,
+            identity: ChangeId::of_operation(&Operation::Delete, None),
+        }))
     }
 
     /// Decodes a value given as text; `unwrapped` counts the string or
@@ -265,7 +302,7 @@ impl Decoder {
                 let inner: String = serde_json::from_str(trimmed).map_err(json_error)?;
                 return self.decode_text(key, &inner, unwrapped + 1);
             }
-            Some(b'n') if trimmed.trim_end() == "null" => return Ok(Decoded::Ignored("tombstone (null value)")),
+            Some(b'n') if trimmed.trim_end() == "null" => return self.tombstone(key.map(str::as_bytes)),
             Some(_) => {
                 let v: Value = serde_json::from_str(trimmed).map_err(json_error)?;
                 return Err(DecodeError::NotAChange(format!("the value is a JSON {}, not a document", kind_of(&v))));
@@ -302,6 +339,22 @@ impl Decoder {
         }
         debezium::decode_document(top, key, &self.paths, self.format)
     }
+}
+
+/// A record key as the document it holds, through every form a key arrives
+/// in: a JSON object, a JSON string holding one (StringConverter, or
+/// JsonConverter without schemas), or a JsonConverter envelope whose payload
+/// is either. `None` when the key is no JSON object.
+fn document_key(text: &str) -> Option<Value> {
+    let mut v: Value = serde_json::from_str(text).ok()?;
+    for _ in 0..3 {
+        v = match v {
+            Value::String(s) => serde_json::from_str(&s).ok()?,
+            Value::Object(mut m) if m.contains_key("schema") && m.contains_key("payload") => m.remove("payload").expect("checked"),
+            other => return matches!(other, Value::Object(_)).then_some(other),
+        };
+    }
+    None
 }
 
 fn kind_of(v: &Value) -> &'static str {
@@ -367,6 +420,20 @@ impl<'de> Captured<'de> {
     }
 }
 
+/// The transaction a change belongs to, as text for its identity: `lsid`
+/// and `txnNumber` when both are there and not null.
+fn transaction(lsid: Option<&Lv>, txn_number: Option<&Lv>) -> Option<(String, String)> {
+    match (lsid?, txn_number?) {
+        (Lv::Null, _) | (_, Lv::Null) => None,
+        (l, t) => Some((l.to_string(), t.to_string())),
+    }
+}
+
+/// The identity of a change without a resume token (see [`ChangeId`]).
+fn operation_identity(operation: &Operation, txn: Option<&(String, String)>) -> ChangeId {
+    ChangeId::of_operation(operation, txn.map(|(l, t)| (l.as_str(), t.as_str())))
+}
+
 /// Builds a delta from `updatedFields` entries and `removedFields` paths.
 fn delta(updated: &Captured, removed: &[String], paths: &FieldPaths) -> Delta {
     let edit = |path: &str, date: bool| -> Edit {
@@ -420,6 +487,9 @@ struct Top<'de> {
     update_description: Option<&'de RawValue>,
     cluster_time: Option<Lv<'de>>,
     wall_time: Option<Lv<'de>>,
+    /// The transaction of a change made in one (`lsid`, `txnNumber`).
+    lsid: Option<Lv<'de>>,
+    txn_number: Option<Lv<'de>>,
     op: Option<Lv<'de>>,
     after: Option<&'de RawValue>,
     before: Option<&'de RawValue>,
@@ -458,7 +528,7 @@ impl<'de> de::Deserialize<'de> for Key<'de> {
 
 /// The fields ExtractNewDocumentState adds with `add.fields` and
 /// `delete.handling.mode=rewrite` (`__deleted`).
-const FLAT_KEYS: [&str; 6] = ["__op", "__deleted", "__source_ts_ms", "__source_ord", "__source_snapshot", "__ts_ms"];
+const FLAT_KEYS: [&str; 8] = ["__op", "__deleted", "__source_ts_ms", "__source_ord", "__source_snapshot", "__ts_ms", "__source_lsid", "__source_txnNumber"];
 
 struct TopSeed<'p>(&'p FieldPaths);
 
@@ -497,6 +567,8 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
                         "documentKey" => Some(&mut top.document_key),
                         "clusterTime" => Some(&mut top.cluster_time),
                         "wallTime" => Some(&mut top.wall_time),
+                        "lsid" => Some(&mut top.lsid),
+                        "txnNumber" => Some(&mut top.txn_number),
                         "op" => Some(&mut top.op),
                         "source" => Some(&mut top.source),
                         _ => None,

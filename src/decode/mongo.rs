@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use super::lean::{self, Lv};
 use super::{Captured, DecodeError, Decoded, FieldPaths, Top, delta};
-use crate::change::{Change, Operation, SourcePosition};
+use crate::change::{Change, ChangeId, Operation, SourcePosition};
 
 /// Change-stream events about the collection or database, not a document.
 /// They are valid input that changes no reservation.
@@ -76,7 +76,17 @@ pub(super) fn decode(top: Top<'_>, paths: &FieldPaths) -> Result<Decoded, Decode
             Some(SourcePosition::Cluster { t, .. }) => Some(i64::from(t) * 1000),
             _ => None,
         });
-    Ok(Decoded::Change(Change { reservation_id, operation, position, occurred_at_ms, snapshot: copying }))
+    // The resume token is unique per change, transactions included, and the
+    // same on every re-delivery. Without one (a pipeline that projected `_id`
+    // away), the change is known by what it did and its transaction.
+    let identity = match top.id.as_ref() {
+        Some(token) => match token.get("_data").and_then(Lv::as_str) {
+            Some(data) => ChangeId::of(&[b"resume-token", data.as_bytes()]),
+            None => ChangeId::of(&[b"resume-token", token.to_string().as_bytes()]),
+        },
+        None => super::operation_identity(&operation, super::transaction(top.lsid.as_ref(), top.txn_number.as_ref()).as_ref()),
+    };
+    Ok(Decoded::Change(Change { reservation_id, operation, position, occurred_at_ms, snapshot: copying, identity }))
 }
 
 /// Borrowed parts of the record's text, not copies.

@@ -218,7 +218,7 @@ fn a_date_wrapper_holding_no_date_is_kept_as_text_not_a_crash() {
 #[test]
 fn tombstones_and_collection_events_are_ignored_not_rejected() {
     assert!(matches!(dec().decode(None, None), Ok(Decoded::Ignored(_))));
-    assert!(matches!(dec().decode(None, Some(b"null")), Ok(Decoded::Ignored(_))));
+    assert!(matches!(dec().decode(None, Some(b"null")), Ok(Decoded::Ignored(_))), "a tombstone without a key");
     let drop = json!({"_id": {"_data": "82"}, "operationType": "drop", "ns": {"db": "d", "coll": "c"}}).to_string();
     assert!(matches!(dec().decode(None, Some(drop.as_bytes())), Ok(Decoded::Ignored(_))));
 }
@@ -353,4 +353,65 @@ proptest! {
     fn lean_values_read_like_values_for_arbitrary_json(v in arb_json()) {
         assert_lean_agrees(&v.to_string());
     }
+}
+
+#[test]
+fn a_tombstone_keyed_by_the_document_key_is_a_delete() {
+    let delete = |key: &str, format: Format| Decoder::new(format, FieldPaths::default()).decode(Some(key.as_bytes()), None);
+    // The MongoDB connector's document key, in each form a key arrives in.
+    for key in [
+        format!(r#"{{"_id": {{"$oid": "{OID}"}}}}"#),
+        serde_json::to_string(&format!(r#"{{"_id": {{"$oid": "{OID}"}}}}"#)).unwrap(),
+        format!(r#"{{"schema": {{"type": "string"}}, "payload": "{{\"_id\": {{\"$oid\": \"{OID}\"}}}}"}}"#),
+        format!(r#"{{"_id": "{OID}", "propertyId": "P-OSL-01"}}"#),
+    ] {
+        for format in [Format::Auto, Format::Mongo] {
+            match delete(&key, format) {
+                Ok(Decoded::Change(c)) => {
+                    assert_eq!(c.reservation_id, OID, "{key}");
+                    assert_eq!(c.operation, Operation::Delete);
+                    assert_eq!(c.position, None, "ordered by its input position");
+                }
+                other => panic!("{key}: expected a delete, got {other:?}"),
+            }
+        }
+        // --format debezium takes every tombstone as Debezium's.
+        assert!(matches!(delete(&key, Format::Debezium), Ok(Decoded::Ignored(_))), "{key}");
+    }
+    // Debezium's tombstone follows its own delete event: nothing more.
+    assert!(matches!(delete(r#"{"id": "{\"$oid\": \"6502a1f0c3b7e41d9a200001\"}"}"#, Format::Auto), Ok(Decoded::Ignored(_))));
+    assert!(matches!(delete(r#"{"schema": {}, "payload": {"id": "R-1"}}"#, Format::Auto), Ok(Decoded::Ignored(_))));
+    // A null value written as text, with its key, is the same tombstone.
+    let key = format!(r#"{{"_id": {{"$oid": "{OID}"}}}}"#);
+    assert!(matches!(dec().decode(Some(key.as_bytes()), Some(b"null")), Ok(Decoded::Change(Change { operation: Operation::Delete, .. }))));
+    // A document key whose id is unusable is rejected, not ignored.
+    assert_eq!(delete(r#"{"_id": {"$oid": "xyz"}}"#, Format::Auto).unwrap_err().kind(), "invalid-id");
+}
+
+#[test]
+fn changes_of_one_transaction_have_distinct_identities() {
+    // The MongoDB connector: one resume token per change, whatever the JSON around it.
+    let a = change(&mongo_update(json!({"bookingStatus": "Arrived"}), json!([])));
+    let b = change(&mongo_update(json!({"bookingStatus": "Arrived"}), json!([])).replace("8263F1A2B3000000042B022C0100296E5A1004", "8263F1A2B3000000042B022C0100296E5A1005"));
+    assert_eq!(a.position, b.position);
+    assert_ne!(a.identity, b.identity, "another resume token is another change");
+    let spaced = mongo_update(json!({"bookingStatus": "Arrived"}), json!([])).replace(',', ", ");
+    assert_eq!(change(&spaced).identity, a.identity, "a re-delivery is the same change");
+
+    // Debezium: the op, the delta and the transaction.
+    let dbz = |updated: &str, txn: u64| {
+        json!({
+            "op": "u", "after": null,
+            "updateDescription": {"updatedFields": updated, "removedFields": null},
+            "source": {"ts_ms": 1_795_300_000_000i64, "ord": 3, "lsid": "{\"id\": {\"$binary\": \"AAAA\"}}", "txnNumber": txn},
+        })
+        .to_string()
+    };
+    let key = format!(r#"{{"id": "{{\"$oid\": \"{OID}\"}}"}}"#);
+    let check_in = change_keyed(Some(&key), &dbz(r#"{"bookingStatus": "Arrived"}"#, 7));
+    let room = change_keyed(Some(&key), &dbz(r#"{"roomNumber": "305"}"#, 7));
+    assert_eq!(check_in.position, room.position);
+    assert_ne!(check_in.identity, room.identity);
+    assert_eq!(change_keyed(Some(&key), &dbz(r#"{"bookingStatus":"Arrived"}"#, 7)).identity, check_in.identity);
+    assert_ne!(change_keyed(Some(&key), &dbz(r#"{"bookingStatus": "Arrived"}"#, 8)).identity, check_in.identity, "another transaction");
 }

@@ -332,6 +332,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
                 events = since_log.events,
                 dead_letters = since_log.rejected,
                 stale = since_log.stale,
+                duplicates = since_log.duplicates,
                 "progress"
             );
             last_log = Instant::now();
