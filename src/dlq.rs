@@ -53,7 +53,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::deadletter;
 use crate::service::config::{Overrides, RunConfig};
-use crate::service::{acknowledged, client_config, group_consumer_config, producer_config, send};
+use crate::kafka::{acknowledged, client_config, group_consumer_config, producer_config, send};
 use crate::time::{format_millis, parse_millis};
 
 /// The one header a replayed record carries beyond the original's.

@@ -12,7 +12,9 @@ use crate::change::SourcePosition;
 use crate::decode::{DecodeError, Decoded, Decoder};
 use crate::machine::{self, BusinessEvent, Outcome, ReservationState};
 use crate::pipeline::Pipeline;
-use crate::store::{StateBatch, StateStore, StoreError};
+use crate::store::{StateBatch, StateSource, StoreError};
+#[cfg(test)]
+use crate::store::StateStore;
 
 /// One input record: its bytes and its position in the input (the Kafka
 /// offset, or the line number in `replay`).
@@ -75,7 +77,7 @@ pub struct BatchOutput {
 }
 
 impl BatchOutput {
-    /// The batch's state changes, ready for [`StateStore::commit`].
+    /// The batch's state changes, ready for [`crate::store::StateStore::commit`].
     pub fn state_batch(&self) -> StateBatch {
         let mut batch = StateBatch::default();
         for (id, state) in &self.states {
@@ -97,8 +99,8 @@ impl Engine {
     }
 
     /// Processes a batch against the partition's stored state. Reads from the
-    /// store; writes nothing.
-    pub fn process(&self, store: &StateStore, partition: &str, records: &[InputRecord<'_>]) -> Result<BatchOutput, StoreError> {
+    /// store (or a cache in front of it); writes nothing.
+    pub fn process<S: StateSource + ?Sized>(&self, store: &S, partition: &str, records: &[InputRecord<'_>]) -> Result<BatchOutput, StoreError> {
         let mut out = BatchOutput::default();
         // Decode everything first, so the stored states can be read in one MultiGet.
         let mut changes = Vec::with_capacity(records.len());

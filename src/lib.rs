@@ -12,6 +12,7 @@ pub mod deadletter;
 pub mod decode;
 pub mod dlq;
 pub mod engine;
+pub mod kafka;
 pub mod machine;
 pub mod pipeline;
 pub mod replay;

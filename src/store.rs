@@ -9,14 +9,19 @@
 //! and its offsets are always consistent with each other, whatever point a
 //! `kill -9` hits.
 //!
-//! Durability: the WAL is written but not fsynced per batch. After a machine
-//! crash the newest batches may be missing together with their offsets, which
-//! the caller handles by re-reading from the stored offset (at-least-once,
-//! deterministic event ids); a process crash (`kill -9`) loses nothing.
+//! Durability, two ways:
+//! - `replay` writes the WAL (not fsynced): the store is its only copy, and
+//!   a process crash (`kill -9`) loses nothing.
+//! - `run` disables the WAL, as Kafka Streams does: the changelog topic is
+//!   the durable copy, and the store a cache of it. A crash loses the
+//!   memtables, state and checkpoint together (both live in the partition's
+//!   column family, which RocksDB flushes as one), so the store falls back
+//!   to an older, consistent checkpoint, and restore catches it up from the
+//!   changelog. A clean stop flushes the memtables ([`StateStore::flush`]).
 
 use std::path::{Path, PathBuf};
 
-use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, WriteBatch};
+use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, WriteBatch, WriteOptions};
 
 use crate::change::{ChangeId, SourcePosition};
 use crate::machine::ReservationState;
@@ -116,11 +121,25 @@ const TOTAL_WRITE_BUFFER_BYTES: usize = 64 << 20;
 pub struct StoreOptions {
     /// Memtable size per partition before it is flushed to a file.
     pub write_buffer_bytes: usize,
+    /// Write no WAL: the caller has a durable copy elsewhere (the changelog).
+    pub disable_wal: bool,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { write_buffer_bytes: 32 << 20 }
+        StoreOptions { write_buffer_bytes: 32 << 20, disable_wal: false }
+    }
+}
+
+/// Where the engine reads the stored state of a batch's reservations from:
+/// the store itself, or a cache in front of it.
+pub trait StateSource {
+    fn get_many(&self, partition: &str, ids: &[&str]) -> Result<Vec<Option<ReservationState>>, StoreError>;
+}
+
+impl StateSource for StateStore {
+    fn get_many(&self, partition: &str, ids: &[&str]) -> Result<Vec<Option<ReservationState>>, StoreError> {
+        StateStore::get_many(self, partition, ids)
     }
 }
 
@@ -130,6 +149,7 @@ pub struct StateStore {
     db: Option<DB>,
     path: PathBuf,
     options: Options,
+    disable_wal: bool,
 }
 
 impl StateStore {
@@ -163,7 +183,7 @@ impl StateStore {
         options.set_memtable_prefix_bloom_ratio(0.05);
         options.set_level_compaction_dynamic_level_bytes(true);
         let db = Self::open_db(dir, &options)?;
-        Ok(StateStore { db: Some(db), path: dir.to_path_buf(), options })
+        Ok(StateStore { db: Some(db), path: dir.to_path_buf(), options, disable_wal: tuning.disable_wal })
     }
 
     fn open_db(dir: &Path, options: &Options) -> Result<DB, StoreError> {
@@ -268,7 +288,22 @@ impl StateStore {
                 None => write.delete_cf(cf, k),
             }
         }
-        self.db()?.write(write).map_err(|e| self.rocks(e))
+        let mut opts = WriteOptions::default();
+        opts.disable_wal(self.disable_wal);
+        self.db()?.write_opt(write, &opts).map_err(|e| self.rocks(e))
+    }
+
+    /// Writes every memtable to disk: without a WAL, what a clean stop does
+    /// so that the next start needs no restore.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let db = self.db()?;
+        let cfs: Vec<_> = DB::list_cf(&self.options, &self.path).unwrap_or_default();
+        for name in cfs {
+            if let Some(cf) = db.cf_handle(&name) {
+                db.flush_cf(cf).map_err(|e| self.rocks(e))?;
+            }
+        }
+        Ok(())
     }
 
     /// Every reservation of a partition, in key order (for inspection and tests).

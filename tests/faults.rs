@@ -184,7 +184,7 @@ fn broker_gone_for_30_seconds_mid_stream_loses_nothing() {
 
     assert_replays_events_without_restart(&broker, &out, &mut instance, &expected);
     instance.wait_log("transient failure", 1, Duration::from_secs(5));
-    instance.wait_log("input resumed", 1, Duration::from_secs(5));
+    instance.wait_log("the interval went through after the failure", 1, Duration::from_secs(5));
     assert_eq!(instance.terminate(), Some(0));
 }
 
@@ -213,7 +213,7 @@ fn set_writable(dir: &Path, writable: bool) {
 }
 
 #[test]
-fn an_unwritable_state_directory_pauses_and_resumes_without_loss() {
+fn an_unwritable_state_directory_loses_nothing() {
     let broker = Broker::start("readonly");
     let input = broker.name("raw");
     broker.create_topic(&input, 2, &[]);
@@ -224,7 +224,10 @@ fn an_unwritable_state_directory_pauses_and_resumes_without_loss() {
 
     let app = broker.name("app");
     let state = tempfile::tempdir().unwrap();
-    // A 64 KB memtable needs new files often, so the unwritable directory bites at once.
+    // A 64 KB memtable needs new files often, so the unwritable directory
+    // bites at once. The store writes no WAL (the changelog is the durable
+    // copy), so RocksDB may hold the writes in memory and retry its flushes
+    // itself, or report the failure, which pauses and rewinds the interval.
     let env = [("RESEVENT_MAX_BATCH_RECORDS", "20"), ("RESEVENT_STATE_WRITE_BUFFER_BYTES", "65536"), ("RESEVENT_RETRY_MAX_BACKOFF_MS", "2000")];
     let mut instance = Instance::start_with(&broker, &input, &app, state.path(), "a", &[], &env);
     let out = format!("{app}-events");
@@ -232,14 +235,22 @@ fn an_unwritable_state_directory_pauses_and_resumes_without_loss() {
     set_writable(state.path(), false);
     broker.produce(&input, rest);
     let fixed = Writable(state.path());
-    instance.wait_log("transient failure", 2, Duration::from_secs(60));
-    let log = std::fs::read_to_string(&instance.log).unwrap();
-    assert!(log.contains("state store"), "the failure names the state store: {}", instance.log.display());
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(5));
     drop(fixed);
-    instance.wait_log("state store reopened", 1, Duration::from_secs(30));
     assert_replays_events_without_restart(&broker, &out, &mut instance, &expected);
+    let log_path = instance.log.clone();
     assert_eq!(instance.terminate(), Some(0));
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    if log.contains("transient failure") {
+        assert!(log.contains("state store"), "a failure names the state store: {}", log_path.display());
+    }
+    // The state it kept through the outage is replay's.
+    let store = resevent::store::StateStore::open(state.path()).unwrap();
+    let mut kept = std::collections::BTreeMap::new();
+    for p in 0..2 {
+        kept.extend(store.reservations(&resevent::service::restore::task_name(p)).unwrap());
+    }
+    assert!(kept == replay_state(&records), "the state after the outage differs from replay's");
 }
 
 /// Makes the directory writable again when dropped, even if the test fails.

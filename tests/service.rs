@@ -68,9 +68,17 @@ fn end_to_end_the_business_topic_holds_what_replay_emits() {
     let expected_checkouts: Vec<serde_json::Value> = expected.iter().filter(|e| e["eventType"] == "CHECKED_OUT").cloned().collect();
     assert!(!expected_checkouts.is_empty());
     assert_same_per_reservation(&routed, &expected_checkouts);
-    // The changelog is compacted-ready: one partition per input partition, keyed by id.
+    // The changelog holds every reservation's final state, as replay computes
+    // it, one partition per input partition, keyed by id.
     let changelog = broker.read_all(&format!("{app}-reservation-state-changelog"));
     assert!(changelog.iter().all(|r| r.key.is_some() && r.partition < 4));
+    let mut last: std::collections::BTreeMap<String, resevent::machine::ReservationState> = Default::default();
+    for r in &changelog {
+        last.insert(r.key.clone().unwrap(), resevent::store::decode(r.value.as_deref().expect("no tombstones here")).expect("a state record"));
+    }
+    let replayed = replay_state(&records);
+    assert_eq!(last.len(), replayed.len(), "one changelog key per reservation");
+    assert!(last == replayed, "the changelog's last states differ from replay's");
 }
 
 #[test]
@@ -91,13 +99,15 @@ fn scale_out_then_kill_9_and_restart_loses_nothing() {
     wait_for(&broker, &out, Duration::from_secs(120), |e| !e.is_empty());
     let b = Instance::start(&broker, &input, &app, dirs[1].path(), "b");
     broker.produce(&input, &records[third..2 * third]);
-    std::thread::sleep(Duration::from_secs(5));
+    // Each kill and join happens once the group has visibly rebalanced onto
+    // the newcomer: it logged its assignment and a restored partition.
+    b.wait_log("partition ready", 1, Duration::from_secs(60));
     let c = Instance::start(&broker, &input, &app, dirs[2].path(), "c");
-    std::thread::sleep(Duration::from_secs(5));
+    c.wait_log("partition ready", 1, Duration::from_secs(60));
     b.kill9();
     broker.produce(&input, &records[2 * third..]);
-    std::thread::sleep(Duration::from_secs(3));
     let b = Instance::start(&broker, &input, &app, dirs[1].path(), "b2");
+    b.wait_log("partitions assigned", 1, Duration::from_secs(60));
 
     let got = wait_for(&broker, &out, Duration::from_secs(180), |e| dedup(e).len() >= expected.len());
     let unique = dedup(&got);
@@ -156,14 +166,7 @@ fn crash_loop_with_kill_9_converges_to_replay_and_the_changelog_rebuilds_replays
             assert!(from_changelog.insert(id, s).is_none(), "a reservation in two partitions");
         }
     }
-    let replay_dir = tempfile::tempdir().unwrap();
-    let input_file = replay_dir.path().join("in.jsonl");
-    std::fs::write(&input_file, records.iter().map(|(_, v)| format!("{v}\n")).collect::<String>()).unwrap();
-    let st = replay_dir.path().join("state");
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_resevent")).arg("replay").arg("--state-dir").arg(&st).arg(&input_file).stdout(std::process::Stdio::null()).status().unwrap();
-    assert!(status.success());
-    let replay_store = StateStore::open(&st).unwrap();
-    let from_replay: std::collections::BTreeMap<_, _> = replay_store.reservations(resevent::replay::REPLAY_PARTITION).unwrap().into_iter().collect();
+    let from_replay = replay_state(&records);
     assert_eq!(from_changelog.len(), 2000);
     assert!(from_changelog == from_replay, "state rebuilt from the changelog differs from replay's");
 }
@@ -302,4 +305,72 @@ fn a_restart_in_the_middle_of_a_transaction_applies_the_rest_and_tombstones_dele
         })
         .collect();
     assert_eq!(without_ids(&got), shifted);
+}
+
+/// The UTC time (ms) of the first log line holding `pattern`.
+fn logged_at(log: &str, pattern: &str) -> i64 {
+    let line = log.lines().find(|l| l.contains(pattern)).unwrap_or_else(|| panic!("{pattern:?} not in the log"));
+    let stamp = line.split_whitespace().next().unwrap();
+    resevent::time::parse_millis(stamp).unwrap_or_else(|| panic!("no time in {line}"))
+}
+
+#[test]
+fn a_restore_longer_than_the_poll_interval_keeps_membership_while_other_partitions_flow() {
+    use resevent::change::{ChangeId, SourcePosition};
+    use resevent::machine::ReservationState;
+    use resevent::pipeline::State;
+    let broker = Broker::start("longrestore");
+    let input = broker.name("raw");
+    broker.create_topic(&input, 2, &[]);
+    let app = broker.name("app");
+    let changelog = format!("{app}-reservation-state-changelog");
+    broker.create_topic(&changelog, 2, &[("cleanup.policy", "compact")]);
+    // Partition 0's changelog: a million guests in house, in room 101.
+    const N: usize = 1_000_000;
+    let in_house = ReservationState {
+        state: State::InHouse,
+        status: Some("Arrived".into()),
+        fields: [Some("P-OSL-01".into()), Some("101".into()), None, None],
+        position: Some(SourcePosition::Cluster { t: 1_795_000_000, i: 1 }),
+        applied: vec![ChangeId(1)],
+    };
+    let value = resevent::store::encode(&in_house);
+    let states: Vec<RawRecord> = (0..N).map(|i| (Some(format!("bulk-{i}").into_bytes()), Some(value.clone()))).collect();
+    broker.produce_to(&changelog, Some(0), &states);
+    drop(states);
+    // A room move that only the restored state makes a ROOM_CHANGED (on
+    // partition 0), and a walk-in on partition 1, whose restore is empty.
+    let change = |id: &str, body: &str| (Some(id.as_bytes().to_vec()), Some(body.as_bytes().to_vec()));
+    let room_move = r#"{"_id": {"_data": "826A"}, "operationType": "update", "clusterTime": {"$timestamp": {"t": 1795000100, "i": 1}}, "documentKey": {"_id": "bulk-7"}, "updateDescription": {"updatedFields": {"roomNumber": "202"}, "removedFields": []}}"#;
+    let walk_in = r#"{"_id": {"_data": "826B"}, "operationType": "insert", "clusterTime": {"$timestamp": {"t": 1795000100, "i": 2}}, "documentKey": {"_id": "walkin-1"}, "fullDocument": {"_id": "walkin-1", "propertyId": "P-OSL-01", "bookingStatus": "Arrived", "roomNumber": "7"}}"#;
+    broker.produce_to(&input, Some(0), &[change("bulk-7", room_move)]);
+    broker.produce_to(&input, Some(1), &[change("walkin-1", walk_in)]);
+
+    let dir = tempfile::tempdir().unwrap();
+    // A poll interval far below the restore's duration (librdkafka wants the
+    // session timeout no longer than it).
+    let poll = [("RESEVENT_CONSUMER__MAX_POLL_INTERVAL_MS", "1500"), ("RESEVENT_CONSUMER__SESSION_TIMEOUT_MS", "1500"), ("RESEVENT_CONSUMER__HEARTBEAT_INTERVAL_MS", "300")];
+    let i = Instance::start_with(&broker, &input, &app, dir.path(), "a", &[], &poll);
+    let out = format!("{app}-events");
+    i.wait_log("restored partition=0", 1, Duration::from_secs(300));
+    wait_for(&broker, &out, Duration::from_secs(60), |e| e.len() >= 2);
+    let log = std::fs::read_to_string(&i.log).unwrap();
+    assert_eq!(i.terminate(), Some(0));
+
+    let events = broker.read_all(&out);
+    let json: Vec<serde_json::Value> = events.iter().map(Record::json).collect();
+    let types: Vec<(&str, &str)> = json.iter().map(|e| (e["reservationId"].as_str().unwrap(), e["eventType"].as_str().unwrap())).collect();
+    assert!(types.contains(&("walkin-1", "CHECKED_IN")), "{types:?}");
+    let moved = json.iter().find(|e| e["reservationId"] == "bulk-7").expect("the room move, judged against restored state");
+    assert_eq!((moved["eventType"].as_str(), moved["previousRoomNumber"].as_str(), moved["roomNumber"].as_str()), (Some("ROOM_CHANGED"), Some("101"), Some("202")));
+    // The walk-in went out while partition 0 was still restoring.
+    let walk_in_sent = events.iter().zip(&json).find(|(_, e)| e["reservationId"] == "walkin-1").unwrap().0.timestamp.unwrap();
+    let restore_started = logged_at(&log, "restoring state from the changelog partition=0");
+    let restore_done = logged_at(&log, "restored partition=0");
+    assert!(walk_in_sent < restore_done, "partition 1's event at {walk_in_sent}, partition 0 restored at {restore_done}");
+    assert!(restore_done - restore_started > 1500, "the restore ({} ms) must outlast max.poll.interval.ms for this test to mean anything", restore_done - restore_started);
+    // Membership kept: assigned once, never revoked, never out of the poll interval.
+    assert_eq!(log.matches("partitions assigned").count(), 1, "{log}");
+    assert!(!log.contains("partitions revoked partitions={0") && !log.contains("maximum poll interval"), "{log}");
+    assert!(log.contains(&format!("records={N}")), "every changelog record restored");
 }

@@ -1,49 +1,79 @@
 //! The benchmark baseline for `resevent run`: consume the input and produce
-//! the same records to the output topic, with the same client settings,
-//! batching and acknowledgement discipline, and no processing. The gap
-//! between this and `resevent run` is what decoding, the table and the state
-//! store cost.
+//! the same records to the output topic, with the same client settings, the
+//! same batching and the same commit discipline (sends never waited for;
+//! every `commit_interval_ms` the producer is flushed and the offsets
+//! committed), and no processing. The gap between this and `resevent run`
+//! is what decoding, the table, the state store and the changelog cost.
 
+use std::collections::BTreeMap;
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::RunSummary;
 use super::config::RunConfig;
-use super::{RunSummary, acknowledged, group_consumer_config, next_batch, producer_config, record_latency, send};
+use super::input;
+use super::sink::RecordCollector;
 use crate::engine::Counts;
+use crate::kafka;
 
 pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunSummary> {
-    // The same client settings as `run`, so the comparison measures processing only.
-    let consumer: StreamConsumer<DefaultConsumerContext> = group_consumer_config(&cfg, &format!("{}-passthrough", cfg.application_id)).create()?;
-    let producer_cfg = producer_config(&cfg);
-    let producer: FutureProducer = producer_cfg.create()?;
+    let consumer: StreamConsumer<DefaultConsumerContext> = kafka::group_consumer_config(&cfg, &format!("{}-passthrough", cfg.application_id)).create()?;
+    let mut collector = tokio::task::block_in_place(|| RecordCollector::new(kafka::producer_config(&cfg), String::new()))?;
     consumer.subscribe(&cfg.input_topics.iter().map(String::as_str).collect::<Vec<_>>())?;
 
     let mut summary = RunSummary::default();
     let idle = cfg.idle_exit_secs.map(Duration::from_secs);
+    let interval = Duration::from_millis(cfg.commit_interval());
+    let mut last_commit = Instant::now();
+    let mut last_input = Instant::now();
+    let mut pending: BTreeMap<(String, i32), i64> = BTreeMap::new();
     tokio::pin!(shutdown);
-    while let Some(batch) = next_batch(&consumer, Vec::new(), cfg.max_batch_records, Duration::from_millis(cfg.batch_wait_ms), idle, &mut shutdown).await {
-        let mut futures = Vec::with_capacity(batch.len());
-        let mut commit = TopicPartitionList::new();
-        for m in &batch {
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(&cfg.output_topic);
-            if let Some(k) = m.key() {
-                record = record.key(k);
-            }
-            if let Some(v) = m.payload() {
-                record = record.payload(v);
-            }
-            futures.push(send(&producer, record).await?);
-            commit.add_partition_offset(m.topic(), m.partition(), Offset::Offset(m.offset() + 1))?;
+    loop {
+        let batch = tokio::select! {
+            _ = shutdown.as_mut() => break,
+            m = consumer.recv() => match input::arrived(m) {
+                input::Arrived::Record(first) => input::fill_batch(&consumer, vec![first], cfg.max_batch_records, Duration::from_millis(cfg.batch_wait_ms)).await,
+                input::Arrived::Error => Vec::new(),
+            },
+            _ = tokio::time::sleep(Duration::from_millis(100)) => Vec::new(),
+        };
+        if !batch.is_empty() {
+            last_input = Instant::now();
         }
-        acknowledged(futures, "passthrough record").await?;
-        record_latency(&mut summary.latency, &batch);
-        consumer.commit(&commit, CommitMode::Async)?;
-        summary.record_batch(&Counts { records: batch.len() as u64, ..Counts::default() });
+        for m in &batch {
+            collector.send_copy(&cfg.output_topic, m.key(), m.payload(), None, m.timestamp().to_millis()).await?;
+            pending.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
+        }
+        if !batch.is_empty() {
+            summary.record_batch(&Counts { records: batch.len() as u64, ..Counts::default() });
+        }
+        if !pending.is_empty() && last_commit.elapsed() >= interval {
+            tokio::task::block_in_place(|| collector.flush())?;
+            consumer.commit(&offsets(&std::mem::take(&mut pending))?, CommitMode::Async)?;
+            summary.acknowledged();
+            last_commit = Instant::now();
+        }
+        if idle.is_some_and(|idle| last_input.elapsed() >= idle) {
+            break;
+        }
     }
+    tokio::task::block_in_place(|| collector.flush())?;
+    if !pending.is_empty() {
+        consumer.commit(&offsets(&pending)?, CommitMode::Sync)?;
+    }
+    summary.acknowledged();
+    summary.latency = collector.latency();
     Ok(summary)
+}
+
+fn offsets(next: &BTreeMap<(String, i32), i64>) -> anyhow::Result<TopicPartitionList> {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, p), offset) in next {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*offset))?;
+    }
+    Ok(tpl)
 }

@@ -1,5 +1,10 @@
 //! Restoring a task's state from its changelog partition when the partition
-//! is assigned to this instance.
+//! is assigned to this instance: beside processing, on a thread of its own
+//! ([`RestoreWorker`]), like Kafka Streams' state updater. The newly assigned
+//! input partition stays paused until its state is current; the consumer
+//! keeps polling and the other partitions keep flowing, so a restore longer
+//! than `max.poll.interval.ms` costs no membership. A partition revoked
+//! while restoring stops its restore at the next poll.
 //!
 //! The local state of task N carries `changelog-next`: the changelog offset
 //! up to which it is complete, written in the same WriteBatch as the state.
@@ -13,7 +18,8 @@
 //! the last batch's base offset + 1 from ListOffsets, so the checkpoint is the
 //! position at EOF, which the fetch response gets right on every broker.)
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -41,6 +47,8 @@ pub struct Restored {
     pub records: u64,
     /// Whether the local state was wiped first.
     pub rebuilt: bool,
+    /// False when the restore stopped early because the partition was revoked.
+    pub complete: bool,
 }
 
 pub struct Restorer {
@@ -67,8 +75,9 @@ impl rdkafka::ClientContext for RestoreContext {
 impl rdkafka::consumer::ConsumerContext for RestoreContext {}
 
 impl Restorer {
-    /// Brings task `partition`'s local state up to the changelog's current end.
-    pub fn restore(&self, partition: i32) -> anyhow::Result<Restored> {
+    /// Brings task `partition`'s local state up to the changelog's current
+    /// end, unless `wanted` turns false first (the partition was revoked).
+    pub fn restore(&self, partition: i32, wanted: &dyn Fn() -> bool) -> anyhow::Result<Restored> {
         let name = task_name(partition);
         // The broker may be coming back from an outage: keep asking until the stall limit.
         let asked = Instant::now();
@@ -111,7 +120,7 @@ impl Restorer {
                 self.store.lock().expect("store lock").commit(&name, batch)?;
             }
             tracing::info!(partition, changelog_end = high, "state is current");
-            return Ok(Restored { records: 0, rebuilt });
+            return Ok(Restored { records: 0, rebuilt, complete: true });
         }
 
         tracing::info!(partition, from = start, to = high, rebuilt, "restoring state from the changelog");
@@ -125,6 +134,14 @@ impl Restorer {
         let mut next = start;
         let mut batch = StateBatch::default();
         let result = loop {
+            if !wanted() {
+                // Revoked: what was read so far is consistent with its checkpoint.
+                self.consumer.unassign()?;
+                batch.mark(CHANGELOG_NEXT, next);
+                self.store.lock().expect("store lock").commit(&name, batch)?;
+                tracing::info!(partition, records, "restore stopped: the partition was revoked");
+                return Ok(Restored { records, rebuilt, complete: false });
+            }
             match self.consumer.poll(Duration::from_millis(200)) {
                 None => {}
                 Some(Err(KafkaError::PartitionEOF(_))) => {
@@ -173,7 +190,7 @@ impl Restorer {
         self.store.lock().expect("store lock").commit(&name, batch)?;
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         tracing::info!(partition, records, seconds = format!("{secs:.2}"), per_second = (records as f64 / secs) as u64, "restored");
-        Ok(Restored { records, rebuilt })
+        Ok(Restored { records, rebuilt, complete: true })
     }
 
     /// The changelog partition's end offset: `high` as ListOffsets reported
@@ -214,5 +231,82 @@ impl Restorer {
             Offset::Offset(o) if o >= 0 => Some(o as u64),
             _ => None,
         }
+    }
+}
+
+/// What a restore came to, for the service loop.
+pub type RestoreResult = (i32, anyhow::Result<Restored>);
+
+/// Restores on threads of their own (a small pool, each thread with its own
+/// changelog consumer), in the order partitions were assigned: a long
+/// restore of one partition does not hold up a short one of another.
+pub struct RestoreWorker {
+    /// `None` once stopping.
+    requests: Option<mpsc::Sender<i32>>,
+    /// The partitions whose restore is still wanted (assigned, not revoked).
+    wanted: Arc<Mutex<HashSet<i32>>>,
+    /// Joined on drop: each thread owns a Kafka client, which must be gone
+    /// before the process exits.
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RestoreWorker {
+    fn drop(&mut self) {
+        self.wanted.lock().expect("wanted lock").clear();
+        self.requests = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+impl RestoreWorker {
+    /// Starts one thread per restorer; finished restores arrive on `done`.
+    pub fn start(restorers: Vec<Restorer>, done: tokio::sync::mpsc::UnboundedSender<RestoreResult>) -> std::io::Result<RestoreWorker> {
+        let (requests, incoming) = mpsc::channel::<i32>();
+        let incoming = Arc::new(Mutex::new(incoming));
+        let wanted: Arc<Mutex<HashSet<i32>>> = Arc::default();
+        let mut threads = Vec::new();
+        for (n, restorer) in restorers.into_iter().enumerate() {
+            let (incoming, still, done) = (incoming.clone(), wanted.clone(), done.clone());
+            threads.push(std::thread::Builder::new().name(format!("restore-{n}")).spawn(move || {
+                loop {
+                    // The lock is held only while waiting for the next request.
+                    let Ok(p) = incoming.lock().expect("requests lock").recv() else { break };
+                    let is_wanted = || still.lock().expect("wanted lock").contains(&p);
+                    if !is_wanted() {
+                        continue;
+                    }
+                    let result = restorer.restore(p, &is_wanted);
+                    if done.send((p, result)).is_err() {
+                        break; // the service has stopped
+                    }
+                }
+            })?);
+        }
+        Ok(RestoreWorker { requests: Some(requests), wanted, threads })
+    }
+
+    /// Queues a restore of `partition`.
+    pub fn request(&self, partition: i32) {
+        self.wanted.lock().expect("wanted lock").insert(partition);
+        if let Some(r) = &self.requests {
+            let _ = r.send(partition);
+        }
+    }
+
+    /// The partition was revoked: stop or skip its restore.
+    pub fn cancel(&self, partition: i32) {
+        self.wanted.lock().expect("wanted lock").remove(&partition);
+    }
+
+    /// Whether a restore of `partition` is queued or running.
+    pub fn is_restoring(&self, partition: i32) -> bool {
+        self.wanted.lock().expect("wanted lock").contains(&partition)
+    }
+
+    /// The restore finished; it is no longer wanted.
+    pub fn finished(&self, partition: i32) {
+        self.cancel(partition);
     }
 }

@@ -141,6 +141,11 @@ impl Broker {
     /// Produces records as bytes, key and value each possibly absent (a null
     /// value is a tombstone), in order, and waits for all of them.
     pub fn produce_raw(&self, topic: &str, records: &[RawRecord]) {
+        self.produce_to(topic, None, records);
+    }
+
+    /// As `produce_raw`, to one partition when `partition` is given.
+    pub fn produce_to(&self, topic: &str, partition: Option<i32>, records: &[RawRecord]) {
         let producer: ThreadedProducer<DefaultProducerContext> = self
             .client()
             .set("enable.idempotence", "true")
@@ -151,6 +156,9 @@ impl Broker {
             .unwrap();
         for (k, v) in records {
             let mut rec: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic);
+            if let Some(p) = partition {
+                rec = rec.partition(p);
+            }
             if let Some(k) = k {
                 rec = rec.key(&k[..]);
             }
@@ -196,6 +204,7 @@ impl Broker {
                     let headers = m.headers().map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect()).unwrap_or_default();
                     out.push(Record {
                         partition: m.partition(),
+                        timestamp: m.timestamp().to_millis(),
                         key: m.key().map(|k| String::from_utf8_lossy(k).into_owned()),
                         value: m.payload().map(<[u8]>::to_vec),
                         headers,
@@ -278,6 +287,8 @@ impl Proxy {
 #[derive(Debug, Clone)]
 pub struct Record {
     pub partition: i32,
+    /// The record's timestamp (ms): when the producer created it.
+    pub timestamp: Option<i64>,
     pub key: Option<String>,
     pub value: Option<Vec<u8>>,
     pub headers: Vec<(String, String)>,
@@ -308,10 +319,11 @@ impl Instance {
             .arg("--state-dir")
             .arg(state_dir)
             .args(args)
-            .envs(env.iter().copied())
             .env("RESEVENT_CONSUMER__SESSION_TIMEOUT_MS", "6000")
             .env("RESEVENT_CONSUMER__HEARTBEAT_INTERVAL_MS", "1000")
             .env("RESEVENT_LOG", "info")
+            // The test's own settings win over the defaults above.
+            .envs(env.iter().copied())
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .stdout(Stdio::null())
             .stderr(file)
@@ -407,6 +419,18 @@ pub fn replay_events(values: &[(String, String)]) -> Vec<serde_json::Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_resevent")).arg("replay").arg(&input).env("RESEVENT_LOG", "warn").output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// Every reservation's state after `resevent replay` of the same record values.
+pub fn replay_state(values: &[(String, String)]) -> BTreeMap<String, resevent::machine::ReservationState> {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, values.iter().map(|(_, v)| format!("{v}\n")).collect::<String>()).unwrap();
+    let st = dir.path().join("state");
+    let status = Command::new(env!("CARGO_BIN_EXE_resevent")).arg("replay").arg("--state-dir").arg(&st).arg(&input).env("RESEVENT_LOG", "warn").stdout(std::process::Stdio::null()).status().unwrap();
+    assert!(status.success());
+    let store = resevent::store::StateStore::open(&st).unwrap();
+    store.reservations(resevent::replay::REPLAY_PARTITION).unwrap().into_iter().collect()
 }
 
 /// Events grouped by reservation, in order.

@@ -1,0 +1,246 @@
+//! The sinks: business events (and their routes), dead letters and changelog
+//! records, all through one producer that never waits per record — Kafka
+//! Streams' `RecordCollector`.
+//!
+//! A send only queues the record. Acknowledgements arrive on the producer's
+//! own thread ([`CollectorContext::delivery`]), which remembers the first
+//! failure, the changelog's highest acknowledged offset per partition and
+//! each business event's latency. The commit coordinator asks for them at
+//! [`RecordCollector::flush`]; a failure there rewinds the interval. The
+//! commit-time calls block (they also run in the rebalance callback); the
+//! service loop calls them through `block_in_place`.
+//!
+//! Order: one idempotent producer keeps the order of records within each
+//! partition across its retries, so a reservation's events (keyed, one
+//! partition) arrive in the order they were sent.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::ClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::ConsumerGroupMetadata;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::TopicPartitionList;
+
+use super::fault::Fault;
+use super::latency::Latency;
+use crate::deadletter::DeadLetter;
+
+/// How long a flush or a transaction call may take before the interval is
+/// given up as failed (and rewound). Within it, librdkafka keeps retrying.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The delivery opaque: what a record was, so its acknowledgement counts right.
+const CHANGELOG: usize = 0;
+const UNTIMED: usize = 1;
+/// A business event whose source record has a timestamp `t` (ms) is sent
+/// with `TIMED_BASE + t`.
+const TIMED_BASE: usize = 2;
+
+/// What the producer's delivery callbacks learn between two flushes.
+pub struct CollectorContext {
+    /// The first send that failed since the last flush, and to which topic.
+    first_error: Mutex<Option<(KafkaError, String)>>,
+    /// Per changelog partition, the offset after the highest acknowledged record.
+    changelog_next: Mutex<BTreeMap<i32, u64>>,
+    /// Source record timestamp → business event acknowledged.
+    latency: Mutex<Latency>,
+}
+
+impl ClientContext for CollectorContext {}
+
+impl ProducerContext for CollectorContext {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        match result {
+            Ok(m) => match opaque {
+                CHANGELOG => {
+                    let mut next = self.changelog_next.lock().expect("changelog lock");
+                    let e = next.entry(m.partition()).or_insert(0);
+                    *e = (*e).max(m.offset() as u64 + 1);
+                }
+                UNTIMED => {}
+                t => self.latency.lock().expect("latency lock").record(crate::time::now_millis() - (t - TIMED_BASE) as i64),
+            },
+            Err((e, m)) => {
+                let mut first = self.first_error.lock().expect("error lock");
+                if first.is_none() {
+                    *first = Some((e.clone(), m.topic().to_owned()));
+                }
+            }
+        }
+    }
+}
+
+/// One producer for every output, sending without waiting.
+pub struct RecordCollector {
+    producer: ThreadedProducer<CollectorContext>,
+    /// To build a new producer when the old one failed for good.
+    config: ClientConfig,
+    changelog: String,
+    transactional: bool,
+    /// A transaction is open (exactly-once: begun at the interval's first send).
+    in_transaction: bool,
+}
+
+fn context() -> CollectorContext {
+    CollectorContext { first_error: Mutex::new(None), changelog_next: Mutex::new(BTreeMap::new()), latency: Mutex::new(Latency::default()) }
+}
+
+impl RecordCollector {
+    /// `config` with `transactional.id` set makes an exactly-once collector.
+    pub fn new(config: ClientConfig, changelog: String) -> anyhow::Result<RecordCollector> {
+        let transactional = config.get("transactional.id").is_some();
+        let producer: ThreadedProducer<CollectorContext> = config.create_with_context(context())?;
+        if transactional {
+            producer.init_transactions(FLUSH_TIMEOUT).map_err(|e| anyhow::anyhow!("exactly-once needs a broker with transactions: {e}"))?;
+        }
+        Ok(RecordCollector { producer, config, changelog, transactional, in_transaction: false })
+    }
+
+    /// Replaces a producer that failed for good (at-least-once only; what it
+    /// had not delivered is sent again by the rewound interval).
+    pub fn renew(&mut self) -> anyhow::Result<()> {
+        *self = RecordCollector::new(self.config.clone(), std::mem::take(&mut self.changelog))?;
+        Ok(())
+    }
+
+    async fn send(&mut self, mut record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), Fault> {
+        if self.transactional && !self.in_transaction {
+            self.producer.begin_transaction().map_err(|e| Fault::kafka(e, "beginning a transaction"))?;
+            self.in_transaction = true;
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    // The producer's thread drains the queue; wait without blocking ours.
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Err((e, r)) => return Err(Fault::kafka(e, &format!("producing to {}", r.topic))),
+            }
+        }
+    }
+
+    /// A business event (JSON `payload`) to `topic`, keyed by reservation,
+    /// with the `eventType` header. `source_ms`: the input record's timestamp,
+    /// for the latency histogram.
+    pub async fn send_event(&mut self, topic: &str, reservation_id: &str, event_type: &str, payload: &[u8], source_ms: Option<i64>) -> Result<(), Fault> {
+        let headers = OwnedHeaders::new().insert(Header { key: "eventType", value: Some(event_type) });
+        let opaque = source_ms.filter(|t| *t >= 0).map_or(UNTIMED, |t| TIMED_BASE + t as usize);
+        self.send(BaseRecord::with_opaque_to(topic, opaque).key(reservation_id.as_bytes()).payload(payload).headers(headers)).await
+    }
+
+    /// A copy of a record to another topic (routes, the passthrough), not timed unless `source_ms`.
+    pub async fn send_copy(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>, headers: Option<OwnedHeaders>, source_ms: Option<i64>) -> Result<(), Fault> {
+        let opaque = source_ms.filter(|t| *t >= 0).map_or(UNTIMED, |t| TIMED_BASE + t as usize);
+        let mut r: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, opaque);
+        if let Some(k) = key {
+            r = r.key(k);
+        }
+        if let Some(v) = value {
+            r = r.payload(v);
+        }
+        if let Some(h) = headers {
+            r = r.headers(h);
+        }
+        self.send(r).await
+    }
+
+    /// A dead letter, to the same partition number as its original.
+    pub async fn send_dead_letter(&mut self, topic: &str, dl: DeadLetter<'_>) -> Result<(), Fault> {
+        let mut r: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, UNTIMED).partition(dl.partition).headers(dl.headers);
+        if let Some(k) = dl.key {
+            r = r.key(k);
+        }
+        if let Some(v) = dl.value {
+            r = r.payload(v);
+        }
+        self.send(r).await
+    }
+
+    /// A reservation's state to its task's changelog partition. Blocking:
+    /// it runs inside a commit, where a full queue is waited out by letting
+    /// the producer deliver (the outputs before it are acknowledged already).
+    pub fn send_changelog(&mut self, partition: i32, id: &str, record: &[u8]) -> Result<(), Fault> {
+        if self.transactional && !self.in_transaction {
+            self.producer.begin_transaction().map_err(|e| Fault::kafka(e, "beginning a transaction"))?;
+            self.in_transaction = true;
+        }
+        let mut r = BaseRecord::with_opaque_to(&self.changelog, CHANGELOG).partition(partition).key(id.as_bytes()).payload(record);
+        loop {
+            match self.producer.send(r) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    r = back;
+                    let _ = self.producer.flush(Duration::from_millis(100));
+                }
+                Err((e, back)) => return Err(Fault::kafka(e, &format!("producing to {}", back.topic))),
+            }
+        }
+    }
+
+    /// Waits until everything sent is acknowledged; the first failure since
+    /// the last flush, if any, is the interval's.
+    pub fn flush(&mut self) -> Result<(), Fault> {
+        let flushed = self.producer.flush(FLUSH_TIMEOUT);
+        self.take_error()?;
+        flushed.map_err(|e| Fault::kafka(e, &format!("outputs not acknowledged within {}s", FLUSH_TIMEOUT.as_secs())))
+    }
+
+    fn take_error(&self) -> Result<(), Fault> {
+        match self.producer.context().first_error.lock().expect("error lock").take() {
+            Some((e, topic)) => Err(Fault::kafka(e, &format!("a record to {topic} was not acknowledged"))),
+            None => Ok(()),
+        }
+    }
+
+    /// The changelog offsets acknowledged since the last call.
+    pub fn take_changelog_next(&self) -> BTreeMap<i32, u64> {
+        std::mem::take(&mut *self.producer.context().changelog_next.lock().expect("changelog lock"))
+    }
+
+    /// Exactly-once: commits the interval's transaction with the input offsets.
+    pub fn commit_transaction(&mut self, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> Result<(), Fault> {
+        if !self.in_transaction {
+            self.producer.begin_transaction().map_err(|e| Fault::kafka(e, "beginning a transaction"))?;
+            self.in_transaction = true;
+        }
+        self.producer
+            .send_offsets_to_transaction(offsets, group, FLUSH_TIMEOUT)
+            .and_then(|()| self.producer.commit_transaction(FLUSH_TIMEOUT))
+            .map_err(|e| Fault::kafka(e, "committing the transaction"))?;
+        self.in_transaction = false;
+        self.take_error()
+    }
+
+    /// Abandons the interval: aborts an open transaction (read_committed
+    /// consumers never see it) and forgets failures already reported.
+    pub fn abandon(&mut self) {
+        if self.in_transaction {
+            if let Err(e) = self.producer.abort_transaction(FLUSH_TIMEOUT) {
+                tracing::warn!(error = %e, "aborting the transaction");
+            }
+            self.in_transaction = false;
+        }
+        let _ = self.take_error();
+        self.take_changelog_next();
+    }
+
+    /// The latency histogram so far.
+    pub fn latency(&self) -> Latency {
+        self.producer.context().latency.lock().expect("latency lock").clone()
+    }
+
+    /// Whether this collector writes transactions.
+    pub fn is_transactional(&self) -> bool {
+        self.transactional
+    }
+}
