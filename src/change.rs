@@ -239,4 +239,8 @@ pub struct Change {
     pub snapshot: bool,
     /// Tells this change apart from others at the same position (see [`ChangeId`]).
     pub identity: ChangeId,
+    /// An update whose looked-up document was left unread
+    /// (`Decoder::decode_deferring_lookups`): `lookup` is `None` here but the
+    /// record has one, which a reservation seen for the first time needs.
+    pub lookup_deferred: bool,
 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use crate::change::SourcePosition;
 use crate::decode::{DecodeError, Decoded, Decoder};
 use crate::machine::{self, BusinessEvent, Outcome, ReservationState};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, State};
 use crate::store::{StateBatch, StateSource, StoreError};
 #[cfg(test)]
 use crate::store::StateStore;
@@ -106,7 +106,7 @@ impl Engine {
         let mut changes = Vec::with_capacity(records.len());
         for (index, rec) in records.iter().enumerate() {
             out.counts.records += 1;
-            match self.decoder.decode(rec.key, rec.value) {
+            match self.decoder.decode_deferring_lookups(rec.key, rec.value) {
                 Ok(Decoded::Change(mut c)) => {
                     // A record without a source position is ordered by its input position.
                     c.position.get_or_insert(SourcePosition::Input(rec.offset));
@@ -136,6 +136,21 @@ impl Engine {
 
         for (index, change) in &changes {
             let slot = slots[change.reservation_id.as_str()];
+            let read_in_full;
+            let change = if change.lookup_deferred && current[slot].as_ref().is_none_or(|s| s.state == State::None) {
+                // First seen: the looked-up document seeds it, so read it now.
+                let rec = &records[*index];
+                read_in_full = match self.decoder.decode(rec.key, rec.value) {
+                    Ok(Decoded::Change(mut full)) => {
+                        full.position = change.position;
+                        full
+                    }
+                    _ => change.clone(),
+                };
+                &read_in_full
+            } else {
+                change
+            };
             match machine::apply(&self.pipeline, current[slot].as_ref(), change) {
                 Outcome::Stale => out.counts.stale += 1,
                 Outcome::Duplicate => out.counts.duplicates += 1,
@@ -246,6 +261,35 @@ mod tests {
             prop_assert!(again.is_empty());
             prop_assert_eq!(first, second);
         }
+    }
+
+    #[test]
+    fn leaving_lookups_unread_until_needed_changes_nothing() {
+        // Starting mid-stream, so many reservations are first seen by an
+        // update, whose looked-up document must seed them.
+        let lines: Vec<String> = stream(3000, &[]).split_off(1000);
+        let (events, states) = run(&lines, &[250, 1200], None);
+        // The reference: every record decoded in full, applied in order.
+        let e = engine();
+        let mut reference: std::collections::BTreeMap<String, ReservationState> = Default::default();
+        let mut expected = Vec::new();
+        for (n, l) in lines.iter().enumerate() {
+            let Ok(Decoded::Change(mut c)) = e.decoder.decode(None, Some(l.as_bytes())) else { continue };
+            c.position.get_or_insert(SourcePosition::Input(n as u64));
+            match machine::apply(&e.pipeline, reference.get(&c.reservation_id), &c) {
+                Outcome::Applied { state, events } => {
+                    reference.insert(c.reservation_id.clone(), state);
+                    expected.extend(events);
+                }
+                Outcome::Unmapped { state, .. } => {
+                    reference.insert(c.reservation_id.clone(), state);
+                }
+                Outcome::Stale | Outcome::Duplicate => {}
+            }
+        }
+        assert!(expected.iter().any(|ev| ev.event_type == "ROOM_CHANGED"));
+        assert_eq!(events, expected);
+        assert_eq!(states, reference.into_iter().collect::<Vec<_>>());
     }
 
     #[test]

@@ -58,7 +58,7 @@ pub(super) fn decode(top: Top<'_>, key: Option<&str>, paths: &FieldPaths) -> Res
     // and its transaction (all of a transaction's changes share ts_ms and ord).
     let txn = super::transaction(source.and_then(|s| s.get("lsid")), source.and_then(|s| s.get("txnNumber")));
     let identity = super::operation_identity(&operation, txn.as_ref());
-    Ok(Decoded::Change(Change { reservation_id, operation, position, occurred_at_ms: ts_ms, snapshot, identity }))
+    Ok(Decoded::Change(Change { reservation_id, operation, position, occurred_at_ms: ts_ms, snapshot, identity, lookup_deferred: false }))
 }
 
 /// Debezium's `source.ts_ms` is the cluster time's seconds × 1000 and `ord`
@@ -231,5 +231,5 @@ pub(super) fn decode_document(top: Top<'_>, key: Option<&str>, paths: &FieldPath
         _ => None,
     };
     let identity = super::operation_identity(&operation, txn.as_ref());
-    Ok(Decoded::Change(Change { reservation_id, operation, position, occurred_at_ms, snapshot, identity }))
+    Ok(Decoded::Change(Change { reservation_id, operation, position, occurred_at_ms, snapshot, identity, lookup_deferred: false }))
 }

@@ -233,6 +233,21 @@ impl Decoder {
     /// Decodes one record. `key` is the record key (Debezium puts a deleted
     /// document's id only there); `value` is `None` for a tombstone.
     pub fn decode(&self, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Decoded, DecodeError> {
+        self.decode_with(key, value, false)
+    }
+
+    /// As [`Decoder::decode`], but an update's looked-up document (the
+    /// MongoDB connector's `fullDocument` with updateLookup) is skipped, not
+    /// read: delta first means it matters only for a reservation seen for the
+    /// first time, and reading ~1 KB of guest profile per update is most of a
+    /// record's cost. Such a change says so (`lookup_deferred`); the caller
+    /// decodes the record again with [`Decoder::decode`] when it finds the
+    /// reservation unknown.
+    pub fn decode_deferring_lookups(&self, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Decoded, DecodeError> {
+        self.decode_with(key, value, true)
+    }
+
+    fn decode_with(&self, key: Option<&[u8]>, value: Option<&[u8]>, defer: bool) -> Result<Decoded, DecodeError> {
         let Some(value) = value else { return self.tombstone(key) };
         let size = value.len() + key.map_or(0, <[u8]>::len);
         if size > self.limits.max_record_bytes {
@@ -247,7 +262,7 @@ impl Decoder {
             Some(k) => Some(std::str::from_utf8(k).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?),
             None => None,
         };
-        self.decode_text(key, text, 0)
+        self.decode_text(key, text, 0, defer)
     }
 
     /// A record with a null value. The MongoDB source connector with
@@ -284,12 +299,13 @@ impl Decoder {
             occurred_at_ms: None,
             snapshot: false,
             identity: ChangeId::of_operation(&Operation::Delete, None),
+            lookup_deferred: false,
         }))
     }
 
     /// Decodes a value given as text; `unwrapped` counts the string or
     /// JsonConverter layers already peeled off, so a value cannot nest forever.
-    fn decode_text(&self, key: Option<&str>, text: &str, unwrapped: u8) -> Result<Decoded, DecodeError> {
+    fn decode_text(&self, key: Option<&str>, text: &str, unwrapped: u8, defer: bool) -> Result<Decoded, DecodeError> {
         let trimmed = text.trim_start();
         if nests_deeper_than(trimmed, self.limits.max_nesting_depth) {
             return Err(DecodeError::TooDeep { limit: self.limits.max_nesting_depth });
@@ -300,7 +316,7 @@ impl Decoder {
             Some(b'"') if unwrapped < 2 => {
                 // StringConverter, or JsonConverter without schemas: a JSON string holding the JSON.
                 let inner: String = serde_json::from_str(trimmed).map_err(json_error)?;
-                return self.decode_text(key, &inner, unwrapped + 1);
+                return self.decode_text(key, &inner, unwrapped + 1, defer);
             }
             Some(b'n') if trimmed.trim_end() == "null" => return self.tombstone(key.map(str::as_bytes)),
             Some(_) => {
@@ -309,7 +325,7 @@ impl Decoder {
             }
         }
         let mut de = serde_json::Deserializer::from_str(trimmed);
-        let top = TopSeed(&self.paths).deserialize(&mut de).map_err(json_error)?;
+        let top = TopSeed(&self.paths, defer).deserialize(&mut de).map_err(json_error)?;
         de.end().map_err(json_error)?;
 
         if let Some(payload) = top.payload.filter(|_| top.schema) {
@@ -317,7 +333,7 @@ impl Decoder {
             if unwrapped >= 2 {
                 return Err(DecodeError::NotAChange("JsonConverter envelopes nested too deep".into()));
             }
-            return self.decode_text(key, payload.get(), unwrapped + 1);
+            return self.decode_text(key, payload.get(), unwrapped + 1, defer);
         }
         if top.operation_type.is_some() {
             if self.format == Format::Debezium {
@@ -331,7 +347,7 @@ impl Decoder {
             }
             return debezium::decode(top, key, &self.paths);
         }
-        if top.document_key.is_some() || top.full_document.is_some() || top.update_description.is_some() || top.cluster_time.is_some() {
+        if top.document_key.is_some() || top.full_document.is_some() || top.full_document_raw.is_some() || top.update_description.is_some() || top.cluster_time.is_some() {
             return Err(DecodeError::Malformed("a change-stream event (documentKey, fullDocument, clusterTime…) without operationType".into()));
         }
         if top.after.is_some() || top.patch.is_some() {
@@ -483,6 +499,9 @@ struct Top<'de> {
     operation_type: Option<Lv<'de>>,
     /// `Some(None)` when present and null.
     full_document: Option<Option<Captured<'de>>>,
+    /// An update's looked-up `fullDocument`, skipped over unread (see
+    /// [`Decoder::decode_deferring_lookups`]).
+    full_document_raw: Option<&'de RawValue>,
     document_key: Option<Lv<'de>>,
     update_description: Option<&'de RawValue>,
     cluster_time: Option<Lv<'de>>,
@@ -530,7 +549,10 @@ impl<'de> de::Deserialize<'de> for Key<'de> {
 /// `delete.handling.mode=rewrite` (`__deleted`).
 const FLAT_KEYS: [&str; 8] = ["__op", "__deleted", "__source_ts_ms", "__source_ord", "__source_snapshot", "__ts_ms", "__source_lsid", "__source_txnNumber"];
 
-struct TopSeed<'p>(&'p FieldPaths);
+/// The field paths, and whether an update's looked-up `fullDocument` may be
+/// skipped (left as raw text) when `operationType` is known to be `update`
+/// before it (the connector writes `operationType` first).
+struct TopSeed<'p>(&'p FieldPaths, bool);
 
 impl<'de> DeserializeSeed<'de> for TopSeed<'_> {
     type Value = Top<'de>;
@@ -549,6 +571,7 @@ impl<'de> Visitor<'de> for TopSeed<'_> {
         while let Some(Key(owned_key)) = map.next_key::<Key>()? {
             let key = owned_key.as_ref();
             match key {
+                "fullDocument" if self.1 && matches!(&top.operation_type, Some(Lv::Str(op)) if op == "update") => top.full_document_raw = Some(map.next_value()?),
                 "fullDocument" => top.full_document = Some(map.next_value_seed(CaptureSeed(self.0))?),
                 "updateDescription" => top.update_description = Some(map.next_value()?),
                 "after" => top.after = Some(map.next_value()?),

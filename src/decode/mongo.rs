@@ -38,6 +38,8 @@ pub(super) fn decode(top: Top<'_>, paths: &FieldPaths) -> Result<Decoded, Decode
         return Ok(Decoded::Ignored("collection-level change-stream event (drop, rename, invalidate, …)"));
     }
     let full = top.full_document.as_ref().and_then(Option::as_ref);
+    // An update's looked-up document left unread (decode_deferring_lookups).
+    let lookup_deferred = top.full_document_raw.is_some_and(|raw| raw.get() != "null");
     let doc_values = |what: &str| -> Result<_, DecodeError> {
         full.map(|d| d.values(paths)).ok_or_else(|| DecodeError::Malformed(format!("{what} event without fullDocument")))
     };
@@ -62,7 +64,15 @@ pub(super) fn decode(top: Top<'_>, paths: &FieldPaths) -> Result<Decoded, Decode
     };
 
     let copying = top.id.as_ref().is_some_and(|id| matches!(id.get("copyingData"), Some(Lv::Bool(true))) || id.get("copyingData").and_then(Lv::as_str) == Some("true"));
-    let reservation_id = reservation_id(&top, full, paths, copying)?;
+    let reservation_id = match reservation_id(&top, full, paths, copying) {
+        // A documentKey without the id (a pipeline projected it away): the
+        // unread document may still hold it.
+        Err(DecodeError::MissingId(_)) if lookup_deferred => {
+            let doc = super::document_from_raw(top.full_document_raw.expect("deferred"), paths, "fullDocument")?;
+            reservation_id(&top, doc.as_ref(), paths, copying)?
+        }
+        other => other?,
+    };
     let cluster_time = match &top.cluster_time {
         Some(v) => Some(lean::timestamp(v).ok_or_else(|| DecodeError::Malformed(format!("clusterTime {v} is not a BSON timestamp {{\"$timestamp\": {{\"t\": …, \"i\": …}}}}")))?),
         None => None,
@@ -86,7 +96,7 @@ pub(super) fn decode(top: Top<'_>, paths: &FieldPaths) -> Result<Decoded, Decode
         },
         None => super::operation_identity(&operation, super::transaction(top.lsid.as_ref(), top.txn_number.as_ref()).as_ref()),
     };
-    Ok(Decoded::Change(Change { reservation_id, operation, position, occurred_at_ms, snapshot: copying, identity }))
+    Ok(Decoded::Change(Change { reservation_id, operation, position, occurred_at_ms, snapshot: copying, identity, lookup_deferred }))
 }
 
 /// Borrowed parts of the record's text, not copies.

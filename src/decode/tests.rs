@@ -415,3 +415,19 @@ fn changes_of_one_transaction_have_distinct_identities() {
     assert_eq!(change_keyed(Some(&key), &dbz(r#"{"bookingStatus":"Arrived"}"#, 7)).identity, check_in.identity);
     assert_ne!(change_keyed(Some(&key), &dbz(r#"{"bookingStatus": "Arrived"}"#, 8)).identity, check_in.identity, "another transaction");
 }
+
+#[test]
+fn an_updates_looked_up_document_can_be_left_unread_and_read_later() {
+    // As the connector writes it: operationType before fullDocument.
+    let doc = json!({"_id": {"$oid": OID}, "bookingStatus": "Arrived", "roomNumber": 305, "guest": {"notes": "x".repeat(500)}});
+    let text = mongo_update(json!({"roomNumber": 305}), json!([])).replacen("\"updateDescription\"", &format!("\"fullDocument\":{doc},\"updateDescription\""), 1);
+    assert!(text.find("operationType") < text.find("fullDocument"));
+    let Ok(Decoded::Change(lean)) = dec().decode_deferring_lookups(None, Some(text.as_bytes())) else { panic!() };
+    let full = change(&text);
+    assert!(lean.lookup_deferred && !full.lookup_deferred);
+    let (Operation::Update { delta: d1, lookup: l1 }, Operation::Update { delta: d2, lookup: l2 }) = (&lean.operation, &full.operation) else { panic!() };
+    assert_eq!(d1, d2, "the delta is read either way");
+    assert_eq!(*l1, None);
+    assert_eq!(l2.as_ref().and_then(|d| d.status.clone()).as_deref(), Some("Arrived"));
+    assert_eq!((lean.reservation_id.as_str(), lean.position, lean.identity), (full.reservation_id.as_str(), full.position, full.identity));
+}

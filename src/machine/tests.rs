@@ -26,7 +26,7 @@ fn state(status: &str, room: &str, departure: &str, t: u32) -> ReservationState 
 /// A change known by what it does (as Debezium's are), outside any transaction.
 fn change(op: Operation, t: u32) -> Change {
     let identity = ChangeId::of_operation(&op, None);
-    Change { reservation_id: "r1".into(), operation: op, position: Some(SourcePosition::Cluster { t, i: 0 }), occurred_at_ms: Some(i64::from(t) * 1000), snapshot: false, identity }
+    Change { reservation_id: "r1".into(), operation: op, position: Some(SourcePosition::Cluster { t, i: 0 }), occurred_at_ms: Some(i64::from(t) * 1000), snapshot: false, identity, lookup_deferred: false }
 }
 
 /// The same, with a resume token of its own (as the MongoDB connector's are).
@@ -343,6 +343,7 @@ fn arb_change(statuses: Vec<&'static str>) -> impl Strategy<Value = Change> {
         position: Some(SourcePosition::Cluster { t, i: 0 }),
         occurred_at_ms: None,
         snapshot: snap && t % 7 == 0,
+        lookup_deferred: false,
     })
 }
 

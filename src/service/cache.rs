@@ -15,6 +15,38 @@
 use std::collections::HashMap;
 
 use crate::machine::ReservationState;
+use crate::store::{StateSource, StateStore, StoreError};
+
+/// The engine's view of a task's state: the write-back cache first, the
+/// store for what the cache lacks (one MultiGet for all of them).
+pub struct CachedState<'a> {
+    pub cache: &'a WriteBackCache,
+    pub task: i32,
+    pub store: &'a StateStore,
+}
+
+impl StateSource for CachedState<'_> {
+    fn get_many(&self, partition: &str, ids: &[&str]) -> Result<Vec<Option<ReservationState>>, StoreError> {
+        let mut out: Vec<Option<ReservationState>> = Vec::with_capacity(ids.len());
+        let mut missing: Vec<(usize, &str)> = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            match self.cache.get(self.task, id) {
+                Some(s) => out.push(Some(s.clone())),
+                None => {
+                    out.push(None);
+                    missing.push((i, id));
+                }
+            }
+        }
+        if !missing.is_empty() {
+            let keys: Vec<&str> = missing.iter().map(|(_, id)| *id).collect();
+            for ((i, _), state) in missing.iter().zip(self.store.get_many(partition, &keys)?) {
+                out[*i] = state;
+            }
+        }
+        Ok(out)
+    }
+}
 
 /// One cached reservation.
 struct Entry {

@@ -45,9 +45,8 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::engine::{Counts, Engine, InputRecord};
 use crate::kafka;
-use crate::machine::ReservationState;
-use crate::store::{self, StateBatch, StateSource, StateStore, StoreError};
-use cache::WriteBackCache;
+use crate::store::{self, StateBatch, StateStore};
+use cache::{CachedState, WriteBackCache};
 use commit::{CommitIo, Committed, Coordinator, DirtyStates, InputPartition};
 use config::{Guarantee, RunConfig};
 use fault::{Backoff, Fault};
@@ -281,37 +280,6 @@ impl<C: Consumer<ServiceContext>> CommitIo for ServiceIo<'_, C> {
     }
 }
 
-/// The engine's view of a task's state: the write-back cache first, the
-/// store for what the cache lacks (one MultiGet for all of them).
-struct Cached<'a> {
-    cache: &'a WriteBackCache,
-    task: i32,
-    store: &'a StateStore,
-}
-
-impl StateSource for Cached<'_> {
-    fn get_many(&self, partition: &str, ids: &[&str]) -> Result<Vec<Option<ReservationState>>, StoreError> {
-        let mut out: Vec<Option<ReservationState>> = Vec::with_capacity(ids.len());
-        let mut missing: Vec<(usize, &str)> = Vec::new();
-        for (i, id) in ids.iter().enumerate() {
-            match self.cache.get(self.task, id) {
-                Some(s) => out.push(Some(s.clone())),
-                None => {
-                    out.push(None);
-                    missing.push((i, id));
-                }
-            }
-        }
-        if !missing.is_empty() {
-            let keys: Vec<&str> = missing.iter().map(|(_, id)| *id).collect();
-            for ((i, _), state) in missing.iter().zip(self.store.get_many(partition, &keys)?) {
-                out[*i] = state;
-            }
-        }
-        Ok(out)
-    }
-}
-
 /// Runs the service until `shutdown` resolves; then commits what was
 /// processed, leaves the group and returns.
 pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunSummary> {
@@ -526,7 +494,7 @@ impl Service<'_> {
                 let records: Vec<InputRecord> = msgs.iter().map(|m| InputRecord { key: m.key(), value: m.payload(), offset: m.offset() as u64 }).collect();
                 let out = {
                     let store = ctx.store.lock().expect("store lock");
-                    self.engine.process(&Cached { cache: &tasks.coordinator.cache, task: p, store: &store }, &task_name(p), &records)?
+                    self.engine.process(&CachedState { cache: &tasks.coordinator.cache, task: p, store: &store }, &task_name(p), &records)?
                 };
                 counts.add(&out.counts);
                 for (index, event) in &out.events {
