@@ -145,7 +145,7 @@ fn side_by_side(bench: &mut Bench) {
     let sample = bench.next_batch();
     // Side by side, interleaved so machine noise hits both alike.
     let (mut core, mut base, mut commit, mut ours) = (Duration::ZERO, Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    let rounds = 100;
+    let rounds: usize = std::env::var("RESEVENT_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(100);
     for _ in 0..rounds {
         let batch = bench.next_batch();
         let t = Instant::now();
