@@ -13,6 +13,7 @@ pub mod decode;
 pub mod dlq;
 pub mod engine;
 pub mod kafka;
+pub mod lookup;
 pub mod machine;
 pub mod pipeline;
 pub mod replay;

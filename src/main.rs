@@ -41,8 +41,18 @@ resevent pipeline show                          the state-machine table in use\n
 Logging goes to stderr; set RESEVENT_LOG=debug for more."
 )]
 struct Cli {
+    /// Log lines as text for people (default) or as JSON objects for log pipelines.
+    /// Levels come from RESEVENT_LOG (e.g. `info`, `resevent=debug`).
+    #[arg(long, global = true, value_enum, env = "RESEVENT_LOG_FORMAT", default_value = "text")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -149,6 +159,30 @@ RESEVENT_CONSUMER__<SETTING>, RESEVENT_PRODUCER__<SETTING> with dots written as 
     },
     /// Dead letters of `resevent run`: list, show, replay into the input, purge what was replayed.
     Dlq(resevent::dlq::DlqArgs),
+    /// Look into an instance's stored reservation state (read-only; safe beside a running instance).
+    State {
+        #[command(subcommand)]
+        command: StateCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum StateCommand {
+    /// One reservation's stored state as JSON (status, room, dates, property, last source position).
+    ///
+    /// Exit status 0 when found, 1 when no partition holds it.
+    Get {
+        /// The reservation id, as business events carry it (ObjectId hex, string, number).
+        id: String,
+        /// The instance's state directory (`state_dir` of `resevent run`).
+        #[arg(long, default_value = "resevent-state")]
+        state_dir: PathBuf,
+    },
+    /// Every stored reservation as JSON lines, for audits.
+    Dump {
+        #[arg(long, default_value = "resevent-state")]
+        state_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -167,8 +201,13 @@ enum PipelineCommand {
 
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RESEVENT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).with_ansi(io::stderr().is_terminal()).with_target(false).init();
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).with_target(false);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().with_current_span(false).init(),
+    }
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -183,6 +222,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let outcome = runtime.block_on(resevent::dlq::run(args, std::env::vars(), &mut io::stdout().lock()))?;
             Ok(ExitCode::from(outcome.exit_code()))
+        }
+        Command::State { command: StateCommand::Get { id, state_dir } } => {
+            let found = resevent::lookup::get(&state_dir, &id)?;
+            for r in &found {
+                println!("{r}");
+            }
+            if found.is_empty() {
+                eprintln!("reservation {id:?} is not in {} (its partition may be owned by another instance)", state_dir.display());
+                return Ok(ExitCode::from(1));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::State { command: StateCommand::Dump { state_dir } } => {
+            let n = resevent::lookup::dump(&state_dir, &mut BufWriter::new(io::stdout().lock()))?;
+            tracing::info!(reservations = n, "state dumped");
+            Ok(ExitCode::SUCCESS)
         }
         Command::Pipeline { command: PipelineCommand::Check { file } } => {
             let p = Pipeline::load(&file)?;
@@ -207,7 +262,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let (pipeline, origin) = load_pipeline(cfg.pipeline.as_deref())?;
             tracing::info!(pipeline = %origin, "pipeline loaded");
             let engine = Engine::new(pipeline.clone(), Decoder::new(cfg.format, pipeline.paths.clone()).with_limits(cfg.limits()));
-            let summary = runtime.block_on(service::run(cfg, engine, shutdown_signal()))?;
+            let file = pipeline_file(cfg.pipeline.as_deref());
+            let summary = runtime.block_on(service::run(cfg, engine, file, shutdown_signal()))?;
             if summary.first_batch.is_some() {
                 println!("{}", summary.to_json());
             }
@@ -277,6 +333,14 @@ fn load_pipeline(explicit: Option<&Path>) -> anyhow::Result<(Pipeline, String)> 
         return Ok((Pipeline::load(default)?, default.display().to_string()));
     }
     Ok((Pipeline::builtin(), "built-in default".into()))
+}
+
+/// The file `load_pipeline` reads, if any (the service re-reads it on SIGHUP).
+fn pipeline_file(explicit: Option<&Path>) -> Option<PathBuf> {
+    match explicit {
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(PathBuf::from(DEFAULT_PIPELINE_PATH)).filter(|p| p.exists()),
+    }
 }
 
 fn open_inputs(files: &[PathBuf]) -> anyhow::Result<Vec<Input>> {

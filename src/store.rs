@@ -186,6 +186,15 @@ impl StateStore {
         Ok(StateStore { db: Some(db), path: dir.to_path_buf(), options, disable_wal: tuning.disable_wal })
     }
 
+    /// Opens an existing store for reading only (`resevent state`): works
+    /// beside a running instance's lock, and writes nothing.
+    pub fn open_read_only(dir: &Path) -> Result<StateStore, StoreError> {
+        let options = Options::default();
+        let existing = DB::list_cf(&options, dir).map_err(|source| StoreError::Rocks { path: dir.to_path_buf(), source })?;
+        let db = DB::open_cf_for_read_only(&options, dir, existing, false).map_err(|source| StoreError::Rocks { path: dir.to_path_buf(), source })?;
+        Ok(StateStore { db: Some(db), path: dir.to_path_buf(), options, disable_wal: true })
+    }
+
     fn open_db(dir: &Path, options: &Options) -> Result<DB, StoreError> {
         let existing = DB::list_cf(options, dir).unwrap_or_else(|_| vec!["default".to_string()]);
         let descriptors = existing.iter().map(|name| ColumnFamilyDescriptor::new(name, options.clone()));

@@ -158,3 +158,42 @@ fn pipeline_check_rejects_a_bad_table_naming_the_row() {
     let text = String::from_utf8_lossy(&show.stdout);
     assert!(text.contains("IN_HOUSE     IN_HOUSE     room and departure     ROOM_CHANGED then DEPARTURE_CHANGED"), "{text}");
 }
+
+#[test]
+fn state_get_and_dump_show_what_a_replay_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().to_str().unwrap();
+    assert!(replay(&["--state-dir", state, "fixtures/mongo-transactions.jsonl"]).status.success());
+    let state_cmd = |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_resevent")).env("RESEVENT_LOG", "warn").arg("state").args(args).args(["--state-dir", state]).output().unwrap();
+    // The story's ends, from fixtures/README.md: A in room 9 until the 24th,
+    // B checked out of 214, C in 305.
+    let expected = [
+        ("6502a1f0c3b7e41d9a300001", "IN_HOUSE", "Arrived", "9", "2026-11-24T00:00:00Z", "1795300700:2", 2),
+        ("6502a1f0c3b7e41d9a300002", "DEPARTED", "Departure", "214", "2026-11-24T00:00:00Z", "1795300800:1", 1),
+        ("6502a1f0c3b7e41d9a300003", "IN_HOUSE", "Arrived", "305", "2026-11-25T00:00:00Z", "1795300600:1", 2),
+    ];
+    for (id, st, status, room, departure, position, changes) in expected {
+        let out = state_cmd(&["get", id]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let got = lines(&out.stdout);
+        assert_eq!(got.len(), 1);
+        let r = &got[0];
+        assert_eq!(
+            (r["state"].as_str(), r["bookingStatus"].as_str(), r["roomNumber"].as_str(), r["departureDate"].as_str(), r["sourcePosition"].as_str(), r["changesAtPosition"].as_u64()),
+            (Some(st), Some(status), Some(room), Some(departure), Some(position), Some(changes)),
+            "{id}"
+        );
+    }
+    let missing = state_cmd(&["get", "no-such-reservation"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no-such-reservation"));
+    let dump = state_cmd(&["dump"]);
+    assert!(dump.status.success());
+    let ids: Vec<String> = lines(&dump.stdout).iter().map(|r| r["reservationId"].as_str().unwrap().to_string()).collect();
+    assert_eq!(ids, expected.iter().map(|e| e.0.to_string()).collect::<Vec<_>>());
+    // A directory that holds no state is named in a clear error.
+    let empty = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_resevent")).args(["state", "dump", "--state-dir"]).arg(empty.path()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no resevent state"));
+}

@@ -374,3 +374,88 @@ fn a_restore_longer_than_the_poll_interval_keeps_membership_while_other_partitio
     assert!(!log.contains("partitions revoked partitions={0") && !log.contains("maximum poll interval"), "{log}");
     assert!(log.contains(&format!("records={N}")), "every changelog record restored");
 }
+
+/// The events `resevent replay` emits for `values` on top of the state in
+/// `state_dir`, with the allowlist `allow`.
+fn replay_with(state_dir: &std::path::Path, allow: &str, values: &[(String, String)]) -> Vec<serde_json::Value> {
+    let input = state_dir.with_extension("jsonl");
+    std::fs::write(&input, values.iter().map(|(_, v)| format!("{v}\n")).collect::<String>()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_resevent"))
+        .args(["replay", "--allow-properties", allow, "--state-dir"])
+        .arg(state_dir)
+        .arg(&input)
+        .env("RESEVENT_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+#[test]
+fn the_allowlist_changes_without_a_restart_and_a_broken_file_is_refused() {
+    let broker = Broker::start("reload");
+    let input = broker.name("raw");
+    // One partition: a part's last record (a walk-in that is always allowed)
+    // shows the whole part was processed before the file changes.
+    broker.create_topic(&input, 1, &[]);
+    let records = workload(150, 8000, 23);
+    let sentinel = |n: usize, property: &str| {
+        let id = format!("sentinel-{n}");
+        (id.clone(), format!(r#"{{"_id": {{"_data": "82S{n}"}}, "operationType": "insert", "clusterTime": {{"$timestamp": {{"t": 1795300000, "i": {n}}}}}, "documentKey": {{"_id": "{id}"}}, "fullDocument": {{"_id": "{id}", "propertyId": "{property}", "bookingStatus": "Arrived", "roomNumber": "1"}}}}"#))
+    };
+    let mut parts: Vec<Vec<(String, String)>> = records.chunks(2000).map(<[_]>::to_vec).collect();
+    for (n, property) in [(1, "P-001"), (2, "P-001"), (3, "P-001"), (4, "P-002")] {
+        parts[n - 1].push(sentinel(n, property));
+    }
+    let default = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/reservations.toml")).unwrap();
+    assert!(default.contains("properties = \"*\""));
+    let with_allowlist = |list: &str| default.replace("properties = \"*\"", &format!("properties = [{list}]"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pipeline.toml");
+    std::fs::write(&file, with_allowlist("\"P-001\"")).unwrap();
+
+    // What replay says for each part, with the allowlist in force then.
+    let replay_state = tempfile::tempdir().unwrap();
+    let replay_dir = replay_state.path().join("state");
+    let lists = ["P-001", "P-001,P-002", "P-001,P-002", "P-002"];
+    let expected: Vec<serde_json::Value> = parts.iter().zip(lists).flat_map(|(part, list)| replay_with(&replay_dir, list, part)).collect();
+    assert!(expected.iter().any(|e| e["propertyId"] == "P-002" && e["eventType"] != "CHECKED_IN"), "a P-002 guest known before it was allowed");
+
+    let app = broker.name("app");
+    let out = format!("{app}-events");
+    let state = tempfile::tempdir().unwrap();
+    let i = Instance::start_with(&broker, &input, &app, state.path(), "a", &["--pipeline", file.to_str().unwrap()], &[]);
+    let part_done = |n: usize| wait_for(&broker, &out, Duration::from_secs(120), move |e| e.iter().any(|x| x["reservationId"] == format!("sentinel-{n}").as_str()));
+
+    broker.produce(&input, &parts[0]);
+    part_done(1);
+    // A property added: its next changes emit, judged against the state kept meanwhile.
+    std::fs::write(&file, with_allowlist("\"P-001\", \"P-002\"")).unwrap();
+    i.wait_log("pipeline reloaded", 1, Duration::from_secs(30));
+    broker.produce(&input, &parts[1]);
+    part_done(2);
+    // A broken file is refused, and the list in force stays.
+    let broken = with_allowlist("\"P-003\"").replace("emit = [\"ACCIDENTAL_CHECKOUT\"]", "emit = [\"NO_SUCH_EVENT\"]");
+    assert!(broken.contains("NO_SUCH_EVENT"));
+    std::fs::write(&file, broken).unwrap();
+    i.wait_log("pipeline reload refused", 1, Duration::from_secs(30));
+    broker.produce(&input, &parts[2]);
+    part_done(3);
+    // A property removed, on SIGHUP alone: the file keeps its old modification time.
+    let before = std::fs::metadata(&file).unwrap().modified().unwrap();
+    std::fs::write(&file, with_allowlist("\"P-002\"")).unwrap();
+    std::fs::File::options().write(true).open(&file).unwrap().set_modified(before).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(std::fs::read_to_string(&i.log).unwrap().matches("pipeline reloaded").count(), 1, "not re-read without a change or a signal");
+    assert!(std::process::Command::new("kill").args(["-HUP", &i.pid().to_string()]).status().unwrap().success());
+    i.wait_log("pipeline reloaded", 2, Duration::from_secs(30));
+    broker.produce(&input, &parts[3]);
+    part_done(4);
+    let log = std::fs::read_to_string(&i.log).unwrap();
+    assert_eq!(i.terminate(), Some(0));
+    assert!(log.contains("SIGHUP") && log.contains("allowlist: added [\"P-002\"]") && log.contains("allowlist: removed [\"P-001\"]"), "{log}");
+
+    let got = dedup(&broker.read_all(&out).iter().map(Record::json).collect::<Vec<_>>());
+    assert_same_per_reservation(&got, &expected);
+    assert_eq!(got.len(), expected.len());
+}

@@ -30,6 +30,7 @@ pub mod fault;
 mod input;
 pub mod latency;
 pub mod passthrough;
+pub mod reload;
 pub mod restore;
 pub mod sink;
 mod topics;
@@ -281,8 +282,10 @@ impl<C: Consumer<ServiceContext>> CommitIo for ServiceIo<'_, C> {
 }
 
 /// Runs the service until `shutdown` resolves; then commits what was
-/// processed, leaves the group and returns.
-pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunSummary> {
+/// processed, leaves the group and returns. `pipeline_file` is where the
+/// engine's pipeline came from (`None`: built in), re-read on SIGHUP or when
+/// it changes.
+pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path::PathBuf>, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunSummary> {
     tracing::info!(config = %cfg.masked(), "resevent run starting");
     let base = kafka::client_config(&cfg);
     let routed: Vec<String> = engine.pipeline.routes.iter().map(|r| r.topic.clone()).collect();
@@ -345,7 +348,8 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
     let consumer: StreamConsumer<ServiceContext> = consumer_cfg.create_with_context(ServiceContext { tasks: Mutex::new(tasks), store: store.clone(), restores })?;
     consumer.subscribe(&cfg.input_topics.iter().map(String::as_str).collect::<Vec<_>>())?;
 
-    let mut service = Service { cfg: &cfg, engine: &engine, consumer: &consumer, summary: RunSummary::default(), since_log: Counts::default(), last_log: Instant::now() };
+    let watch = reload::PipelineWatch::new(pipeline_file);
+    let mut service = Service { cfg: &cfg, engine, watch, consumer: &consumer, summary: RunSummary::default(), since_log: Counts::default(), last_log: Instant::now() };
     let outcome = service.run_loop(shutdown, &mut restored).await;
 
     tracing::info!("shutting down: committing and leaving the group");
@@ -369,7 +373,9 @@ pub async fn run(cfg: RunConfig, engine: Engine, shutdown: impl Future<Output = 
 /// The processing loop and what it keeps between iterations.
 struct Service<'a> {
     cfg: &'a RunConfig,
-    engine: &'a Engine,
+    /// Replaced whole when the pipeline file is re-read.
+    engine: Engine,
+    watch: reload::PipelineWatch,
     consumer: &'a StreamConsumer<ServiceContext>,
     summary: RunSummary,
     since_log: Counts,
@@ -385,7 +391,11 @@ impl Service<'_> {
         let mut failures = 0u32;
         // Records to process before anything new: a restored task's held records.
         let mut carried: Vec<OwnedMessage> = Vec::new();
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
         loop {
+            if self.watch.changed_on_disk() {
+                self.reload("the pipeline file changed");
+            }
             while let Ok(done) = restored.try_recv() {
                 carried.extend(self.on_restored(done)?);
             }
@@ -395,6 +405,10 @@ impl Service<'_> {
                 let wait = self.until_due().min(Duration::from_millis(500));
                 tokio::select! {
                     _ = shutdown.as_mut() => return Ok(()),
+                    _ = hangup.recv() => {
+                        self.reload("SIGHUP");
+                        continue;
+                    }
                     done = restored.recv() => {
                         if let Some(done) = done {
                             carried.extend(self.on_restored(done)?);
@@ -444,6 +458,37 @@ impl Service<'_> {
                     tracing::info!(seconds = idle.as_secs(), "no input for the idle limit; stopping");
                     return Ok(());
                 }
+            }
+        }
+    }
+
+    /// Re-reads the pipeline file; a file `pipeline check` refuses leaves
+    /// the pipeline in force as it is. Called between batches, so the new
+    /// one applies from the next change.
+    fn reload(&mut self, why: &str) {
+        let Some(path) = self.watch.path().map(|p| p.display().to_string()) else {
+            tracing::warn!(trigger = why, "the built-in pipeline is in force; there is no file to re-read (give --pipeline FILE)");
+            return;
+        };
+        match self.watch.read() {
+            Err(e) => {
+                let reason = e.to_string().lines().map(str::trim).collect::<Vec<_>>().join(" ");
+                tracing::error!(trigger = why, file = %path, error = %reason, "pipeline reload refused; the pipeline in force is kept");
+            }
+            Ok(None) => {}
+            Ok(Some(new)) => {
+                let differences = reload::differences(&self.engine.pipeline, &new);
+                if differences.is_empty() {
+                    tracing::info!(trigger = why, file = %path, "pipeline re-read: nothing changed");
+                    return;
+                }
+                let decoder = if new.paths == self.engine.pipeline.paths {
+                    self.engine.decoder.clone()
+                } else {
+                    crate::decode::Decoder::new(self.cfg.format, new.paths.clone()).with_limits(self.cfg.limits())
+                };
+                self.engine = Engine::new(new, decoder);
+                tracing::info!(trigger = why, file = %path, changes = %differences.join("; "), "pipeline reloaded; in force from the next change");
             }
         }
     }

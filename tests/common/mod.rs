@@ -332,6 +332,10 @@ impl Instance {
         Instance { child, log }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Whether the process is still running (it never exited or restarted).
     pub fn is_running(&mut self) -> bool {
         self.child.try_wait().unwrap().is_none()

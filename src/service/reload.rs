@@ -1,0 +1,140 @@
+//! The pipeline file re-read while the service runs: on SIGHUP, or when the
+//! file changes on disk. A file `pipeline check` would refuse is refused the
+//! same way (logged with the reason) and the table in force stays. An
+//! accepted one takes effect from the next change; state is kept for every
+//! property, so a newly allowed hotel gets correct events at once.
+//!
+//! Owns noticing a change and describing it; the swap itself is the service
+//! loop's, between two batches.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::pipeline::{Allowlist, Pipeline};
+
+/// How often the file's modification time is looked at.
+const POLL: Duration = Duration::from_secs(1);
+
+/// Watches the pipeline file the service loaded, if it loaded one.
+pub struct PipelineWatch {
+    /// `None`: the built-in pipeline is in force; nothing to re-read.
+    path: Option<PathBuf>,
+    /// The modification time of the file when last read.
+    modified: Option<SystemTime>,
+    last_poll: Instant,
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+impl PipelineWatch {
+    pub fn new(path: Option<PathBuf>) -> PipelineWatch {
+        let modified = path.as_deref().and_then(modified);
+        PipelineWatch { path, modified, last_poll: Instant::now() }
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Whether the file changed on disk since it was last read (looked at
+    /// once a second at most).
+    pub fn changed_on_disk(&mut self) -> bool {
+        if self.last_poll.elapsed() < POLL {
+            return false;
+        }
+        self.last_poll = Instant::now();
+        let Some(path) = &self.path else { return false };
+        let now = modified(path);
+        now.is_some() && now != self.modified
+    }
+
+    /// Reads the file again. `Ok(None)`: no file to read (built-in pipeline).
+    pub fn read(&mut self) -> Result<Option<Pipeline>, crate::pipeline::PipelineError> {
+        let Some(path) = &self.path else { return Ok(None) };
+        self.modified = modified(path);
+        Pipeline::load(path).map(Some)
+    }
+}
+
+/// What differs between the pipeline in force and a new one, one line per
+/// difference, for the log. Empty: nothing that matters changed.
+pub fn differences(old: &Pipeline, new: &Pipeline) -> Vec<String> {
+    let mut out = Vec::new();
+    match (&old.allowlist, &new.allowlist) {
+        (Allowlist::Only(a), Allowlist::Only(b)) => {
+            let added: Vec<&String> = b.iter().filter(|p| !a.contains(p)).collect();
+            let removed: Vec<&String> = a.iter().filter(|p| !b.contains(p)).collect();
+            if !added.is_empty() {
+                out.push(format!("allowlist: added {added:?}"));
+            }
+            if !removed.is_empty() {
+                out.push(format!("allowlist: removed {removed:?}"));
+            }
+        }
+        (a, b) if a != b => out.push(format!("allowlist: {} → {}", show(a), show(b))),
+        _ => {}
+    }
+    if old.paths != new.paths {
+        out.push(format!("field mapping: {:?} → {:?}", old.paths, new.paths));
+    }
+    if old.statuses != new.statuses {
+        let mut o: Vec<_> = old.statuses.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+        let mut n: Vec<_> = new.statuses.iter().map(|(k, v)| format!("{k}={v:?}")).collect();
+        o.sort();
+        n.sort();
+        out.push(format!("statuses: [{}] → [{}]", o.join(", "), n.join(", ")));
+    }
+    if old.rules != new.rules {
+        let changed = new.rules.iter().filter(|r| !old.rules.contains(r)).count() + old.rules.iter().filter(|r| !new.rules.contains(r)).count();
+        out.push(format!("table: {} rows → {} rows, {changed} rows differ", old.rules.len(), new.rules.len()));
+    }
+    if old.routes != new.routes {
+        out.push(format!("routes: {:?} → {:?}", old.routes.iter().map(|r| &r.topic).collect::<Vec<_>>(), new.routes.iter().map(|r| &r.topic).collect::<Vec<_>>()));
+    }
+    out
+}
+
+fn show(a: &Allowlist) -> String {
+    match a {
+        Allowlist::Every => "every property".into(),
+        Allowlist::Only(l) => format!("{l:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_name_what_changed() {
+        let old = Pipeline::builtin();
+        assert!(differences(&old, &old.clone()).is_empty());
+        let mut new = old.clone();
+        new.allowlist = Allowlist::Only(vec!["P-OSL-01".into()]);
+        assert_eq!(differences(&old, &new), vec!["allowlist: every property → [\"P-OSL-01\"]".to_string()]);
+        let mut newer = new.clone();
+        newer.allowlist = Allowlist::Only(vec!["P-BGO-02".into()]);
+        assert_eq!(differences(&new, &newer), vec!["allowlist: added [\"P-BGO-02\"]".to_string(), "allowlist: removed [\"P-OSL-01\"]".to_string()]);
+    }
+
+    #[test]
+    fn a_file_is_read_again_only_when_it_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, crate::pipeline::DEFAULT_PIPELINE).unwrap();
+        let mut w = PipelineWatch::new(Some(path.clone()));
+        w.last_poll -= POLL;
+        assert!(!w.changed_on_disk());
+        std::fs::write(&path, "not a pipeline").unwrap();
+        let f = std::fs::File::options().write(true).open(&path).unwrap();
+        f.set_modified(SystemTime::now() + Duration::from_secs(5)).unwrap();
+        w.last_poll -= POLL;
+        assert!(w.changed_on_disk());
+        assert!(w.read().is_err(), "a broken file is refused");
+        w.last_poll -= POLL;
+        assert!(!w.changed_on_disk(), "and not read again until it changes");
+        assert!(PipelineWatch::new(None).read().unwrap().is_none());
+    }
+}
