@@ -148,6 +148,13 @@ RESEVENT_CONSUMER__<SETTING>, RESEVENT_PRODUCER__<SETTING> with dots written as 
         /// Stop after this many seconds without input, printing a JSON summary (batch jobs, benchmarks).
         #[arg(long, value_name = "SECS")]
         idle_exit_secs: Option<u64>,
+        /// Where to serve /healthz, /readyz, /metrics (Prometheus) and
+        /// /reservations/{id} [default: 127.0.0.1:9464; port 0 picks a free one, logged at start].
+        #[arg(long, value_name = "HOST:PORT")]
+        http_addr: Option<String>,
+        /// Serve no HTTP endpoint.
+        #[arg(long, conflicts_with = "http_addr")]
+        no_http: bool,
         /// Benchmark baseline: consume and produce the same records unchanged, with the same client settings.
         #[arg(long, hide_short_help = true)]
         passthrough: bool,
@@ -250,8 +257,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", p.describe());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config, bootstrap_servers, input_topics, application_id, state_dir, pipeline, output_topic, format, no_create_topics, idle_exit_secs, passthrough, guarantee } => {
-            let flags = Overrides { bootstrap_servers, input_topics, application_id, state_dir, pipeline, output_topic, format, no_create_topics, idle_exit_secs, processing_guarantee: guarantee };
+        Command::Run { config, bootstrap_servers, input_topics, application_id, state_dir, pipeline, output_topic, format, no_create_topics, idle_exit_secs, http_addr, no_http, passthrough, guarantee } => {
+            let flags = Overrides { bootstrap_servers, input_topics, application_id, state_dir, pipeline, output_topic, format, no_create_topics, idle_exit_secs, processing_guarantee: guarantee, http_addr, no_http };
             let cfg = RunConfig::load(config.as_deref(), std::env::vars(), flags)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             if passthrough {

@@ -302,6 +302,21 @@ impl StateStore {
         self.db()?.write_opt(write, &opts).map_err(|e| self.rocks(e))
     }
 
+    /// RocksDB's estimate of the live data of every partition, in bytes, and
+    /// whether writes are stalled or stopped now (for /metrics).
+    pub fn health(&self) -> (u64, bool) {
+        let Ok(db) = self.db() else { return (0, false) };
+        let mut live = 0;
+        for name in DB::list_cf(&self.options, &self.path).unwrap_or_default() {
+            if let Some(cf) = db.cf_handle(&name) {
+                live += db.property_int_value_cf(cf, "rocksdb.estimate-live-data-size").ok().flatten().unwrap_or(0);
+            }
+        }
+        let stopped = db.property_int_value("rocksdb.is-write-stopped").ok().flatten().unwrap_or(0) > 0;
+        let delayed = db.property_int_value("rocksdb.actual-delayed-write-rate").ok().flatten().unwrap_or(0) > 0;
+        (live, stopped || delayed)
+    }
+
     /// Writes every memtable to disk: without a WAL, what a clean stop does
     /// so that the next start needs no restore.
     pub fn flush(&self) -> Result<(), StoreError> {

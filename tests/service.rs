@@ -352,7 +352,15 @@ fn a_restore_longer_than_the_poll_interval_keeps_membership_while_other_partitio
     let poll = [("RESEVENT_CONSUMER__MAX_POLL_INTERVAL_MS", "1500"), ("RESEVENT_CONSUMER__SESSION_TIMEOUT_MS", "1500"), ("RESEVENT_CONSUMER__HEARTBEAT_INTERVAL_MS", "300")];
     let i = Instance::start_with(&broker, &input, &app, dir.path(), "a", &[], &poll);
     let out = format!("{app}-events");
+    // /readyz says 503 while partition 0 restores, and why; 200 after.
+    let http = i.http_addr();
+    i.wait_log("restoring state from the changelog partition=0", 1, Duration::from_secs(60));
+    let (status, why) = http_get(&http, "/readyz");
+    assert_eq!((status, why.trim()), (503, "not ready: restoring partitions [0]"));
+    assert_eq!(http_get(&http, "/healthz").0, 200, "alive while not ready");
     i.wait_log("restored partition=0", 1, Duration::from_secs(300));
+    i.wait_log("partition ready; processing resumed partition=0", 1, Duration::from_secs(10));
+    assert_eq!(http_get(&http, "/readyz").0, 200);
     wait_for(&broker, &out, Duration::from_secs(60), |e| e.len() >= 2);
     let log = std::fs::read_to_string(&i.log).unwrap();
     assert_eq!(i.terminate(), Some(0));
@@ -458,4 +466,81 @@ fn the_allowlist_changes_without_a_restart_and_a_broken_file_is_refused() {
     let got = dedup(&broker.read_all(&out).iter().map(Record::json).collect::<Vec<_>>());
     assert_same_per_reservation(&got, &expected);
     assert_eq!(got.len(), expected.len());
+}
+
+/// Every sample of a metric in a Prometheus text scrape, with its labels.
+fn samples(scrape: &str, name: &str) -> Vec<(std::collections::HashMap<String, String>, f64)> {
+    let parsed = prometheus_parse::Scrape::parse(scrape.lines().map(|l| Ok(l.to_string()))).expect("a Prometheus text exposition");
+    parsed
+        .samples
+        .into_iter()
+        .filter(|s| s.metric == name)
+        .map(|s| {
+            let v = match s.value {
+                prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Gauge(v) | prometheus_parse::Value::Untyped(v) => v,
+                _ => f64::NAN,
+            };
+            (s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(), v)
+        })
+        .collect()
+}
+
+#[test]
+fn metrics_and_lookups_report_what_the_instance_did() {
+    let broker = Broker::start("ops");
+    let input = broker.name("raw");
+    broker.create_topic(&input, 2, &[]);
+    let records = workload(120, 3000, 37);
+    let expected = replay_events(&records);
+    let final_state = replay_state(&records);
+    let app = broker.name("app");
+    let out = format!("{app}-events");
+    let state = tempfile::tempdir().unwrap();
+    let i = Instance::start(&broker, &input, &app, state.path(), "a");
+    let http = i.http_addr();
+    assert_eq!(http_get(&http, "/healthz").0, 200);
+    let ready = std::time::Instant::now();
+    while http_get(&http, "/readyz").0 != 200 {
+        assert!(ready.elapsed() < Duration::from_secs(60), "never ready: {}", http_get(&http, "/readyz").1);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let consumed = |scrape: &str| samples(scrape, "resevent_records_consumed_total").first().map_or(0.0, |s| s.1);
+    assert_eq!(consumed(&http_get(&http, "/metrics").1), 0.0);
+
+    broker.produce(&input, &records);
+    wait_for(&broker, &out, Duration::from_secs(120), |e| dedup(e).len() >= expected.len());
+    // Counted exactly once each, and the lag drains to 0 once the feed stops.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let scrape = loop {
+        let (status, scrape) = http_get(&http, "/metrics");
+        assert_eq!(status, 200);
+        let lag = samples(&scrape, "resevent_consumer_lag");
+        if consumed(&scrape) == records.len() as f64 && lag.len() == 2 && lag.iter().all(|(_, v)| *v == 0.0) {
+            break scrape;
+        }
+        assert!(std::time::Instant::now() < deadline, "records consumed {} of {}, lag {lag:?}", consumed(&scrape), records.len());
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for t in ["CHECKED_IN", "ROOM_CHANGED", "CHECKED_OUT"] {
+        let want = expected.iter().filter(|e| e["eventType"] == t).count() as f64;
+        let got = samples(&scrape, "resevent_business_events_total").into_iter().find(|(l, _)| l.get("event_type").map(String::as_str) == Some(t)).map(|s| s.1);
+        assert_eq!(got, Some(want), "{t}");
+    }
+    assert!(scrape.contains("resevent_event_latency_seconds_bucket"), "{scrape}");
+    assert!(scrape.contains("resevent_commit_duration_seconds_count"));
+    // A reservation as replay left it; one never seen is a 404 that says why.
+    for (id, s) in final_state.iter().take(5) {
+        let (status, body) = http_get(&http, &format!("/reservations/{id}"));
+        assert_eq!(status, 200, "{body}");
+        let got: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(got["state"].as_str(), Some(s.state.name()), "{id}");
+        assert_eq!(got["bookingStatus"].as_str(), s.status.as_deref(), "{id}");
+        assert_eq!(got["roomNumber"].as_str(), s.get(resevent::change::Field::Room), "{id}");
+        assert_eq!(got["departureDate"].as_str(), s.get(resevent::change::Field::Departure), "{id}");
+        assert_eq!(got["sourcePosition"].as_str(), s.position.map(|p| p.to_string()).as_deref(), "{id}");
+    }
+    let (status, body) = http_get(&http, "/reservations/never-seen");
+    assert_eq!(status, 404);
+    assert!(body.contains("another member"), "{body}");
+    assert_eq!(i.terminate(), Some(0));
 }

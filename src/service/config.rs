@@ -88,6 +88,9 @@ pub struct RunConfig {
     pub retry_max_attempts: u32,
     /// RocksDB memtable size per partition, in bytes.
     pub state_write_buffer_bytes: usize,
+    /// Where the operations endpoint listens (/healthz, /readyz, /metrics,
+    /// /reservations/{id}); none (`--no-http`) turns it off.
+    pub http_addr: Option<String>,
     /// librdkafka settings for every client (e.g. `security.protocol`,
     /// `sasl.password`), passed through as given.
     pub kafka: BTreeMap<String, String>,
@@ -124,6 +127,7 @@ impl Default for RunConfig {
             retry_max_backoff_ms: 30_000,
             retry_max_attempts: 0,
             state_write_buffer_bytes: 32 << 20,
+            http_addr: Some(super::http::DEFAULT_ADDR.into()),
             kafka: BTreeMap::new(),
             consumer: BTreeMap::new(),
             producer: BTreeMap::new(),
@@ -144,6 +148,8 @@ pub struct Overrides {
     pub no_create_topics: bool,
     pub idle_exit_secs: Option<u64>,
     pub processing_guarantee: Option<Guarantee>,
+    pub http_addr: Option<String>,
+    pub no_http: bool,
 }
 
 impl RunConfig {
@@ -212,6 +218,12 @@ impl RunConfig {
         }
         if let Some(g) = flags.processing_guarantee {
             cfg.processing_guarantee = g;
+        }
+        if flags.http_addr.is_some() {
+            cfg.http_addr = flags.http_addr;
+        }
+        if flags.no_http || cfg.http_addr.as_deref() == Some("") {
+            cfg.http_addr = None;
         }
         if flags.idle_exit_secs.is_some() {
             cfg.idle_exit_secs = flags.idle_exit_secs;

@@ -11,11 +11,13 @@ pub struct Latency {
     buckets: Box<[u64]>,
     count: u64,
     max_ms: u64,
+    /// Sum of all samples, for the Prometheus histogram's `_sum`.
+    sum_ms: u64,
 }
 
 impl Default for Latency {
     fn default() -> Self {
-        Latency { buckets: vec![0; BUCKETS].into_boxed_slice(), count: 0, max_ms: 0 }
+        Latency { buckets: vec![0; BUCKETS].into_boxed_slice(), count: 0, max_ms: 0, sum_ms: 0 }
     }
 }
 
@@ -32,6 +34,19 @@ impl Latency {
         self.buckets[(ms as usize).min(BUCKETS - 1)] += 1;
         self.count += 1;
         self.max_ms = self.max_ms.max(ms);
+        self.sum_ms += ms;
+    }
+
+    /// How many samples were at most `ms`.
+    pub fn count_at_most(&self, ms: u64) -> u64 {
+        if ms as usize >= BUCKETS - 1 {
+            return self.buckets[..BUCKETS - 1].iter().sum::<u64>() + if self.max_ms <= ms { self.buckets[BUCKETS - 1] } else { 0 };
+        }
+        self.buckets[..=ms as usize].iter().sum()
+    }
+
+    pub fn sum_ms(&self) -> u64 {
+        self.sum_ms
     }
 
     pub fn count(&self) -> u64 {
@@ -80,5 +95,7 @@ mod tests {
         assert_eq!(l.max_ms(), 90_000);
         assert_eq!(l.quantile(1.0), Some(90_000));
         assert_eq!(l.quantile(0.0), Some(0));
+        assert_eq!(l.count_at_most(50), 51, "1..=50 and the clamped -5");
+        assert_eq!(l.sum_ms(), 5050 + 90_000);
     }
 }

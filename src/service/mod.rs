@@ -27,8 +27,10 @@ pub mod cache;
 pub mod commit;
 pub mod config;
 pub mod fault;
+mod http;
 mod input;
 pub mod latency;
+pub mod metrics;
 pub mod passthrough;
 pub mod reload;
 pub mod restore;
@@ -131,9 +133,28 @@ struct ServiceContext {
     tasks: Mutex<Tasks>,
     store: Arc<Mutex<StateStore>>,
     restores: RestoreWorker,
+    metrics: Arc<metrics::Metrics>,
+    /// The group has assigned partitions (possibly none) at least once.
+    joined: std::sync::atomic::AtomicBool,
+    /// A broker was up at the last statistics report.
+    broker_up: std::sync::atomic::AtomicBool,
 }
 
-impl ClientContext for ServiceContext {}
+impl ClientContext for ServiceContext {
+    /// librdkafka's statistics, every `statistics.interval.ms`: lag per
+    /// partition and whether a broker is up, for /metrics and /readyz.
+    fn stats(&self, stats: rdkafka::Statistics) {
+        for (topic, t) in &stats.topics {
+            for (&p, part) in &t.partitions {
+                if p >= 0 && part.consumer_lag >= 0 {
+                    self.metrics.lag(topic, p, part.consumer_lag);
+                }
+            }
+        }
+        let up = stats.brokers.values().any(|b| b.state == "UP");
+        self.broker_up.store(up, std::sync::atomic::Ordering::Relaxed);
+    }
+}
 
 impl ConsumerContext for ServiceContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -158,6 +179,9 @@ impl ConsumerContext for ServiceContext {
                 }
             }
         }
+        for e in tpl.elements() {
+            self.metrics.forget_partition(e.topic(), e.partition());
+        }
         for &p in &gone {
             tasks.ready.remove(&p);
             tasks.held.remove(&p);
@@ -171,6 +195,7 @@ impl ConsumerContext for ServiceContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                self.joined.store(true, std::sync::atomic::Ordering::Relaxed);
                 let mut tasks = self.tasks.lock().expect("tasks lock");
                 let mut to_pause = TopicPartitionList::new();
                 let mut to_resume = TopicPartitionList::new();
@@ -309,9 +334,11 @@ pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path
     if !cfg.consumer.contains_key("max.partition.fetch.bytes") {
         restore_cfg.set("max.partition.fetch.bytes", (16 << 20).to_string());
     }
+    let latency = Arc::new(Mutex::new(latency::Latency::default()));
+    let metrics = Arc::new(metrics::Metrics::new(metrics::LatencyMetric(latency.clone())));
     let mut restorers = Vec::new();
     for _ in 0..RESTORE_THREADS {
-        restorers.push(Restorer { store: store.clone(), changelog: cfg.changelog_topic(), consumer: restore_cfg.create_with_context(restore::RestoreContext)? });
+        restorers.push(Restorer { store: store.clone(), changelog: cfg.changelog_topic(), consumer: restore_cfg.create_with_context(restore::RestoreContext)?, metrics: Some(metrics.clone()) });
     }
     let (restored_tx, mut restored) = tokio::sync::mpsc::unbounded_channel::<RestoreResult>();
     let restores = RestoreWorker::start(restorers, restored_tx)?;
@@ -323,7 +350,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path
         // instead of read_committed consumers waiting out its timeout.
         producer_cfg.set("transactional.id", format!("{}-{}", cfg.application_id, instance_id(&cfg.state_dir)?));
     }
-    let collector = tokio::task::block_in_place(|| RecordCollector::new(producer_cfg, cfg.changelog_topic()))?;
+    let collector = tokio::task::block_in_place(|| RecordCollector::with_latency(producer_cfg, cfg.changelog_topic(), latency))?;
     if exactly_once {
         tracing::info!("exactly-once: transactional producer ready; one transaction per commit interval");
     }
@@ -345,7 +372,32 @@ pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path
     if exactly_once {
         consumer_cfg.set("isolation.level", "read_committed");
     }
-    let consumer: StreamConsumer<ServiceContext> = consumer_cfg.create_with_context(ServiceContext { tasks: Mutex::new(tasks), store: store.clone(), restores })?;
+    if !cfg.consumer.contains_key("statistics.interval.ms") && !cfg.kafka.contains_key("statistics.interval.ms") {
+        // Lag and broker state for /metrics and /readyz.
+        consumer_cfg.set("statistics.interval.ms", "5000");
+    }
+    let context = ServiceContext {
+        tasks: Mutex::new(tasks),
+        store: store.clone(),
+        restores,
+        metrics: metrics.clone(),
+        joined: false.into(),
+        // Start-up just talked to the broker (topic checks); statistics keep it current.
+        broker_up: true.into(),
+    };
+    let consumer: StreamConsumer<ServiceContext> = consumer_cfg.create_with_context(context)?;
+    let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let http = match &cfg.http_addr {
+        Some(addr) => {
+            let addr: std::net::SocketAddr = addr.parse().map_err(|e| anyhow::anyhow!("http_addr {addr:?} is not host:port: {e}"))?;
+            let listener = http::bind(addr).await?;
+            tracing::info!(addr = %listener.local_addr()?, "HTTP: /healthz /readyz /metrics /reservations/{{id}}");
+            Some(tokio::spawn(http::serve(listener, consumer.context().clone(), metrics.clone(), async {
+                let _ = http_stopped.await;
+            })))
+        }
+        None => None,
+    };
     consumer.subscribe(&cfg.input_topics.iter().map(String::as_str).collect::<Vec<_>>())?;
 
     let watch = reload::PipelineWatch::new(pipeline_file);
@@ -360,6 +412,10 @@ pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path
     }
     if let Err(e) = store.lock().expect("store lock").flush() {
         tracing::warn!(error = %e, "flushing the state store; the next start catches it up from the changelog");
+    }
+    let _ = http_stop.send(());
+    if let Some(h) = http {
+        let _ = h.await;
     }
     let mut summary = std::mem::take(&mut service.summary);
     summary.latency = consumer.context().tasks.lock().expect("tasks lock").collector.latency();
@@ -510,6 +566,9 @@ impl Service<'_> {
         let done = tokio::task::block_in_place(|| tasks.coordinator.commit(&mut io))?;
         if let Some(done) = done {
             self.summary.acknowledged();
+            ctx.metrics.committed(done.took.as_secs_f64());
+            let (live, stalled) = ctx.store.lock().expect("store lock").health();
+            ctx.metrics.store(live, stalled);
             tracing::debug!(states = done.states, partitions = done.partitions, took_ms = done.took.as_millis() as u64, "committed");
         }
         Ok(done)
@@ -534,6 +593,8 @@ impl Service<'_> {
             }
         }
         let mut counts = Counts::default();
+        let mut by_type: Vec<(&'static str, u64)> = Vec::new();
+        let mut by_kind: Vec<(&'static str, u64)> = Vec::new();
         let result = async {
             for (&p, msgs) in &by_task {
                 let records: Vec<InputRecord> = msgs.iter().map(|m| InputRecord { key: m.key(), value: m.payload(), offset: m.offset() as u64 }).collect();
@@ -542,6 +603,18 @@ impl Service<'_> {
                     self.engine.process(&CachedState { cache: &tasks.coordinator.cache, task: p, store: &store }, &task_name(p), &records)?
                 };
                 counts.add(&out.counts);
+                for (_, event) in &out.events {
+                    match by_type.iter_mut().find(|(t, _)| *t == event.event_type) {
+                        Some((_, n)) => *n += 1,
+                        None => by_type.push((event.event_type, 1)),
+                    }
+                }
+                for r in &out.rejected {
+                    match by_kind.iter_mut().find(|(k, _)| *k == r.error.kind()) {
+                        Some((_, n)) => *n += 1,
+                        None => by_kind.push((r.error.kind(), 1)),
+                    }
+                }
                 for (index, event) in &out.events {
                     let payload = serde_json::to_vec(event).map_err(|e| Fault::Fatal(e.into()))?;
                     let source_ms = msgs[*index].timestamp().to_millis();
@@ -585,6 +658,7 @@ impl Service<'_> {
             return Err(fault);
         }
         drop(guard);
+        ctx.metrics.batch(&counts, &by_type, &by_kind);
         self.summary.record_batch(&counts);
         self.since_log.add(&counts);
         Ok(())

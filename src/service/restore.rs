@@ -56,6 +56,8 @@ pub struct Restorer {
     pub changelog: String,
     /// An assign-only consumer (no group), `enable.partition.eof=true`.
     pub consumer: BaseConsumer<RestoreContext>,
+    /// Restore progress for /metrics, updated per WriteBatch.
+    pub metrics: Option<Arc<super::metrics::Metrics>>,
 }
 
 /// Partition EOF is how a restore knows it is done, not an error worth a log line.
@@ -124,6 +126,9 @@ impl Restorer {
         }
 
         tracing::info!(partition, from = start, to = high, rebuilt, "restoring state from the changelog");
+        if let Some(m) = &self.metrics {
+            m.restore_progress(partition, high - start, 0);
+        }
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.changelog, partition, Offset::Offset(start as i64))?;
         self.consumer.assign(&tpl)?;
@@ -171,7 +176,11 @@ impl Restorer {
                     last_progress = Instant::now();
                     if batch.reservations >= RESTORE_BATCH {
                         batch.mark(CHANGELOG_NEXT, next);
+                        let n = batch.reservations as u64;
                         self.store.lock().expect("store lock").commit(&name, std::mem::take(&mut batch))?;
+                        if let Some(m) = &self.metrics {
+                            m.restore_progress(partition, high.saturating_sub(next), n);
+                        }
                     }
                 }
             }
@@ -187,7 +196,11 @@ impl Restorer {
         self.consumer.unassign()?;
         result?;
         batch.mark(CHANGELOG_NEXT, next);
+        let n = batch.reservations as u64;
         self.store.lock().expect("store lock").commit(&name, batch)?;
+        if let Some(m) = &self.metrics {
+            m.restore_progress(partition, 0, n);
+        }
         let secs = started.elapsed().as_secs_f64().max(1e-9);
         tracing::info!(partition, records, seconds = format!("{secs:.2}"), per_second = (records as f64 / secs) as u64, "restored");
         Ok(Restored { records, rebuilt, complete: true })

@@ -15,7 +15,7 @@
 //! partition) arrive in the order they were sent.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::ClientContext;
@@ -48,8 +48,8 @@ pub struct CollectorContext {
     first_error: Mutex<Option<(KafkaError, String)>>,
     /// Per changelog partition, the offset after the highest acknowledged record.
     changelog_next: Mutex<BTreeMap<i32, u64>>,
-    /// Source record timestamp → business event acknowledged.
-    latency: Mutex<Latency>,
+    /// Source record timestamp → business event acknowledged (shared with /metrics).
+    latency: Arc<Mutex<Latency>>,
 }
 
 impl ClientContext for CollectorContext {}
@@ -89,15 +89,20 @@ pub struct RecordCollector {
     in_transaction: bool,
 }
 
-fn context() -> CollectorContext {
-    CollectorContext { first_error: Mutex::new(None), changelog_next: Mutex::new(BTreeMap::new()), latency: Mutex::new(Latency::default()) }
+fn context(latency: Arc<Mutex<Latency>>) -> CollectorContext {
+    CollectorContext { first_error: Mutex::new(None), changelog_next: Mutex::new(BTreeMap::new()), latency }
 }
 
 impl RecordCollector {
     /// `config` with `transactional.id` set makes an exactly-once collector.
     pub fn new(config: ClientConfig, changelog: String) -> anyhow::Result<RecordCollector> {
+        RecordCollector::with_latency(config, changelog, Arc::default())
+    }
+
+    /// As `new`, recording latencies into `latency` (which /metrics reads).
+    pub fn with_latency(config: ClientConfig, changelog: String, latency: Arc<Mutex<Latency>>) -> anyhow::Result<RecordCollector> {
         let transactional = config.get("transactional.id").is_some();
-        let producer: ThreadedProducer<CollectorContext> = config.create_with_context(context())?;
+        let producer: ThreadedProducer<CollectorContext> = config.create_with_context(context(latency))?;
         if transactional {
             producer.init_transactions(FLUSH_TIMEOUT).map_err(|e| anyhow::anyhow!("exactly-once needs a broker with transactions: {e}"))?;
         }
@@ -107,7 +112,8 @@ impl RecordCollector {
     /// Replaces a producer that failed for good (at-least-once only; what it
     /// had not delivered is sent again by the rewound interval).
     pub fn renew(&mut self) -> anyhow::Result<()> {
-        *self = RecordCollector::new(self.config.clone(), std::mem::take(&mut self.changelog))?;
+        let latency = self.producer.context().latency.clone();
+        *self = RecordCollector::with_latency(self.config.clone(), std::mem::take(&mut self.changelog), latency)?;
         Ok(())
     }
 
@@ -237,6 +243,11 @@ impl RecordCollector {
     /// The latency histogram so far.
     pub fn latency(&self) -> Latency {
         self.producer.context().latency.lock().expect("latency lock").clone()
+    }
+
+    /// The shared histogram itself, for /metrics.
+    pub fn latency_handle(&self) -> Arc<Mutex<Latency>> {
+        self.producer.context().latency.clone()
     }
 
     /// Whether this collector writes transactions.

@@ -322,6 +322,8 @@ impl Instance {
             .env("RESEVENT_CONSUMER__SESSION_TIMEOUT_MS", "6000")
             .env("RESEVENT_CONSUMER__HEARTBEAT_INTERVAL_MS", "1000")
             .env("RESEVENT_LOG", "info")
+            // Several instances per machine: each serves HTTP on a port of its own.
+            .env("RESEVENT_HTTP_ADDR", "127.0.0.1:0")
             // The test's own settings win over the defaults above.
             .envs(env.iter().copied())
             .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -334,6 +336,14 @@ impl Instance {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The address its HTTP endpoint listens on, from its start-up log line.
+    pub fn http_addr(&self) -> String {
+        self.wait_log("HTTP: ", 1, Duration::from_secs(60));
+        let log = std::fs::read_to_string(&self.log).unwrap();
+        let line = log.lines().find(|l| l.contains("HTTP: ")).unwrap();
+        line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_string()
     }
 
     /// Whether the process is still running (it never exited or restarted).
@@ -490,4 +500,32 @@ pub fn assert_same_per_reservation(got: &[serde_json::Value], expected: &[serde_
         }
     }
     assert!(bad.is_empty(), "{} of {} reservations differ ({} events got, {} expected); first ones:\n  {}", bad.len(), e.len(), got.len(), expected.len(), bad.iter().take(3).cloned().collect::<Vec<_>>().join("\n  "));
+}
+
+/// A plain HTTP/1.1 GET over loopback: (status, body).
+pub fn http_get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { unchunk(body) } else { body.to_string() };
+    (status, body)
+}
+
+fn unchunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
 }

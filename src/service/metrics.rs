@@ -1,0 +1,156 @@
+//! What `resevent run` reports to Prometheus (`GET /metrics`), through the
+//! `prometheus-client` crate.
+//!
+//! Updated once per batch, per commit, per restore step or per librdkafka
+//! statistics report — never per record — and labelled only with bounded
+//! values (event types, error kinds, partition numbers). No I/O here.
+
+use std::sync::{Arc, Mutex};
+
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::{Registry, Unit};
+
+use super::latency::Latency;
+use crate::engine::Counts;
+
+type Labels = Vec<(String, String)>;
+
+fn label(k: &str, v: impl ToString) -> Labels {
+    vec![(k.to_string(), v.to_string())]
+}
+
+/// Every metric of the service, registered once.
+pub struct Metrics {
+    pub registry: Registry,
+    records_consumed: Counter,
+    business_events: Family<Labels, Counter>,
+    dead_letters: Family<Labels, Counter>,
+    changes_suppressed: Family<Labels, Counter>,
+    consumer_lag: Family<Labels, Gauge>,
+    restore_remaining: Family<Labels, Gauge>,
+    restored_records: Counter,
+    batch_records: Histogram,
+    commit_seconds: Histogram,
+    state_live_bytes: Gauge,
+    write_stalls: Gauge,
+}
+
+/// The collector's latency histogram (record timestamp → business event
+/// acknowledged), exported as a Prometheus histogram when scraped.
+#[derive(Clone)]
+pub struct LatencyMetric(pub Arc<Mutex<Latency>>);
+
+impl std::fmt::Debug for LatencyMetric {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LatencyMetric")
+    }
+}
+
+/// Upper bounds of the latency buckets, in seconds.
+const LATENCY_BOUNDS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+impl EncodeMetric for LatencyMetric {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let l = self.0.lock().expect("latency lock");
+        let mut buckets: Vec<(f64, u64)> = Vec::with_capacity(LATENCY_BOUNDS.len() + 1);
+        let mut below = 0;
+        for bound in LATENCY_BOUNDS {
+            let upto = l.count_at_most((bound * 1000.0) as u64);
+            buckets.push((bound, upto - below));
+            below = upto;
+        }
+        buckets.push((f64::MAX, l.count() - below));
+        encoder.encode_histogram::<NoLabelSet>(l.sum_ms() as f64 / 1000.0, l.count(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+impl Metrics {
+    pub fn new(latency: LatencyMetric) -> Metrics {
+        let mut registry = Registry::with_prefix("resevent");
+        let m = Metrics {
+            records_consumed: Counter::default(),
+            business_events: Family::default(),
+            dead_letters: Family::default(),
+            changes_suppressed: Family::default(),
+            consumer_lag: Family::default(),
+            restore_remaining: Family::default(),
+            restored_records: Counter::default(),
+            batch_records: Histogram::new(exponential_buckets(1.0, 4.0, 8)),
+            commit_seconds: Histogram::new(exponential_buckets(0.001, 3.0, 10)),
+            state_live_bytes: Gauge::default(),
+            write_stalls: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("records_consumed", "Input records processed", m.records_consumed.clone());
+        registry.register("business_events", "Business events sent, by type", m.business_events.clone());
+        registry.register("dead_letters", "Records sent to the dead-letter topic, by error kind", m.dead_letters.clone());
+        registry.register("changes_suppressed", "Changes that did nothing: stale (older than the stored position) or duplicate (already applied)", m.changes_suppressed.clone());
+        registry.register("consumer_lag", "Input records not yet committed, per partition (librdkafka statistics)", m.consumer_lag.clone());
+        registry.register("restore_remaining_records", "Changelog records a restoring partition still has to read", m.restore_remaining.clone());
+        registry.register("restored_records", "Changelog records restored", m.restored_records.clone());
+        registry.register("batch_records", "Records per processed batch", m.batch_records.clone());
+        registry.register_with_unit("commit_duration", "How long a commit of the interval took", Unit::Seconds, m.commit_seconds.clone());
+        registry.register_with_unit("state_live_data", "RocksDB live data size of the state store", Unit::Bytes, m.state_live_bytes.clone());
+        registry.register("state_write_stalls", "1 while RocksDB stalls or stops writes, else 0", m.write_stalls.clone());
+        registry.register_with_unit("event_latency", "Input record timestamp to its business event acknowledged", Unit::Seconds, latency);
+        Metrics { registry, ..m }
+    }
+
+    /// One processed batch's counters.
+    pub fn batch(&self, c: &Counts, events_by_type: &[(&'static str, u64)], dead_by_kind: &[(&'static str, u64)]) {
+        self.records_consumed.inc_by(c.records);
+        self.batch_records.observe(c.records as f64);
+        for (t, n) in events_by_type {
+            self.business_events.get_or_create(&label("event_type", t)).inc_by(*n);
+        }
+        for (k, n) in dead_by_kind {
+            self.dead_letters.get_or_create(&label("kind", k)).inc_by(*n);
+        }
+        if c.stale > 0 {
+            self.changes_suppressed.get_or_create(&label("reason", "stale")).inc_by(c.stale);
+        }
+        if c.duplicates > 0 {
+            self.changes_suppressed.get_or_create(&label("reason", "duplicate")).inc_by(c.duplicates);
+        }
+    }
+
+    pub fn committed(&self, seconds: f64) {
+        self.commit_seconds.observe(seconds);
+    }
+
+    pub fn lag(&self, topic: &str, partition: i32, lag: i64) {
+        let labels = vec![("topic".to_string(), topic.to_string()), ("partition".to_string(), partition.to_string())];
+        self.consumer_lag.get_or_create(&labels).set(lag.max(0));
+    }
+
+    pub fn forget_partition(&self, topic: &str, partition: i32) {
+        let labels = vec![("topic".to_string(), topic.to_string()), ("partition".to_string(), partition.to_string())];
+        self.consumer_lag.remove(&labels);
+    }
+
+    pub fn restore_progress(&self, partition: i32, remaining: u64, newly_restored: u64) {
+        self.restore_remaining.get_or_create(&label("partition", partition)).set(remaining as i64);
+        self.restored_records.inc_by(newly_restored);
+    }
+
+    pub fn store(&self, live_bytes: u64, stalled: bool) {
+        self.state_live_bytes.set(live_bytes as i64);
+        self.write_stalls.set(i64::from(stalled));
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String");
+        out
+    }
+}
