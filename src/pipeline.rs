@@ -126,6 +126,15 @@ pub enum Allowlist {
 }
 
 impl Allowlist {
+    /// As a person reads it: `every property`, or the list.
+    pub fn describe(&self) -> String {
+        match self {
+            Allowlist::Every => "every property".into(),
+            Allowlist::Only(l) if l.is_empty() => "no property".into(),
+            Allowlist::Only(l) => l.join(", "),
+        }
+    }
+
     pub fn allows(&self, property: Option<&str>) -> bool {
         match self {
             Allowlist::Every => true,

@@ -542,5 +542,52 @@ fn metrics_and_lookups_report_what_the_instance_did() {
     let (status, body) = http_get(&http, "/reservations/never-seen");
     assert_eq!(status, 404);
     assert!(body.contains("another member"), "{body}");
+
+    // The status page, as a browser renders it.
+    let page = chromium_dom(&format!("http://{http}/"));
+    assert!(page.contains(&format!("<b id=\"records\">{}</b>", records.len())), "{page}");
+    assert_eq!(page.matches("<td>processing</td>").count(), 2, "both partitions shown as processing: {page}");
+    assert!(page.contains("every property") && page.contains("CHECKED_IN") && page.contains("<polyline"), "{page}");
+    // Its figures move with traffic (these are the same reservations' older
+    // changes again: counted, stale, changing no state).
+    let more = workload(30, 400, 99);
+    broker.produce(&input, &more);
+    let total = records.len() + more.len();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !chromium_dom(&format!("http://{http}/")).contains(&format!("<b id=\"records\">{total}</b>")) {
+        assert!(std::time::Instant::now() < deadline, "the page never showed {total} records");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The lookup box finds a reservation.
+    let (id, s) = final_state.iter().find(|(_, s)| s.get(resevent::change::Field::Room).is_some()).unwrap();
+    let url = format!("http://{http}/?id={id}");
+    let found = chromium_dom(&url);
+    assert!(found.contains("id=\"lookup\"") && found.contains(id.as_str()), "{found}");
+    assert!(found.contains(&format!("<td>{}</td>", s.get(resevent::change::Field::Room).unwrap())), "the room as replay left it: {found}");
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
+    chromium(&["--window-size=1000,1400", &format!("--screenshot={}", shot.display()), &url]);
+    let png = std::fs::read(&shot).expect("a screenshot");
+    assert!(png.starts_with(b"\x89PNG") && png.len() > 20_000, "a page with content, not a blank one: {} bytes at {}", png.len(), shot.display());
+    println!("status page screenshot: {}", shot.display());
     assert_eq!(i.terminate(), Some(0));
+}
+
+/// Runs headless Chromium (Debian's `chromium`, which scripts/test installs;
+/// or $RESEVENT_CHROMIUM) with `args`; returns its stdout.
+fn chromium(args: &[&str]) -> String {
+    let bin = std::env::var("RESEVENT_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let profile = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(&bin)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {bin} ({e}); scripts/test installs Debian's chromium, or set RESEVENT_CHROMIUM"));
+    assert!(out.status.success(), "{bin} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The DOM of `url` after Chromium loaded it.
+fn chromium_dom(url: &str) -> String {
+    chromium(&["--dump-dom", url])
 }

@@ -5,7 +5,9 @@
 //!   a broker is reachable, else 503 with the reason;
 //! - `GET /metrics`: Prometheus text format (see `metrics`);
 //! - `GET /reservations/{id}`: one reservation's state, when a partition
-//!   owned here holds it.
+//!   owned here holds it;
+//! - `GET /`: a status page for people (server-rendered HTML, an inline SVG
+//!   chart, a reload every 5 s; no build step, no external asset).
 //!
 //! Reads only what the service loop shares; holds its locks for a lookup's
 //! length and never across an await.
@@ -14,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -37,6 +39,7 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 
 pub async fn serve(listener: tokio::net::TcpListener, ctx: Arc<ServiceContext>, metrics: Arc<Metrics>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
     let app = Router::new()
+        .route("/", get(status_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -114,3 +117,116 @@ impl ServiceContext {
 
 /// The default address: loopback, the port Prometheus exporters commonly leave free.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:9464";
+
+#[derive(serde::Deserialize)]
+struct PageQuery {
+    id: Option<String>,
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// One colour per event type, in the order they are first drawn.
+const COLOURS: [&str; 8] = ["#2b6cb0", "#c05621", "#2f855a", "#b83280", "#6b46c1", "#c53030", "#319795", "#718096"];
+
+async fn status_page(State(s): State<Shared>, Query(q): Query<PageQuery>) -> Response {
+    let lookup = match q.id.as_deref().map(str::trim).filter(|i| !i.is_empty()) {
+        Some(id) => {
+            let (ctx, id2) = (s.ctx.clone(), id.to_string());
+            Some((id.to_string(), tokio::task::spawn_blocking(move || ctx.lookup(&id2)).await))
+        }
+        None => None,
+    };
+    s.metrics.sample();
+    let ready = s.ctx.readiness();
+    let (assigned, ready_set): (Vec<i32>, std::collections::BTreeSet<i32>) = {
+        let t = s.ctx.tasks.lock().expect("tasks lock");
+        (t.assigned.keys().copied().collect(), t.ready.clone())
+    };
+    let b = s.metrics.board.lock().expect("board lock");
+    let mut html = String::with_capacity(16 << 10);
+    html.push_str("<!doctype html><html><head><meta charset=\"utf-8\"><title>resevent status</title><style>body{font:14px system-ui,sans-serif;margin:24px;color:#1a202c}table{border-collapse:collapse;margin:8px 0 20px}td,th{border:1px solid #cbd5e0;padding:4px 10px;text-align:left}th{background:#edf2f7}.ok{color:#2f855a}.no{color:#c53030}h2{margin:18px 0 6px;font-size:16px}code{background:#edf2f7;padding:1px 4px}</style></head><body>");
+    html.push_str("<h1>resevent</h1>");
+    match &ready {
+        Ok(w) => html.push_str(&format!("<p class=\"ok\" id=\"ready\">{}</p>", esc(w))),
+        Err(w) => html.push_str(&format!("<p class=\"no\" id=\"ready\">{}</p>", esc(w))),
+    }
+    html.push_str(&format!("<p>Records processed: <b id=\"records\">{}</b> &middot; business events: <b id=\"events\">{}</b> &middot; allowlist in force: <b id=\"allowlist\">{}</b></p>", b.records, b.events.values().sum::<u64>(), esc(&b.allowlist)));
+
+    html.push_str("<h2>Partitions</h2><table id=\"partitions\"><tr><th>partition</th><th>state</th><th>lag</th><th>restore remaining</th></tr>");
+    if assigned.is_empty() {
+        html.push_str("<tr><td colspan=\"4\">none assigned</td></tr>");
+    }
+    for p in &assigned {
+        let lag: i64 = b.lag.iter().filter(|((_, q), _)| q == p).map(|(_, l)| *l).sum();
+        let state = if ready_set.contains(p) { "processing" } else { "restoring" };
+        let remaining = b.restore_remaining.get(p).copied().unwrap_or(0);
+        html.push_str(&format!("<tr><td>{p}</td><td>{state}</td><td>{lag}</td><td>{remaining}</td></tr>"));
+    }
+    html.push_str("</table>");
+
+    // Events per second by type, from the sampled history.
+    html.push_str("<h2>Business events per second, last 10 minutes</h2>");
+    let types: Vec<&'static str> = b.events.keys().copied().collect();
+    let (w, h) = (640.0_f64, 160.0_f64);
+    let points: Vec<(f64, Vec<f64>)> = b
+        .history
+        .iter()
+        .zip(b.history.iter().skip(1))
+        .map(|((t0, c0), (t1, c1))| {
+            let dt = (t1 - t0).max(1e-3);
+            (*t1, types.iter().map(|t| (c1.get(t).copied().unwrap_or(0) - c0.get(t).copied().unwrap_or(0)) as f64 / dt).collect())
+        })
+        .collect();
+    let max = points.iter().flat_map(|(_, v)| v.iter().copied()).fold(1.0_f64, f64::max);
+    let (t_first, t_last) = (points.first().map_or(0.0, |p| p.0), points.last().map_or(1.0, |p| p.0));
+    html.push_str(&format!("<svg id=\"chart\" width=\"{w}\" height=\"{}\" style=\"border:1px solid #cbd5e0\">", h + 20.0));
+    for i in 0..types.len() {
+        let pts: Vec<String> = points
+            .iter()
+            .map(|(x, v)| format!("{:.1},{:.1}", (x - t_first) / (t_last - t_first).max(1.0) * (w - 20.0) + 10.0, h - v[i] / max * (h - 10.0)))
+            .collect();
+        html.push_str(&format!("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>", COLOURS[i % COLOURS.len()], pts.join(" ")));
+    }
+    html.push_str(&format!("<text x=\"10\" y=\"{}\" font-size=\"11\">peak {max:.0}/s</text></svg>", h + 15.0));
+    html.push_str("<table id=\"rates\"><tr><th>event type</th><th>per second now</th><th>total</th></tr>");
+    for (i, t) in types.iter().enumerate() {
+        let now = points.last().map_or(0.0, |(_, v)| v[i]);
+        html.push_str(&format!("<tr><td style=\"color:{}\">&#9632; {t}</td><td>{now:.1}</td><td>{}</td></tr>", COLOURS[i % COLOURS.len()], b.events[t]));
+    }
+    html.push_str("</table>");
+
+    html.push_str("<h2>Dead letters by kind</h2><table id=\"dead\"><tr><th>kind</th><th>records</th></tr>");
+    if b.dead_letters.is_empty() {
+        html.push_str("<tr><td colspan=\"2\">none</td></tr>");
+    }
+    for (k, n) in &b.dead_letters {
+        html.push_str(&format!("<tr><td>{k}</td><td>{n}</td></tr>"));
+    }
+    html.push_str("</table>");
+    drop(b);
+
+    html.push_str("<h2>Look up a reservation</h2><form method=\"get\" action=\"/\"><input name=\"id\" size=\"30\" placeholder=\"reservation id\"> <button>Look up</button></form>");
+    if let Some((id, found)) = lookup {
+        match found {
+            Ok(Ok(Some(j))) => {
+                html.push_str(&format!("<table id=\"lookup\"><tr><th colspan=\"2\">{}</th></tr>", esc(&id)));
+                if let Some(o) = j.as_object() {
+                    for (k, v) in o {
+                        let v = v.as_str().map_or_else(|| v.to_string(), String::from);
+                        html.push_str(&format!("<tr><td>{}</td><td>{}</td></tr>", esc(k), esc(&v)));
+                    }
+                }
+                html.push_str("</table>");
+            }
+            Ok(Ok(None)) => html.push_str(&format!("<p id=\"lookup\">{} is not held by a partition of this instance; another member may own its partition.</p>", esc(&id))),
+            Ok(Err(e)) => html.push_str(&format!("<p id=\"lookup\" class=\"no\">lookup failed: {}</p>", esc(&e.to_string()))),
+            Err(e) => html.push_str(&format!("<p id=\"lookup\" class=\"no\">lookup failed: {}</p>", esc(&e.to_string()))),
+        }
+    }
+    html.push_str("<p style=\"color:#718096\">Raw figures: <a href=\"/metrics\">/metrics</a> &middot; <a href=\"/readyz\">/readyz</a>. This page reloads every 5 s.</p>");
+    // Reload for live figures, but not while someone is typing an id.
+    html.push_str("<script>setTimeout(function(){if(!document.activeElement||document.activeElement.name!=='id'){location.reload()}},5000)</script></body></html>");
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}

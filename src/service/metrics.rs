@@ -5,7 +5,9 @@
 //! statistics report — never per record — and labelled only with bounded
 //! values (event types, error kinds, partition numbers). No I/O here.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
@@ -24,8 +26,28 @@ fn label(k: &str, v: impl ToString) -> Labels {
     vec![(k.to_string(), v.to_string())]
 }
 
+/// What the status page shows beyond /metrics: totals and a short history.
+#[derive(Default)]
+pub struct Board {
+    pub records: u64,
+    pub events: BTreeMap<&'static str, u64>,
+    pub dead_letters: BTreeMap<&'static str, u64>,
+    pub lag: BTreeMap<(String, i32), i64>,
+    pub restore_remaining: BTreeMap<i32, u64>,
+    /// The allowlist in force, as text.
+    pub allowlist: String,
+    /// (seconds since start, cumulative events by type), one every `SAMPLE` at most.
+    pub history: VecDeque<(f64, BTreeMap<&'static str, u64>)>,
+}
+
+/// How often the events-per-second history takes a sample, and how many it keeps (10 minutes).
+const SAMPLE: Duration = Duration::from_secs(5);
+const HISTORY: usize = 120;
+
 /// Every metric of the service, registered once.
 pub struct Metrics {
+    pub board: Mutex<Board>,
+    started: Instant,
     pub registry: Registry,
     records_consumed: Counter,
     business_events: Family<Labels, Counter>,
@@ -77,6 +99,8 @@ impl Metrics {
     pub fn new(latency: LatencyMetric) -> Metrics {
         let mut registry = Registry::with_prefix("resevent");
         let m = Metrics {
+            board: Mutex::default(),
+            started: Instant::now(),
             records_consumed: Counter::default(),
             business_events: Family::default(),
             dead_letters: Family::default(),
@@ -102,6 +126,8 @@ impl Metrics {
         registry.register_with_unit("state_live_data", "RocksDB live data size of the state store", Unit::Bytes, m.state_live_bytes.clone());
         registry.register("state_write_stalls", "1 while RocksDB stalls or stops writes, else 0", m.write_stalls.clone());
         registry.register_with_unit("event_latency", "Input record timestamp to its business event acknowledged", Unit::Seconds, latency);
+        // The history starts at zero, so the first burst of traffic shows as a rate.
+        m.board.lock().expect("board lock").history.push_back((0.0, BTreeMap::new()));
         Metrics { registry, ..m }
     }
 
@@ -121,6 +147,33 @@ impl Metrics {
         if c.duplicates > 0 {
             self.changes_suppressed.get_or_create(&label("reason", "duplicate")).inc_by(c.duplicates);
         }
+        let mut b = self.board.lock().expect("board lock");
+        b.records += c.records;
+        for (t, n) in events_by_type {
+            *b.events.entry(t).or_default() += n;
+        }
+        for (k, n) in dead_by_kind {
+            *b.dead_letters.entry(k).or_default() += n;
+        }
+        drop(b);
+        self.sample();
+    }
+
+    /// Adds a point to the events history if the last is `SAMPLE` old.
+    pub fn sample(&self) {
+        let now = self.started.elapsed().as_secs_f64();
+        let mut b = self.board.lock().expect("board lock");
+        if b.history.back().is_none_or(|(t, _)| now - t >= SAMPLE.as_secs_f64()) {
+            let point = b.events.clone();
+            b.history.push_back((now, point));
+            if b.history.len() > HISTORY {
+                b.history.pop_front();
+            }
+        }
+    }
+
+    pub fn set_allowlist(&self, text: String) {
+        self.board.lock().expect("board lock").allowlist = text;
     }
 
     pub fn committed(&self, seconds: f64) {
@@ -130,16 +183,19 @@ impl Metrics {
     pub fn lag(&self, topic: &str, partition: i32, lag: i64) {
         let labels = vec![("topic".to_string(), topic.to_string()), ("partition".to_string(), partition.to_string())];
         self.consumer_lag.get_or_create(&labels).set(lag.max(0));
+        self.board.lock().expect("board lock").lag.insert((topic.to_string(), partition), lag.max(0));
     }
 
     pub fn forget_partition(&self, topic: &str, partition: i32) {
         let labels = vec![("topic".to_string(), topic.to_string()), ("partition".to_string(), partition.to_string())];
         self.consumer_lag.remove(&labels);
+        self.board.lock().expect("board lock").lag.remove(&(topic.to_string(), partition));
     }
 
     pub fn restore_progress(&self, partition: i32, remaining: u64, newly_restored: u64) {
         self.restore_remaining.get_or_create(&label("partition", partition)).set(remaining as i64);
         self.restored_records.inc_by(newly_restored);
+        self.board.lock().expect("board lock").restore_remaining.insert(partition, remaining);
     }
 
     pub fn store(&self, live_bytes: u64, stalled: bool) {

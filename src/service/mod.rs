@@ -391,7 +391,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path
         Some(addr) => {
             let addr: std::net::SocketAddr = addr.parse().map_err(|e| anyhow::anyhow!("http_addr {addr:?} is not host:port: {e}"))?;
             let listener = http::bind(addr).await?;
-            tracing::info!(addr = %listener.local_addr()?, "HTTP: /healthz /readyz /metrics /reservations/{{id}}");
+            tracing::info!(addr = %listener.local_addr()?, "HTTP: / (status page) /healthz /readyz /metrics /reservations/{{id}}");
             Some(tokio::spawn(http::serve(listener, consumer.context().clone(), metrics.clone(), async {
                 let _ = http_stopped.await;
             })))
@@ -400,6 +400,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path
     };
     consumer.subscribe(&cfg.input_topics.iter().map(String::as_str).collect::<Vec<_>>())?;
 
+    metrics.set_allowlist(engine.pipeline.allowlist.describe());
     let watch = reload::PipelineWatch::new(pipeline_file);
     let mut service = Service { cfg: &cfg, engine, watch, consumer: &consumer, summary: RunSummary::default(), since_log: Counts::default(), last_log: Instant::now() };
     let outcome = service.run_loop(shutdown, &mut restored).await;
@@ -543,6 +544,7 @@ impl Service<'_> {
                 } else {
                     crate::decode::Decoder::new(self.cfg.format, new.paths.clone()).with_limits(self.cfg.limits())
                 };
+                self.consumer.context().metrics.set_allowlist(new.allowlist.describe());
                 self.engine = Engine::new(new, decoder);
                 tracing::info!(trigger = why, file = %path, changes = %differences.join("; "), "pipeline reloaded; in force from the next change");
             }
