@@ -202,8 +202,10 @@ impl StateStore {
     }
 
     /// Closes and opens the database again: after an I/O failure RocksDB
-    /// refuses writes until reopened. Reopening replays the WAL, so every
-    /// committed batch is there; an uncommitted one never was. On error the
+    /// refuses writes until reopened. With a WAL (replay) every committed
+    /// batch is there after it; without one (run) the newest batches may be
+    /// gone, with their checkpoint, so the caller restores every partition
+    /// from the changelog again. On error the
     /// store stays closed (every call fails with the retryable
     /// [`StoreError::Closed`]) and reopen can be tried again.
     pub fn reopen(&mut self) -> Result<(), StoreError> {

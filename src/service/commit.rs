@@ -90,8 +90,10 @@ pub trait CommitIo {
     /// At-least-once step 4.
     fn commit_offsets(&mut self, offsets: &BTreeMap<InputPartition, i64>) -> Result<(), Fault>;
     /// After a failure: abandon what was sent (abort the transaction) and
-    /// seek each partition back to `to`.
-    fn rewind(&mut self, to: &BTreeMap<InputPartition, i64>);
+    /// seek each partition back to `to`. An error here (a partition still
+    /// owned that cannot be sought back) must stop the instance: going on
+    /// would skip the interval's records.
+    fn rewind(&mut self, to: &BTreeMap<InputPartition, i64>) -> Result<(), Fault>;
 }
 
 /// What a commit did, for logs and metrics.
@@ -144,11 +146,14 @@ impl Coordinator {
                 Ok(Some(done))
             }
             Err(fault) => {
-                io.rewind(&self.progress.start);
+                let rewound = io.rewind(&self.progress.start);
                 self.cache.drop_dirty();
                 self.progress = Progress::default();
                 self.last_commit = Instant::now();
-                Err(fault)
+                Err(match rewound {
+                    Ok(()) => fault,
+                    Err(fatal) => Fault::Fatal(anyhow::anyhow!("{fault}; then {fatal}")),
+                })
             }
         }
     }
@@ -206,8 +211,9 @@ mod tests {
         fn commit_offsets(&mut self, offsets: &BTreeMap<InputPartition, i64>) -> Result<(), Fault> {
             self.step(format!("offsets {offsets:?}"), "offsets")
         }
-        fn rewind(&mut self, to: &BTreeMap<InputPartition, i64>) {
+        fn rewind(&mut self, to: &BTreeMap<InputPartition, i64>) -> Result<(), Fault> {
             self.calls.push(format!("rewind {to:?}"));
+            if self.fail_at == Some("rewind-too") { Err(Fault::Broker(anyhow::anyhow!("seek failed"))) } else { Ok(()) }
         }
     }
 
@@ -258,6 +264,36 @@ mod tests {
             assert_eq!(c.cache.dirty_count(), 0, "{fail_at}: the uncommitted states are dropped");
             assert_eq!(c.cache.get(0, "a"), None, "{fail_at}");
         }
+    }
+
+    #[test]
+    fn a_rewind_that_cannot_seek_back_stops_the_instance() {
+        let mut c = interval(false);
+        // The flush fails (as "rewind-too" fails no step), then the seek does.
+        struct FlushFails(Recorder);
+        impl CommitIo for FlushFails {
+            fn flush_outputs(&mut self) -> Result<(), Fault> {
+                Err(Fault::Broker(anyhow::anyhow!("flush failed")))
+            }
+            fn send_changelog(&mut self, d: &DirtyStates) -> Result<(), Fault> {
+                self.0.send_changelog(d)
+            }
+            fn finish(&mut self, o: &BTreeMap<InputPartition, i64>) -> Result<BTreeMap<i32, u64>, Fault> {
+                self.0.finish(o)
+            }
+            fn write_state(&mut self, t: i32, s: &[(String, Vec<u8>)], n: Option<u64>) -> Result<(), Fault> {
+                self.0.write_state(t, s, n)
+            }
+            fn commit_offsets(&mut self, o: &BTreeMap<InputPartition, i64>) -> Result<(), Fault> {
+                self.0.commit_offsets(o)
+            }
+            fn rewind(&mut self, to: &BTreeMap<InputPartition, i64>) -> Result<(), Fault> {
+                self.0.rewind(to)
+            }
+        }
+        let mut io = FlushFails(Recorder { fail_at: Some("rewind-too"), ..Default::default() });
+        let err = c.commit(&mut io).unwrap_err();
+        assert!(!err.is_transient(), "{err}");
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!   chart, a reload every 5 s; no build step, no external asset).
 //!
 //! Reads only what the service loop shares; holds its locks for a lookup's
-//! length and never across an await.
+//! length, on blocking threads (the loop may hold them across a commit), and
+//! never across an await.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,9 +52,13 @@ pub async fn serve(listener: tokio::net::TcpListener, ctx: Arc<ServiceContext>, 
 }
 
 async fn readyz(State(s): State<Shared>) -> Response {
-    match s.ctx.readiness() {
-        Ok(why) => (StatusCode::OK, format!("{why}\n")).into_response(),
-        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+    // The service loop may hold its lock for a commit's length: wait for it
+    // on a blocking thread, never on a runtime worker (the loop's own
+    // timers need those).
+    match tokio::task::spawn_blocking(move || s.ctx.readiness()).await {
+        Ok(Ok(why)) => (StatusCode::OK, format!("{why}\n")).into_response(),
+        Ok(Err(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }
 
@@ -139,10 +144,16 @@ async fn status_page(State(s): State<Shared>, Query(q): Query<PageQuery>) -> Res
         None => None,
     };
     s.metrics.sample();
-    let ready = s.ctx.readiness();
-    let (assigned, ready_set): (Vec<i32>, std::collections::BTreeSet<i32>) = {
-        let t = s.ctx.tasks.lock().expect("tasks lock");
-        (t.assigned.keys().copied().collect(), t.ready.clone())
+    let ctx = s.ctx.clone();
+    // On a blocking thread, as /readyz does.
+    let Ok((ready, assigned, ready_set)) = tokio::task::spawn_blocking(move || {
+        let ready = ctx.readiness();
+        let t = ctx.tasks.lock().expect("tasks lock");
+        (ready, t.assigned.keys().copied().collect::<Vec<i32>>(), t.ready.clone())
+    })
+    .await
+    else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "status unavailable\n").into_response();
     };
     let b = s.metrics.board.lock().expect("board lock");
     let mut html = String::with_capacity(16 << 10);

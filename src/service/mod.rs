@@ -296,13 +296,18 @@ impl<C: Consumer<ServiceContext>> CommitIo for ServiceIo<'_, C> {
         Ok(())
     }
 
-    fn rewind(&mut self, to: &BTreeMap<InputPartition, i64>) {
+    fn rewind(&mut self, to: &BTreeMap<InputPartition, i64>) -> Result<(), Fault> {
         self.collector.abandon();
+        let owned = self.consumer.assignment().map_err(|e| Fault::Fatal(anyhow::anyhow!("reading the assignment to rewind: {e}")))?;
         for ((topic, p), offset) in to {
             if let Err(e) = self.consumer.seek(topic, *p, Offset::Offset(*offset), Duration::from_secs(10)) {
-                tracing::debug!(topic = %topic, partition = p, error = %e, "seek back (a revoked partition is read again by its next owner)");
+                if owned.find_partition(topic, *p).is_some() {
+                    return Err(Fault::Fatal(anyhow::anyhow!("cannot seek {topic}/{p} back to {offset} to process the interval again: {e}; stopping, so that the next start reads it from the committed offset")));
+                }
+                tracing::debug!(topic = %topic, partition = p, error = %e, "seek back of a revoked partition; its next owner reads it again");
             }
         }
+        Ok(())
     }
 }
 
@@ -644,20 +649,22 @@ impl Service<'_> {
         if let Err(fault) = result {
             // Part of the interval is in the cache and on its way out: rewind
             // all of it, as a failed commit does.
-            let mut io = ServiceIo { collector: &mut tasks.collector, store: &ctx.store, consumer: self.consumer, sync_offsets: false };
-            io.rewind(&tasks.coordinator.progress.start);
             // Records of this batch not yet in the interval's progress are
             // sought back too: their partitions' first offsets in the batch.
+            let mut to = tasks.coordinator.progress.start.clone();
             for (p, msgs) in &by_task {
-                if let Some(first) = msgs.first() {
-                    if !tasks.coordinator.progress.start.contains_key(&(first.topic().to_owned(), *p)) {
-                        let _ = self.consumer.seek(first.topic(), *p, Offset::Offset(first.offset()), Duration::from_secs(10));
-                    }
+                for m in msgs {
+                    to.entry((m.topic().to_owned(), *p)).or_insert(m.offset());
                 }
             }
+            let mut io = ServiceIo { collector: &mut tasks.collector, store: &ctx.store, consumer: self.consumer, sync_offsets: false };
+            let rewound = io.rewind(&to);
             tasks.coordinator.cache.drop_dirty();
             tasks.coordinator.progress = Default::default();
-            return Err(fault);
+            return Err(match rewound {
+                Ok(()) => fault,
+                Err(fatal) => Fault::Fatal(anyhow::anyhow!("{fault}; then {fatal}")),
+            });
         }
         drop(guard);
         ctx.metrics.batch(&counts, &by_type, &by_kind);
@@ -688,7 +695,10 @@ impl Service<'_> {
                     return Ok(());
                 }
             }
-            let ready: Vec<i32> = std::mem::take(&mut tasks.ready).into_iter().collect();
+            // Every assigned task, ready or restoring: without a WAL the
+            // reopened store may lack writes either of them counted on.
+            tasks.ready.clear();
+            let ready: Vec<i32> = tasks.assigned.keys().copied().collect();
             let mut pause = TopicPartitionList::new();
             for &p in &ready {
                 tasks.coordinator.cache.drop_task(p);
@@ -708,16 +718,16 @@ impl Service<'_> {
 
     /// A restore finished: the task is ready, its partitions resume, and the
     /// records it held come back to be processed first.
-    fn on_restored(&mut self, (p, result): RestoreResult) -> anyhow::Result<Vec<OwnedMessage>> {
+    fn on_restored(&mut self, (p, epoch, result): RestoreResult) -> anyhow::Result<Vec<OwnedMessage>> {
         let ctx = self.consumer.context();
         if matches!(&result, Ok(r) if !r.complete) {
             return Ok(Vec::new()); // revoked; a new assignment queued a new restore
         }
-        let wanted = ctx.restores.is_restoring(p);
-        ctx.restores.finished(p);
         let mut tasks = ctx.tasks.lock().expect("tasks lock");
-        if !wanted || !tasks.assigned.contains_key(&p) {
-            return Ok(Vec::new()); // revoked meanwhile
+        // Only the restore wanted now counts: one requested before a revoke
+        // (and a new assignment) may have read an older changelog end.
+        if !ctx.restores.finish(p, epoch) || !tasks.assigned.contains_key(&p) {
+            return Ok(Vec::new());
         }
         match result {
             Ok(r) => {

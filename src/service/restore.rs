@@ -18,8 +18,8 @@
 //! the last batch's base offset + 1 from ListOffsets, so the checkpoint is the
 //! position at EOF, which the fetch response gets right on every broker.)
 
-use std::collections::HashSet;
-use std::sync::{Arc, Mutex, mpsc};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -140,10 +140,10 @@ impl Restorer {
         let mut batch = StateBatch::default();
         let result = loop {
             if !wanted() {
-                // Revoked: what was read so far is consistent with its checkpoint.
+                // Revoked (or requested anew): stop without writing what is
+                // in hand; the batches written so far are consistent with
+                // their checkpoint, and a later restore continues from it.
                 self.consumer.unassign()?;
-                batch.mark(CHANGELOG_NEXT, next);
-                self.store.lock().expect("store lock").commit(&name, batch)?;
                 tracing::info!(partition, records, "restore stopped: the partition was revoked");
                 return Ok(Restored { records, rebuilt, complete: false });
             }
@@ -174,7 +174,7 @@ impl Restorer {
                     records += 1;
                     next = offset + 1;
                     last_progress = Instant::now();
-                    if batch.reservations >= RESTORE_BATCH {
+                    if batch.reservations >= RESTORE_BATCH && wanted() {
                         batch.mark(CHANGELOG_NEXT, next);
                         let n = batch.reservations as u64;
                         self.store.lock().expect("store lock").commit(&name, std::mem::take(&mut batch))?;
@@ -247,17 +247,31 @@ impl Restorer {
     }
 }
 
-/// What a restore came to, for the service loop.
-pub type RestoreResult = (i32, anyhow::Result<Restored>);
+/// What a restore came to, for the service loop: the partition, the
+/// request's epoch, and the outcome.
+pub type RestoreResult = (i32, u64, anyhow::Result<Restored>);
+
+/// Which restores are wanted, and which run. Every request of a partition
+/// gets a new epoch; a restore whose epoch is no longer the partition's
+/// (revoked, or revoked and assigned again meanwhile) stops without writing
+/// and its result is ignored. At most one restore of a partition runs at a
+/// time, so a stale one never writes beside its successor.
+#[derive(Default)]
+struct Requests {
+    /// Partition → the epoch of the restore that is wanted now.
+    wanted: HashMap<i32, u64>,
+    /// Partitions a thread is restoring right now.
+    running: HashSet<i32>,
+    next_epoch: u64,
+}
 
 /// Restores on threads of their own (a small pool, each thread with its own
 /// changelog consumer), in the order partitions were assigned: a long
 /// restore of one partition does not hold up a short one of another.
 pub struct RestoreWorker {
     /// `None` once stopping.
-    requests: Option<mpsc::Sender<i32>>,
-    /// The partitions whose restore is still wanted (assigned, not revoked).
-    wanted: Arc<Mutex<HashSet<i32>>>,
+    queue: Option<mpsc::Sender<(i32, u64)>>,
+    requests: Arc<(Mutex<Requests>, Condvar)>,
     /// Joined on drop: each thread owns a Kafka client, which must be gone
     /// before the process exits.
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -265,8 +279,9 @@ pub struct RestoreWorker {
 
 impl Drop for RestoreWorker {
     fn drop(&mut self) {
-        self.wanted.lock().expect("wanted lock").clear();
-        self.requests = None;
+        self.requests.0.lock().expect("requests lock").wanted.clear();
+        self.requests.1.notify_all();
+        self.queue = None;
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -276,50 +291,78 @@ impl Drop for RestoreWorker {
 impl RestoreWorker {
     /// Starts one thread per restorer; finished restores arrive on `done`.
     pub fn start(restorers: Vec<Restorer>, done: tokio::sync::mpsc::UnboundedSender<RestoreResult>) -> std::io::Result<RestoreWorker> {
-        let (requests, incoming) = mpsc::channel::<i32>();
+        let (queue, incoming) = mpsc::channel::<(i32, u64)>();
         let incoming = Arc::new(Mutex::new(incoming));
-        let wanted: Arc<Mutex<HashSet<i32>>> = Arc::default();
+        let requests: Arc<(Mutex<Requests>, Condvar)> = Arc::default();
         let mut threads = Vec::new();
         for (n, restorer) in restorers.into_iter().enumerate() {
-            let (incoming, still, done) = (incoming.clone(), wanted.clone(), done.clone());
+            let (incoming, requests, done) = (incoming.clone(), requests.clone(), done.clone());
             threads.push(std::thread::Builder::new().name(format!("restore-{n}")).spawn(move || {
                 loop {
                     // The lock is held only while waiting for the next request.
-                    let Ok(p) = incoming.lock().expect("requests lock").recv() else { break };
-                    let is_wanted = || still.lock().expect("wanted lock").contains(&p);
-                    if !is_wanted() {
-                        continue;
+                    let Ok((p, epoch)) = incoming.lock().expect("queue lock").recv() else { break };
+                    let current = || requests.0.lock().expect("requests lock").wanted.get(&p) == Some(&epoch);
+                    {
+                        // Wait out a stale restore of the same partition (it
+                        // stops at its next poll), unless this one is stale too.
+                        let (lock, cv) = &*requests;
+                        let mut r = lock.lock().expect("requests lock");
+                        while r.running.contains(&p) && r.wanted.get(&p) == Some(&epoch) {
+                            r = cv.wait(r).expect("requests lock");
+                        }
+                        if r.wanted.get(&p) != Some(&epoch) {
+                            continue;
+                        }
+                        r.running.insert(p);
                     }
-                    let result = restorer.restore(p, &is_wanted);
-                    if done.send((p, result)).is_err() {
+                    let result = restorer.restore(p, &current);
+                    requests.0.lock().expect("requests lock").running.remove(&p);
+                    requests.1.notify_all();
+                    if done.send((p, epoch, result)).is_err() {
                         break; // the service has stopped
                     }
                 }
             })?);
         }
-        Ok(RestoreWorker { requests: Some(requests), wanted, threads })
+        Ok(RestoreWorker { queue: Some(queue), requests, threads })
     }
 
-    /// Queues a restore of `partition`.
+    /// Queues a restore of `partition` (a new epoch: an older restore of it
+    /// stops and its result no longer counts).
     pub fn request(&self, partition: i32) {
-        self.wanted.lock().expect("wanted lock").insert(partition);
-        if let Some(r) = &self.requests {
-            let _ = r.send(partition);
+        let epoch = {
+            let mut r = self.requests.0.lock().expect("requests lock");
+            r.next_epoch += 1;
+            let e = r.next_epoch;
+            r.wanted.insert(partition, e);
+            e
+        };
+        self.requests.1.notify_all();
+        if let Some(q) = &self.queue {
+            let _ = q.send((partition, epoch));
         }
     }
 
     /// The partition was revoked: stop or skip its restore.
     pub fn cancel(&self, partition: i32) {
-        self.wanted.lock().expect("wanted lock").remove(&partition);
+        self.requests.0.lock().expect("requests lock").wanted.remove(&partition);
+        self.requests.1.notify_all();
     }
 
-    /// Whether a restore of `partition` is queued or running.
+    /// Whether a restore of `partition` is wanted (queued or running).
     pub fn is_restoring(&self, partition: i32) -> bool {
-        self.wanted.lock().expect("wanted lock").contains(&partition)
+        self.requests.0.lock().expect("requests lock").wanted.contains_key(&partition)
     }
 
-    /// The restore finished; it is no longer wanted.
-    pub fn finished(&self, partition: i32) {
-        self.cancel(partition);
+    /// Takes a finished restore's result if it is the one wanted now; a
+    /// stale one (an older epoch) is `false` and must be ignored.
+    pub fn finish(&self, partition: i32, epoch: u64) -> bool {
+        let mut r = self.requests.0.lock().expect("requests lock");
+        if r.wanted.get(&partition) == Some(&epoch) {
+            r.wanted.remove(&partition);
+            true
+        } else {
+            false
+        }
     }
 }

@@ -213,28 +213,48 @@ impl RecordCollector {
         std::mem::take(&mut *self.producer.context().changelog_next.lock().expect("changelog lock"))
     }
 
-    /// Exactly-once: commits the interval's transaction with the input offsets.
+    /// Exactly-once: commits the interval's transaction with the input
+    /// offsets. A send of the interval that failed fails it before anything
+    /// commits (the caller aborts and rewinds). A commit that timed out is
+    /// retried, as librdkafka requires; one that needs an abort is a
+    /// transient fault (abort, rewind); anything else stops the instance,
+    /// whose next start resolves the transaction in `init_transactions`.
+    /// Once the commit succeeded, nothing fails it.
     pub fn commit_transaction(&mut self, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> Result<(), Fault> {
+        self.take_error()?;
         if !self.in_transaction {
             self.producer.begin_transaction().map_err(|e| Fault::kafka(e, "beginning a transaction"))?;
             self.in_transaction = true;
         }
-        self.producer
-            .send_offsets_to_transaction(offsets, group, FLUSH_TIMEOUT)
-            .and_then(|()| self.producer.commit_transaction(FLUSH_TIMEOUT))
-            .map_err(|e| Fault::kafka(e, "committing the transaction"))?;
+        self.producer.send_offsets_to_transaction(offsets, group, FLUSH_TIMEOUT).map_err(|e| transaction_fault(e, "sending the input offsets to the transaction"))?;
+        let mut attempt = 0;
+        loop {
+            match self.producer.commit_transaction(FLUSH_TIMEOUT) {
+                Ok(()) => break,
+                Err(KafkaError::Transaction(e)) if e.is_retriable() && attempt < 5 => {
+                    attempt += 1;
+                    tracing::warn!(attempt, error = %e, "committing the transaction; retrying");
+                }
+                Err(e) => return Err(transaction_fault(e, "committing the transaction")),
+            }
+        }
         self.in_transaction = false;
-        self.take_error()
+        // Every record of the transaction was delivered; what is left are
+        // reports of records an earlier abort purged.
+        let _ = self.take_error();
+        Ok(())
     }
 
     /// Abandons the interval: aborts an open transaction (read_committed
-    /// consumers never see it) and forgets failures already reported.
+    /// consumers never see it), lets the purged records' reports arrive, and
+    /// forgets failures already reported.
     pub fn abandon(&mut self) {
         if self.in_transaction {
             if let Err(e) = self.producer.abort_transaction(FLUSH_TIMEOUT) {
                 tracing::warn!(error = %e, "aborting the transaction");
             }
             self.in_transaction = false;
+            let _ = self.producer.flush(Duration::from_secs(5));
         }
         let _ = self.take_error();
         self.take_changelog_next();
@@ -253,5 +273,16 @@ impl RecordCollector {
     /// Whether this collector writes transactions.
     pub fn is_transactional(&self) -> bool {
         self.transactional
+    }
+}
+
+/// A transaction call's failure: one that needs an abort is transient (the
+/// interval is aborted and processed again); a fatal one loses the producer;
+/// anything else cannot be resolved here and stops the instance.
+fn transaction_fault(e: KafkaError, doing: &str) -> Fault {
+    match &e {
+        KafkaError::Transaction(t) if t.txn_requires_abort() => Fault::Broker(anyhow::anyhow!("{doing}: {e}")),
+        KafkaError::Transaction(t) if t.is_fatal() => Fault::ProducerLost(anyhow::anyhow!("{doing}: {e}")),
+        _ => Fault::Fatal(anyhow::anyhow!("{doing}: {e}; the next start resolves the open transaction")),
     }
 }
