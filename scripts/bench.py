@@ -874,6 +874,9 @@ class Bench:
     def run(self):
         self.results["started"] = datetime.datetime.now(datetime.timezone.utc)
         self.results["load_before"] = os.getloadavg()
+        # At the start, right after scripts/bench built the binary: whether
+        # src/ had uncommitted changes then is what the figures are of.
+        self.results["versions"] = versions(self.a)
         # A fresh broker for each part that needs one: Tansu's memory storage
         # never expires anything (~8 GB after the drains), and a part should
         # not pay for what the one before left behind.
@@ -1108,7 +1111,7 @@ def report(bench, argv):
                      f"{100 * co['core_per_second'] / co['decode_only_per_second']:.0f}% (of {rate(co['decode_only_per_second'])})", "", ""))
 
     cfg = bench.settings or {}
-    v = versions(a)
+    v = r.get("versions") or versions(a)
     header = [
         f"date: {r['started']:%Y-%m-%d %H:%M} UTC, {r.get('minutes', 0):.0f} minutes; load average (1 min) before: "
         f"{r['load_before'][0]:.2f}, after: {os.getloadavg()[0]:.2f}",
