@@ -411,8 +411,9 @@ pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path
     let outcome = service.run_loop(shutdown, &mut restored).await;
 
     tracing::info!("shutting down: committing and leaving the group");
+    // (A commit that did something marks the summary's end; the idle wait
+    // before an idle exit is not busy time.)
     let final_commit = service.commit(true);
-    service.summary.acknowledged();
     if let Err(e) = &final_commit {
         tracing::warn!(error = %e, "final commit failed; the next start reads the interval again (same eventIds)");
     }
@@ -487,8 +488,11 @@ impl Service<'_> {
                     _ = tokio::time::sleep(wait) => Vec::new(),
                 }
             };
+            let idle_now = batch.is_empty();
             let mut result = if batch.is_empty() { Ok(()) } else { self.process(&batch).await };
-            if result.is_ok() && self.is_due() {
+            // Due, or the input went quiet: nothing waits behind this commit,
+            // and what was processed becomes durable (and acknowledged) now.
+            if result.is_ok() && (self.is_due() || idle_now) {
                 result = self.commit(false).map(|_| ());
             }
             match result {

@@ -51,7 +51,8 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
         if !batch.is_empty() {
             summary.record_batch(&Counts { records: batch.len() as u64, ..Counts::default() });
         }
-        if !pending.is_empty() && last_commit.elapsed() >= interval {
+        // The same discipline as `run`: on the interval, or as soon as the input goes quiet.
+        if !pending.is_empty() && (last_commit.elapsed() >= interval || batch.is_empty()) {
             tokio::task::block_in_place(|| collector.flush())?;
             consumer.commit(&offsets(&std::mem::take(&mut pending))?, CommitMode::Async)?;
             summary.acknowledged();
@@ -64,8 +65,8 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     tokio::task::block_in_place(|| collector.flush())?;
     if !pending.is_empty() {
         consumer.commit(&offsets(&pending)?, CommitMode::Sync)?;
+        summary.acknowledged();
     }
-    summary.acknowledged();
     summary.latency = collector.latency();
     Ok(summary)
 }
