@@ -18,3 +18,13 @@ if [ -z "${LIBCLANG_PATH:-}" ] && ! ls /usr/lib/llvm-*/lib/libclang.so >/dev/nul
         as_root apt-get install -y -q libclang-dev >/dev/null || { echo "resevent: could not install libclang-dev; install it and retry" >&2; exit 1; }
     }
 fi
+
+# librdkafka is built with TLS (and with it SASL PLAIN, SCRAM and OAUTHBEARER)
+# against the system's OpenSSL: its headers and pkg-config must be there.
+if ! pkg-config --exists openssl 2>/dev/null; then
+    echo "resevent: installing libssl-dev and pkg-config (TLS to the broker)" >&2
+    as_root apt-get install -y -q libssl-dev pkg-config >/dev/null 2>&1 || {
+        as_root apt-get update -q >/dev/null 2>&1
+        as_root apt-get install -y -q libssl-dev pkg-config >/dev/null || { echo "resevent: could not install libssl-dev; install it and retry" >&2; exit 1; }
+    }
+fi

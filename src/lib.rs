@@ -17,6 +17,7 @@ pub mod lookup;
 pub mod machine;
 pub mod pipeline;
 pub mod replay;
+pub mod secrets;
 pub mod service;
 pub mod store;
 pub mod time;

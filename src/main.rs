@@ -206,10 +206,24 @@ enum PipelineCommand {
     },
 }
 
+/// The version, librdkafka's and its `builtin.features` (ssl, sasl_scram, …).
+fn long_version() -> &'static str {
+    let (_, librdkafka) = rdkafka::util::get_rdkafka_version();
+    let features = rdkafka::ClientConfig::new().create_native_config().ok().and_then(|c| c.get("builtin.features").ok()).unwrap_or_else(|| "unknown".into());
+    Box::leak(format!("{}\nlibrdkafka {librdkafka}\nbuiltin.features: {features}", env!("CARGO_PKG_VERSION")).into_boxed_str())
+}
+
 fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RESEVENT_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let cli = Cli::parse();
-    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(io::stderr).with_target(false);
+    // --version also says what the bundled librdkafka can do (TLS, SASL mechanisms).
+    let matches = <Cli as clap::CommandFactory>::command().long_version(long_version()).get_matches();
+    let cli = match <Cli as clap::FromArgMatches>::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    // Every log line is scrubbed of the configuration's secrets (librdkafka's
+    // errors quote the values it refuses).
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| resevent::secrets::ScrubbedStderr).with_target(false);
     match cli.log_format {
         LogFormat::Text => logs.with_ansi(io::stderr().is_terminal()).init(),
         LogFormat::Json => logs.json().with_current_span(false).init(),
@@ -217,7 +231,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", resevent::secrets::scrub(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }

@@ -229,6 +229,11 @@ impl RunConfig {
             cfg.idle_exit_secs = flags.idle_exit_secs;
         }
         cfg.validate()?;
+        for (k, v) in cfg.kafka.iter().chain(cfg.consumer.iter()).chain(cfg.producer.iter()) {
+            if crate::secrets::is_secret(k) {
+                crate::secrets::remember(v);
+            }
+        }
         Ok(cfg)
     }
 
@@ -286,8 +291,7 @@ impl RunConfig {
     pub fn masked(&self) -> String {
         let mut shown = self.clone();
         for (k, v) in shown.kafka.iter_mut().chain(shown.consumer.iter_mut()).chain(shown.producer.iter_mut()) {
-            let k = k.to_ascii_lowercase();
-            if ["password", "secret", "jaas", "key.pem", "ssl.key", "token"].iter().any(|s| k.contains(s)) {
+            if crate::secrets::is_secret(k) {
                 *v = "*****".into();
             }
         }

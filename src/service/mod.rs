@@ -141,6 +141,14 @@ struct ServiceContext {
 }
 
 impl ClientContext for ServiceContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "Kafka client error");
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
+        tracing::warn!(facility, ?level, "librdkafka: {message}");
+    }
+
     /// librdkafka's statistics, every `statistics.interval.ms`: lag per
     /// partition and whether a broker is up, for /metrics and /readyz.
     fn stats(&self, stats: rdkafka::Statistics) {

@@ -14,6 +14,7 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use super::config::RunConfig;
+use crate::kafka::ConnectionContext;
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 
@@ -21,8 +22,15 @@ const TIMEOUT: Duration = Duration::from_secs(15);
 /// consumer handle with `allow.auto.create.topics=false`: a producer-type
 /// metadata request lets brokers that auto-create topics create the very topic
 /// being checked, with their default partition count.
-fn partitions(probe: &BaseConsumer, topic: &str) -> anyhow::Result<Option<usize>> {
-    let md = probe.fetch_metadata(Some(topic), TIMEOUT).map_err(|e| anyhow::anyhow!("cannot read metadata of topic {topic:?} from the brokers: {e}"))?;
+fn partitions(probe: &BaseConsumer<ConnectionContext>, topic: &str) -> anyhow::Result<Option<usize>> {
+    let md = probe.fetch_metadata(Some(topic), TIMEOUT).map_err(|e| {
+        // librdkafka queues the reason (a TLS handshake, a refused login)
+        // as an error event; serve it so the message can say why.
+        for _ in 0..5 {
+            let _ = probe.poll(Duration::from_millis(100));
+        }
+        crate::kafka::explain(format!("cannot read metadata of topic {topic:?} from the brokers: {e}"), probe.context())
+    })?;
     let Some(t) = md.topics().iter().find(|t| t.name() == topic) else { return Ok(None) };
     if t.error().is_some() || t.partitions().is_empty() {
         return Ok(None);
@@ -34,7 +42,7 @@ fn partitions(probe: &BaseConsumer, topic: &str) -> anyhow::Result<Option<usize>
 /// `routed` are the pipeline's extra event topics, created like the business topic.
 pub async fn prepare(cfg: &RunConfig, routed: &[String], client: &ClientConfig) -> anyhow::Result<usize> {
     let admin: AdminClient<DefaultClientContext> = client.create()?;
-    let probe: BaseConsumer = client.clone().set("allow.auto.create.topics", "false").create()?;
+    let probe: BaseConsumer<ConnectionContext> = client.clone().set("allow.auto.create.topics", "false").create_with_context(ConnectionContext::default())?;
     let mut count = None;
     for topic in &cfg.input_topics {
         let n = partitions(&probe, topic)?.ok_or_else(|| anyhow::anyhow!("input topic {topic:?} does not exist on {}; create it, or check --input-topic", cfg.bootstrap_servers))?;

@@ -52,13 +52,17 @@ pub struct Broker {
     own_group: bool,
     /// Unique prefix for topic and group names, so tests can share an external broker.
     pub prefix: String,
+    /// librdkafka settings the test's own clients need (TLS).
+    pub client_settings: Vec<(String, String)>,
+    /// Helper processes that live as long as the broker (the TLS terminator).
+    pub helpers: Vec<Child>,
 }
 
 impl Broker {
     pub fn start(test: &str) -> Broker {
         let prefix = format!("{test}-{}", std::process::id());
         if let Ok(b) = std::env::var("RESEVENT_TEST_BOOTSTRAP") {
-            return Broker { bootstrap: b, process: None, own_group: false, prefix };
+            return Broker { bootstrap: b, process: None, own_group: false, prefix, client_settings: Vec::new(), helpers: Vec::new() };
         }
         let tansu = std::env::var("RESEVENT_TANSU").unwrap_or_else(|_| {
             panic!("no broker: set RESEVENT_TEST_BOOTSTRAP to a Kafka broker, or RESEVENT_TANSU to a tansu binary (scripts/test installs it)")
@@ -68,7 +72,7 @@ impl Broker {
         let mut cmd = Command::new(&tansu);
         cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"]);
         let child = spawn_listening(cmd, port, &std::env::temp_dir().join(format!("tansu-{prefix}.log")));
-        Broker { bootstrap: format!("127.0.0.1:{port}"), process: Some(child), own_group: false, prefix }
+        Broker { bootstrap: format!("127.0.0.1:{port}"), process: Some(child), own_group: false, prefix, client_settings: Vec::new(), helpers: Vec::new() }
     }
 
     /// Tansu behind a [`Proxy`] that clients reach it through (Tansu advertises
@@ -84,7 +88,7 @@ impl Broker {
         cmd.args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{port}"), "--advertised-listener-url", &format!("tcp://127.0.0.1:{front}"), "--storage-engine", "memory://tansu/"]);
         let child = spawn_listening(cmd, port, &std::env::temp_dir().join(format!("tansu-{prefix}.log")));
         let proxy = Proxy::start(front, port);
-        (Broker { bootstrap: format!("127.0.0.1:{front}"), process: Some(child), own_group: false, prefix }, proxy)
+        (Broker { bootstrap: format!("127.0.0.1:{front}"), process: Some(child), own_group: false, prefix, client_settings: Vec::new(), helpers: Vec::new() }, proxy)
     }
 
     /// A broker that honours transaction aborts, for the exactly-once test:
@@ -93,7 +97,7 @@ impl Broker {
     pub fn start_transactional(test: &str) -> Broker {
         let prefix = format!("{test}-{}", std::process::id());
         if let Ok(b) = std::env::var("RESEVENT_TEST_TRANSACTIONAL_BOOTSTRAP") {
-            return Broker { bootstrap: b, process: None, own_group: false, prefix };
+            return Broker { bootstrap: b, process: None, own_group: false, prefix, client_settings: Vec::new(), helpers: Vec::new() };
         }
         let noida = std::env::var("RESEVENT_NOIDA")
             .unwrap_or_else(|_| panic!("no transactional broker: set RESEVENT_TEST_TRANSACTIONAL_BOOTSTRAP, or RESEVENT_NOIDA to a noida-db binary (scripts/test installs it)"));
@@ -105,7 +109,7 @@ impl Broker {
         // Its launcher starts the server as a child: a group of their own lets Drop stop both.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = spawn_listening(cmd, port, &dir.join("noida.log"));
-        Broker { bootstrap: format!("127.0.0.1:{port}"), process: Some(child), own_group: true, prefix }
+        Broker { bootstrap: format!("127.0.0.1:{port}"), process: Some(child), own_group: true, prefix, client_settings: Vec::new(), helpers: Vec::new() }
     }
 
     pub fn name(&self, what: &str) -> String {
@@ -115,7 +119,37 @@ impl Broker {
     fn client(&self) -> ClientConfig {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.bootstrap);
+        for (k, v) in &self.client_settings {
+            c.set(k, v);
+        }
         c
+    }
+
+    /// Tansu reached only through TLS: stunnel (Debian's stunnel4, which
+    /// scripts/test installs) accepts TLS with `certs`' broker certificate
+    /// and forwards to Tansu's plaintext port, and Tansu advertises the TLS
+    /// port. With `client_auth`, stunnel also requires a client certificate
+    /// signed by the test CA (mTLS).
+    pub fn start_behind_tls(test: &str, certs: &Certs, client_auth: bool) -> Broker {
+        let prefix = format!("{test}-{}", std::process::id());
+        let tansu = std::env::var("RESEVENT_TANSU").unwrap_or_else(|_| panic!("this test needs RESEVENT_TANSU, a tansu binary (scripts/test installs it)"));
+        let (port, front) = (free_port(), free_port());
+        let mut cmd = Command::new(&tansu);
+        cmd.args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{port}"), "--advertised-listener-url", &format!("tcp://127.0.0.1:{front}"), "--storage-engine", "memory://tansu/"]);
+        let tansu_child = spawn_listening(cmd, port, &std::env::temp_dir().join(format!("tansu-{prefix}.log")));
+        let conf = certs.dir.path().join(format!("stunnel-{front}.conf"));
+        let verify = if client_auth { format!("verifyChain = yes\nCAfile = {}\n", certs.path("ca.pem")) } else { String::new() };
+        std::fs::write(&conf, format!("foreground = yes\npid =\n[kafka]\naccept = 127.0.0.1:{front}\nconnect = 127.0.0.1:{port}\ncert = {}\nkey = {}\n{verify}", certs.path("broker.pem"), certs.path("broker.key"))).unwrap();
+        let stunnel = std::env::var("RESEVENT_STUNNEL").unwrap_or_else(|_| "stunnel4".into());
+        let mut cmd = Command::new(&stunnel);
+        cmd.arg(&conf);
+        let stunnel_child = spawn_listening(cmd, front, &std::env::temp_dir().join(format!("stunnel-{prefix}.log")));
+        let mut client_settings = vec![("security.protocol".to_string(), "SSL".to_string()), ("ssl.ca.location".to_string(), certs.path("ca.pem"))];
+        if client_auth {
+            client_settings.push(("ssl.certificate.location".into(), certs.path("client.pem")));
+            client_settings.push(("ssl.key.location".into(), certs.path("client.key")));
+        }
+        Broker { bootstrap: format!("127.0.0.1:{front}"), process: Some(tansu_child), own_group: false, prefix, client_settings, helpers: vec![stunnel_child] }
     }
 
     pub fn create_topic(&self, topic: &str, partitions: i32, configs: &[(&str, &str)]) {
@@ -224,6 +258,10 @@ impl Broker {
 
 impl Drop for Broker {
     fn drop(&mut self) {
+        for mut h in self.helpers.drain(..) {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
         if let Some(mut p) = self.process.take() {
             if self.own_group {
                 // The launcher and the server it started, as one process group.
@@ -528,4 +566,34 @@ fn unchunk(mut body: &str) -> String {
         body = &rest[n + 2..];
     }
     out
+}
+
+/// Certificates for the TLS tests, made with the openssl command: a CA, a
+/// broker certificate for 127.0.0.1 and a client certificate it signed, and
+/// another CA that signed neither.
+pub struct Certs {
+    pub dir: tempfile::TempDir,
+}
+
+impl Certs {
+    pub fn make() -> Certs {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl").args(args).current_dir(dir.path()).output().expect("the openssl command (Debian's openssl)");
+            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        for ca in ["ca", "other-ca"] {
+            run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{ca}.key"), "-out", &format!("{ca}.pem"), "-days", "2", "-subj", &format!("/CN=resevent test {ca}")]);
+        }
+        std::fs::write(dir.path().join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        for who in ["broker", "client"] {
+            run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", &format!("{who}.key"), "-out", &format!("{who}.csr"), "-subj", "/CN=127.0.0.1"]);
+            run(&["x509", "-req", "-in", &format!("{who}.csr"), "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", &format!("{who}.pem"), "-days", "2", "-extfile", "san.ext"]);
+        }
+        Certs { dir }
+    }
+
+    pub fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
 }
