@@ -538,6 +538,12 @@ fn metrics_and_lookups_report_what_the_instance_did() {
         assert_eq!(got["roomNumber"].as_str(), s.get(resevent::change::Field::Room), "{id}");
         assert_eq!(got["departureDate"].as_str(), s.get(resevent::change::Field::Departure), "{id}");
         assert_eq!(got["sourcePosition"].as_str(), s.position.map(|p| p.to_string()).as_deref(), "{id}");
+        // The last events it caused: the tail of replay's events for it, in order.
+        let mine: Vec<&serde_json::Value> = expected.iter().filter(|e| e["reservationId"] == id.as_str()).collect();
+        let last: Vec<(&str, &str)> = got["lastEvents"].as_array().unwrap().iter().map(|e| (e["eventType"].as_str().unwrap(), e["eventId"].as_str().unwrap())).collect();
+        let tail: Vec<(&str, &str)> = mine[mine.len().saturating_sub(last.len())..].iter().map(|e| (e["eventType"].as_str().unwrap(), e["eventId"].as_str().unwrap())).collect();
+        assert_eq!(last.len(), mine.len().min(5), "{id}");
+        assert_eq!(last, tail, "{id}");
     }
     let (status, body) = http_get(&http, "/reservations/never-seen");
     assert_eq!(status, 404);

@@ -106,17 +106,28 @@ impl ServiceContext {
     /// One reservation's state, from the write-back cache or the store of a
     /// partition that is ready here.
     pub(super) fn lookup(&self, id: &str) -> anyhow::Result<Option<serde_json::Value>> {
-        let tasks = self.tasks.lock().expect("tasks lock");
-        for &p in &tasks.ready {
-            let partition = task_name(p);
-            if let Some(s) = tasks.coordinator.cache.get(p, id) {
-                return Ok(Some(crate::lookup::reservation_json(id, &partition, s)));
+        let found = {
+            let tasks = self.tasks.lock().expect("tasks lock");
+            let mut found = None;
+            for &p in &tasks.ready {
+                let partition = task_name(p);
+                if let Some(s) = tasks.coordinator.cache.get(p, id) {
+                    found = Some(crate::lookup::reservation_json(id, &partition, s));
+                    break;
+                }
+                if let Some(s) = self.store.lock().expect("store lock").get(&partition, id)? {
+                    found = Some(crate::lookup::reservation_json(id, &partition, &s));
+                    break;
+                }
             }
-            if let Some(s) = self.store.lock().expect("store lock").get(&partition, id)? {
-                return Ok(Some(crate::lookup::reservation_json(id, &partition, &s)));
-            }
-        }
-        Ok(None)
+            found
+        };
+        Ok(found.map(|mut j| {
+            // What it caused since this instance started (kept in memory, bounded).
+            let recent = self.recent.lock().expect("recent lock").of(id);
+            j["lastEvents"] = serde_json::to_value(recent).unwrap_or_default();
+            j
+        }))
     }
 }
 

@@ -32,6 +32,7 @@ mod input;
 pub mod latency;
 pub mod metrics;
 pub mod passthrough;
+mod recent;
 pub mod reload;
 pub mod restore;
 pub mod sink;
@@ -138,6 +139,8 @@ struct ServiceContext {
     joined: std::sync::atomic::AtomicBool,
     /// A broker was up at the last statistics report.
     broker_up: std::sync::atomic::AtomicBool,
+    /// The last events of each reservation, for lookups.
+    recent: Mutex<recent::RecentEvents>,
 }
 
 impl ClientContext for ServiceContext {
@@ -397,6 +400,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path
         joined: false.into(),
         // Start-up just talked to the broker (topic checks); statistics keep it current.
         broker_up: true.into(),
+        recent: Mutex::default(),
     };
     let consumer: StreamConsumer<ServiceContext> = consumer_cfg.create_with_context(context)?;
     let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -632,6 +636,12 @@ impl Service<'_> {
                     match by_kind.iter_mut().find(|(k, _)| *k == r.error.kind()) {
                         Some((_, n)) => *n += 1,
                         None => by_kind.push((r.error.kind(), 1)),
+                    }
+                }
+                if !out.events.is_empty() {
+                    let mut recent = ctx.recent.lock().expect("recent lock");
+                    for (_, e) in &out.events {
+                        recent.record(&e.reservation_id, recent::RecentEvent { event_type: e.event_type, event_id: e.event_id.clone(), occurred_at: e.occurred_at.clone(), source_position: e.source_position.clone() });
                     }
                 }
                 for (index, event) in &out.events {
