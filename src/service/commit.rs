@@ -145,16 +145,23 @@ impl Coordinator {
                 self.last_commit = Instant::now();
                 Ok(Some(done))
             }
-            Err(fault) => {
-                let rewound = io.rewind(&self.progress.start);
-                self.cache.drop_dirty();
-                self.progress = Progress::default();
-                self.last_commit = Instant::now();
-                Err(match rewound {
-                    Ok(()) => fault,
-                    Err(fatal) => Fault::Fatal(anyhow::anyhow!("{fault}; then {fatal}")),
-                })
-            }
+            Err(fault) => Err(self.abandon(io, fault)),
+        }
+    }
+
+    /// Gives the interval up after `fault`: seeks every partition back to
+    /// where the interval began, drops its states, and returns the fault (a
+    /// fatal one if the seek back failed). A caller that failed midway
+    /// through a batch records the batch's records in `progress` first, so
+    /// they are sought back too.
+    pub fn abandon(&mut self, io: &mut impl CommitIo, fault: Fault) -> Fault {
+        let rewound = io.rewind(&self.progress.start);
+        self.cache.drop_dirty();
+        self.progress = Progress::default();
+        self.last_commit = Instant::now();
+        match rewound {
+            Ok(()) => fault,
+            Err(fatal) => Fault::Fatal(anyhow::anyhow!("{fault}; then {fatal}")),
         }
     }
 
@@ -184,6 +191,8 @@ mod tests {
     struct Recorder {
         calls: Vec<String>,
         fail_at: Option<&'static str>,
+        /// The seek back fails too.
+        fail_rewind: bool,
     }
 
     impl Recorder {
@@ -213,7 +222,7 @@ mod tests {
         }
         fn rewind(&mut self, to: &BTreeMap<InputPartition, i64>) -> Result<(), Fault> {
             self.calls.push(format!("rewind {to:?}"));
-            if self.fail_at == Some("rewind-too") { Err(Fault::Broker(anyhow::anyhow!("seek failed"))) } else { Ok(()) }
+            if self.fail_rewind { Err(Fault::Broker(anyhow::anyhow!("seek failed"))) } else { Ok(()) }
         }
     }
 
@@ -269,29 +278,7 @@ mod tests {
     #[test]
     fn a_rewind_that_cannot_seek_back_stops_the_instance() {
         let mut c = interval(false);
-        // The flush fails (as "rewind-too" fails no step), then the seek does.
-        struct FlushFails(Recorder);
-        impl CommitIo for FlushFails {
-            fn flush_outputs(&mut self) -> Result<(), Fault> {
-                Err(Fault::Broker(anyhow::anyhow!("flush failed")))
-            }
-            fn send_changelog(&mut self, d: &DirtyStates) -> Result<(), Fault> {
-                self.0.send_changelog(d)
-            }
-            fn finish(&mut self, o: &BTreeMap<InputPartition, i64>) -> Result<BTreeMap<i32, u64>, Fault> {
-                self.0.finish(o)
-            }
-            fn write_state(&mut self, t: i32, s: &[(String, Vec<u8>)], n: Option<u64>) -> Result<(), Fault> {
-                self.0.write_state(t, s, n)
-            }
-            fn commit_offsets(&mut self, o: &BTreeMap<InputPartition, i64>) -> Result<(), Fault> {
-                self.0.commit_offsets(o)
-            }
-            fn rewind(&mut self, to: &BTreeMap<InputPartition, i64>) -> Result<(), Fault> {
-                self.0.rewind(to)
-            }
-        }
-        let mut io = FlushFails(Recorder { fail_at: Some("rewind-too"), ..Default::default() });
+        let mut io = Recorder { fail_at: Some("flush"), fail_rewind: true, ..Default::default() };
         let err = c.commit(&mut io).unwrap_err();
         assert!(!err.is_transient(), "{err}");
     }

@@ -182,6 +182,7 @@ impl ConsumerContext for ServiceContext {
         let mut gone = BTreeSet::new();
         for e in tpl.elements() {
             let p = e.partition();
+            self.metrics.forget_partition(e.topic(), p);
             if let Some(topics) = tasks.assigned.get_mut(&p) {
                 topics.remove(e.topic());
                 if topics.is_empty() {
@@ -189,9 +190,6 @@ impl ConsumerContext for ServiceContext {
                     gone.insert(p);
                 }
             }
-        }
-        for e in tpl.elements() {
-            self.metrics.forget_partition(e.topic(), e.partition());
         }
         for &p in &gone {
             tasks.ready.remove(&p);
@@ -254,7 +252,8 @@ struct ServiceIo<'a, C: Consumer<ServiceContext>> {
     sync_offsets: bool,
 }
 
-fn offsets_list(offsets: &BTreeMap<InputPartition, i64>) -> Result<TopicPartitionList, Fault> {
+/// Input offsets as the list librdkafka commits.
+pub(super) fn offsets_list(offsets: &BTreeMap<InputPartition, i64>) -> Result<TopicPartitionList, Fault> {
     let mut tpl = TopicPartitionList::new();
     for ((topic, p), next) in offsets {
         tpl.add_partition_offset(topic, *p, Offset::Offset(*next)).map_err(|e| Fault::Fatal(e.into()))?;
@@ -669,24 +668,15 @@ impl Service<'_> {
         }
         .await;
         if let Err(fault) = result {
-            // Part of the interval is in the cache and on its way out: rewind
-            // all of it, as a failed commit does.
-            // Records of this batch not yet in the interval's progress are
-            // sought back too: their partitions' first offsets in the batch.
-            let mut to = tasks.coordinator.progress.start.clone();
-            for (p, msgs) in &by_task {
+            // Part of the interval is in the cache and on its way out: give
+            // it up as a failed commit does, this batch's records included.
+            for msgs in by_task.values() {
                 for m in msgs {
-                    to.entry((m.topic().to_owned(), *p)).or_insert(m.offset());
+                    tasks.coordinator.progress.record(m.topic(), m.partition(), m.offset());
                 }
             }
             let mut io = ServiceIo { collector: &mut tasks.collector, store: &ctx.store, consumer: self.consumer, sync_offsets: false };
-            let rewound = io.rewind(&to);
-            tasks.coordinator.cache.drop_dirty();
-            tasks.coordinator.progress = Default::default();
-            return Err(match rewound {
-                Ok(()) => fault,
-                Err(fatal) => Fault::Fatal(anyhow::anyhow!("{fault}; then {fatal}")),
-            });
+            return Err(tasks.coordinator.abandon(&mut io, fault));
         }
         drop(guard);
         ctx.metrics.batch(&counts, &by_type, &by_kind);

@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 
-use super::RunSummary;
+use super::{RunSummary, offsets_list};
 use super::config::RunConfig;
 use super::input;
 use super::sink::RecordCollector;
@@ -54,7 +53,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
         // The same discipline as `run`: on the interval, or as soon as the input goes quiet.
         if !pending.is_empty() && (last_commit.elapsed() >= interval || batch.is_empty()) {
             tokio::task::block_in_place(|| collector.flush())?;
-            consumer.commit(&offsets(&std::mem::take(&mut pending))?, CommitMode::Async)?;
+            consumer.commit(&offsets_list(&std::mem::take(&mut pending))?, CommitMode::Async)?;
             summary.acknowledged();
             last_commit = Instant::now();
         }
@@ -64,17 +63,10 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     tokio::task::block_in_place(|| collector.flush())?;
     if !pending.is_empty() {
-        consumer.commit(&offsets(&pending)?, CommitMode::Sync)?;
+        consumer.commit(&offsets_list(&pending)?, CommitMode::Sync)?;
         summary.acknowledged();
     }
     summary.latency = collector.latency();
     Ok(summary)
 }
 
-fn offsets(next: &BTreeMap<(String, i32), i64>) -> anyhow::Result<TopicPartitionList> {
-    let mut tpl = TopicPartitionList::new();
-    for ((topic, p), offset) in next {
-        tpl.add_partition_offset(topic, *p, Offset::Offset(*offset))?;
-    }
-    Ok(tpl)
-}

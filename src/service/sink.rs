@@ -117,11 +117,17 @@ impl RecordCollector {
         Ok(())
     }
 
-    async fn send(&mut self, mut record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), Fault> {
+    /// Exactly-once: the interval's transaction is open (begun at its first send).
+    fn ensure_transaction(&mut self) -> Result<(), Fault> {
         if self.transactional && !self.in_transaction {
             self.producer.begin_transaction().map_err(|e| Fault::kafka(e, "beginning a transaction"))?;
             self.in_transaction = true;
         }
+        Ok(())
+    }
+
+    async fn send(&mut self, mut record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), Fault> {
+        self.ensure_transaction()?;
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -140,8 +146,7 @@ impl RecordCollector {
     /// for the latency histogram.
     pub async fn send_event(&mut self, topic: &str, reservation_id: &str, event_type: &str, payload: &[u8], source_ms: Option<i64>) -> Result<(), Fault> {
         let headers = OwnedHeaders::new().insert(Header { key: "eventType", value: Some(event_type) });
-        let opaque = source_ms.filter(|t| *t >= 0).map_or(UNTIMED, |t| TIMED_BASE + t as usize);
-        self.send(BaseRecord::with_opaque_to(topic, opaque).key(reservation_id.as_bytes()).payload(payload).headers(headers)).await
+        self.send_copy(topic, Some(reservation_id.as_bytes()), Some(payload), Some(headers), source_ms).await
     }
 
     /// A copy of a record to another topic (routes, the passthrough), not timed unless `source_ms`.
@@ -176,10 +181,7 @@ impl RecordCollector {
     /// it runs inside a commit, where a full queue is waited out by letting
     /// the producer deliver (the outputs before it are acknowledged already).
     pub fn send_changelog(&mut self, partition: i32, id: &str, record: &[u8]) -> Result<(), Fault> {
-        if self.transactional && !self.in_transaction {
-            self.producer.begin_transaction().map_err(|e| Fault::kafka(e, "beginning a transaction"))?;
-            self.in_transaction = true;
-        }
+        self.ensure_transaction()?;
         let mut r = BaseRecord::with_opaque_to(&self.changelog, CHANGELOG).partition(partition).key(id.as_bytes()).payload(record);
         loop {
             match self.producer.send(r) {
@@ -222,10 +224,7 @@ impl RecordCollector {
     /// Once the commit succeeded, nothing fails it.
     pub fn commit_transaction(&mut self, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> Result<(), Fault> {
         self.take_error()?;
-        if !self.in_transaction {
-            self.producer.begin_transaction().map_err(|e| Fault::kafka(e, "beginning a transaction"))?;
-            self.in_transaction = true;
-        }
+        self.ensure_transaction()?;
         self.producer.send_offsets_to_transaction(offsets, group, FLUSH_TIMEOUT).map_err(|e| transaction_fault(e, "sending the input offsets to the transaction"))?;
         let mut attempt = 0;
         loop {
@@ -265,10 +264,6 @@ impl RecordCollector {
         self.producer.context().latency.lock().expect("latency lock").clone()
     }
 
-    /// The shared histogram itself, for /metrics.
-    pub fn latency_handle(&self) -> Arc<Mutex<Latency>> {
-        self.producer.context().latency.clone()
-    }
 
     /// Whether this collector writes transactions.
     pub fn is_transactional(&self) -> bool {

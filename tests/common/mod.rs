@@ -42,6 +42,18 @@ fn spawn_listening(mut cmd: Command, port: u16, log: &Path) -> Child {
     child
 }
 
+/// Tansu listening on a port of its own and advertising another (`front`),
+/// where something in front of it (a proxy, a TLS terminator) takes clients.
+/// Always Tansu, even when RESEVENT_TEST_BOOTSTRAP is set: an external broker
+/// cannot be put behind that front. Returns (process, port, front).
+fn tansu_behind_a_front(prefix: &str) -> (Child, u16, u16) {
+    let tansu = std::env::var("RESEVENT_TANSU").unwrap_or_else(|_| panic!("this test needs RESEVENT_TANSU, a tansu binary (scripts/test installs it)"));
+    let (port, front) = (free_port(), free_port());
+    let mut cmd = Command::new(&tansu);
+    cmd.args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{port}"), "--advertised-listener-url", &format!("tcp://127.0.0.1:{front}"), "--storage-engine", "memory://tansu/"]);
+    (spawn_listening(cmd, port, &std::env::temp_dir().join(format!("tansu-{prefix}.log"))), port, front)
+}
+
 /// A record's key and value as bytes, each possibly absent.
 pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
 
@@ -82,11 +94,7 @@ impl Broker {
     /// put behind the proxy.
     pub fn start_behind_proxy(test: &str) -> (Broker, Proxy) {
         let prefix = format!("{test}-{}", std::process::id());
-        let tansu = std::env::var("RESEVENT_TANSU").unwrap_or_else(|_| panic!("this test needs RESEVENT_TANSU, a tansu binary (scripts/test installs it)"));
-        let (port, front) = (free_port(), free_port());
-        let mut cmd = Command::new(&tansu);
-        cmd.args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{port}"), "--advertised-listener-url", &format!("tcp://127.0.0.1:{front}"), "--storage-engine", "memory://tansu/"]);
-        let child = spawn_listening(cmd, port, &std::env::temp_dir().join(format!("tansu-{prefix}.log")));
+        let (child, port, front) = tansu_behind_a_front(&prefix);
         let proxy = Proxy::start(front, port);
         (Broker { bootstrap: format!("127.0.0.1:{front}"), process: Some(child), own_group: false, prefix, client_settings: Vec::new(), helpers: Vec::new() }, proxy)
     }
@@ -132,11 +140,7 @@ impl Broker {
     /// signed by the test CA (mTLS).
     pub fn start_behind_tls(test: &str, certs: &Certs, client_auth: bool) -> Broker {
         let prefix = format!("{test}-{}", std::process::id());
-        let tansu = std::env::var("RESEVENT_TANSU").unwrap_or_else(|_| panic!("this test needs RESEVENT_TANSU, a tansu binary (scripts/test installs it)"));
-        let (port, front) = (free_port(), free_port());
-        let mut cmd = Command::new(&tansu);
-        cmd.args(["broker", "--listener-url", &format!("tcp://127.0.0.1:{port}"), "--advertised-listener-url", &format!("tcp://127.0.0.1:{front}"), "--storage-engine", "memory://tansu/"]);
-        let tansu_child = spawn_listening(cmd, port, &std::env::temp_dir().join(format!("tansu-{prefix}.log")));
+        let (tansu_child, port, front) = tansu_behind_a_front(&prefix);
         let conf = certs.dir.path().join(format!("stunnel-{front}.conf"));
         let verify = if client_auth { format!("verifyChain = yes\nCAfile = {}\n", certs.path("ca.pem")) } else { String::new() };
         std::fs::write(&conf, format!("foreground = yes\npid =\n[kafka]\naccept = 127.0.0.1:{front}\nconnect = 127.0.0.1:{port}\ncert = {}\nkey = {}\n{verify}", certs.path("broker.pem"), certs.path("broker.key"))).unwrap();
