@@ -50,8 +50,8 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
         if !batch.is_empty() {
             summary.record_batch(&Counts { records: batch.len() as u64, ..Counts::default() });
         }
-        // The same discipline as `run`: on the interval, or as soon as the input goes quiet.
-        if !pending.is_empty() && (last_commit.elapsed() >= interval || batch.is_empty()) {
+        // The same discipline as `run`: on the interval.
+        if !pending.is_empty() && last_commit.elapsed() >= interval {
             tokio::task::block_in_place(|| collector.flush())?;
             consumer.commit(&offsets_list(&std::mem::take(&mut pending))?, CommitMode::Async)?;
             summary.acknowledged();
