@@ -7,6 +7,7 @@
 //! state), `engine` (one batch through all of them) and `replay` (files in,
 //! events out).
 
+pub mod avro;
 pub mod change;
 pub mod deadletter;
 pub mod decode;
@@ -20,5 +21,6 @@ pub mod replay;
 pub mod secrets;
 pub mod service;
 pub mod store;
+pub mod tail;
 pub mod time;
 pub mod workload;

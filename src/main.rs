@@ -110,8 +110,9 @@ Config file (TOML) keys: bootstrap_servers, input_topics, application_id, state_
 output_topic, format, create_topics, output_retention_ms, output_retention_bytes,\n\
 replication_factor, max_batch_records, batch_wait_ms, processing_guarantee, idle_exit_secs,\n\
 dead_letter_topic, max_record_bytes, max_nesting_depth, retry_initial_backoff_ms, retry_max_backoff_ms,\n\
-retry_max_attempts, state_write_buffer_bytes; librdkafka settings go in [kafka] (every\n\
-client), [consumer] and [producer]. Environment: RESEVENT_<KEY>, and RESEVENT_KAFKA__<SETTING>,\n\
+retry_max_attempts, state_write_buffer_bytes, output_format; librdkafka settings go in [kafka] (every\n\
+client), [consumer] and [producer]; the schema registry in [schema_registry] (url,\n\
+basic_auth_user_info, ca_location, auto_register, subject_name_strategy, timeout_ms). Environment: RESEVENT_<KEY>, and RESEVENT_KAFKA__<SETTING>,\n\
 RESEVENT_CONSUMER__<SETTING>, RESEVENT_PRODUCER__<SETTING> with dots written as underscores.")]
     Run {
         /// Config file (TOML); see the keys below.
@@ -135,9 +136,19 @@ RESEVENT_CONSUMER__<SETTING>, RESEVENT_PRODUCER__<SETTING> with dots written as 
         /// Business topic [default: reservation-events].
         #[arg(long, value_name = "TOPIC")]
         output_topic: Option<String>,
-        /// Input format [default: auto].
+        /// Input format [default: auto]. Avro input (Confluent wire format) is recognised per
+        /// record whatever this says, and decoded through --schema-registry-url.
         #[arg(long, value_enum)]
         format: Option<Format>,
+        /// Business events as json [default] or avro (schemas/business-event.avsc, Confluent wire
+        /// format, the schema registered under <topic>-value at start; needs --schema-registry-url).
+        #[arg(long, value_enum, value_name = "FORMAT")]
+        output_format: Option<service::config::OutputFormat>,
+        /// Confluent-compatible Schema Registry, for Avro output and Avro input. Basic auth, a CA
+        /// file and the subject strategy go in [schema_registry] of --config or
+        /// RESEVENT_SCHEMA_REGISTRY__<KEY>.
+        #[arg(long, value_name = "URL")]
+        schema_registry_url: Option<String>,
         /// Do not create missing changelog or business topics; fail instead.
         #[arg(long)]
         no_create_topics: bool,
@@ -166,6 +177,10 @@ RESEVENT_CONSUMER__<SETTING>, RESEVENT_PRODUCER__<SETTING> with dots written as 
     },
     /// Dead letters of `resevent run`: list, show, replay into the input, purge what was replayed.
     Dlq(resevent::dlq::DlqArgs),
+    /// Print a business topic's events as JSON lines, decoding Avro or JSON (what a consuming team sees).
+    ///
+    /// Reads by assignment: never joins a consumer group, commits nothing.
+    Tail(resevent::tail::TailArgs),
     /// Look into an instance's stored reservation state (read-only; safe beside a running instance).
     State {
         #[command(subcommand)]
@@ -244,6 +259,20 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let outcome = runtime.block_on(resevent::dlq::run(args, std::env::vars(), &mut io::stdout().lock()))?;
             Ok(ExitCode::from(outcome.exit_code()))
         }
+        Command::Tail(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            let mut out = io::stdout().lock();
+            let counts = runtime.block_on(async {
+                tokio::select! {
+                    r = resevent::tail::run(&args, std::env::vars(), &mut out) => r.map(Some),
+                    _ = shutdown_signal() => Ok(None),
+                }
+            })?;
+            if let Some(c) = counts {
+                tracing::info!(printed = c.printed, filtered = c.filtered, undecodable = c.undecodable, "tail done");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::State { command: StateCommand::Get { id, state_dir } } => {
             let found = resevent::lookup::get(&state_dir, &id)?;
             for r in &found {
@@ -271,8 +300,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", p.describe());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config, bootstrap_servers, input_topics, application_id, state_dir, pipeline, output_topic, format, no_create_topics, idle_exit_secs, http_addr, no_http, passthrough, guarantee } => {
-            let flags = Overrides { bootstrap_servers, input_topics, application_id, state_dir, pipeline, output_topic, format, no_create_topics, idle_exit_secs, processing_guarantee: guarantee, http_addr, no_http };
+        Command::Run { config, bootstrap_servers, input_topics, application_id, state_dir, pipeline, output_topic, format, output_format, schema_registry_url, no_create_topics, idle_exit_secs, http_addr, no_http, passthrough, guarantee } => {
+            let flags = Overrides { bootstrap_servers, input_topics, application_id, state_dir, pipeline, output_topic, format, output_format, schema_registry_url, no_create_topics, idle_exit_secs, processing_guarantee: guarantee, http_addr, no_http };
             let cfg = RunConfig::load(config.as_deref(), std::env::vars(), flags)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             if passthrough {

@@ -109,6 +109,13 @@ pub enum DecodeError {
          to resolve that schema; point the connector's value.converter at JSON, or configure a registry"
     )]
     UnknownSchema(u32),
+    /// The registry has no schema of this id (it answered 404), or what it
+    /// has cannot be used.
+    #[error("{0}")]
+    SchemaNotFound(String),
+    /// The bytes after the wire-format header are not a datum of the schema they name.
+    #[error("the value is framed for schema id {id} but is not a datum of that schema: {reason}")]
+    BadAvro { id: u32, reason: String },
 }
 
 impl DecodeError {
@@ -125,7 +132,8 @@ impl DecodeError {
             DecodeError::WrongFormat { .. } => "wrong-format",
             DecodeError::TooLarge { .. } => "too-large",
             DecodeError::TooDeep { .. } => "too-deep",
-            DecodeError::UnknownSchema(_) => "unknown-schema",
+            DecodeError::UnknownSchema(_) | DecodeError::SchemaNotFound(_) => "unknown-schema",
+            DecodeError::BadAvro { .. } => "bad-avro",
         }
     }
 

@@ -23,6 +23,17 @@ pub enum Guarantee {
     ExactlyOnce,
 }
 
+/// How business events are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputFormat {
+    /// JSON objects (PRODUCT.md's form).
+    #[default]
+    Json,
+    /// Avro (schemas/business-event.avsc) in the Confluent wire format; needs a schema registry.
+    Avro,
+}
+
 /// Every setting of `resevent run`. Field docs are the reference.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -43,6 +54,11 @@ pub struct RunConfig {
     pub output_topic: String,
     /// Input format (auto tells the connectors apart per record).
     pub format: Format,
+    /// Business events as `json` (default) or `avro` (through the schema registry).
+    pub output_format: OutputFormat,
+    /// The Confluent-compatible Schema Registry: for Avro output, and for
+    /// Avro input (recognised per record by the wire format's magic byte).
+    pub schema_registry: crate::avro::registry::RegistryConfig,
     /// at-least-once (default) or exactly-once (Kafka transactions).
     pub processing_guarantee: Guarantee,
     /// Create missing changelog and business topics at start.
@@ -110,6 +126,8 @@ impl Default for RunConfig {
             pipeline: None,
             output_topic: "reservation-events".into(),
             format: Format::Auto,
+            output_format: OutputFormat::Json,
+            schema_registry: Default::default(),
             processing_guarantee: Guarantee::AtLeastOnce,
             create_topics: true,
             output_retention_ms: 24 * 3600 * 1000,
@@ -145,6 +163,8 @@ pub struct Overrides {
     pub pipeline: Option<PathBuf>,
     pub output_topic: Option<String>,
     pub format: Option<Format>,
+    pub output_format: Option<OutputFormat>,
+    pub schema_registry_url: Option<String>,
     pub no_create_topics: bool,
     pub idle_exit_secs: Option<u64>,
     pub processing_guarantee: Option<Guarantee>,
@@ -169,6 +189,18 @@ impl RunConfig {
                 let key = setting.to_ascii_lowercase().replace('_', ".");
                 let table = from_env.entry(section.to_ascii_lowercase()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
                 table.as_table_mut().expect("a table").insert(key, toml::Value::String(v));
+                continue;
+            }
+            if let Some(setting) = name.strip_prefix("SCHEMA_REGISTRY__") {
+                // RESEVENT_SCHEMA_REGISTRY__BASIC_AUTH_USER_INFO=u:p → schema_registry.basic_auth_user_info
+                let key = setting.to_ascii_lowercase();
+                let value = match key.as_str() {
+                    "auto_register" => toml::Value::Boolean(v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not true or false"))?),
+                    "timeout_ms" => toml::Value::Integer(v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not a whole number"))?),
+                    _ => toml::Value::String(v),
+                };
+                let table = from_env.entry("schema_registry").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                table.as_table_mut().expect("a table").insert(key, value);
                 continue;
             }
             let key = name.to_ascii_lowercase();
@@ -213,6 +245,12 @@ impl RunConfig {
         if let Some(v) = flags.format {
             cfg.format = v;
         }
+        if let Some(v) = flags.output_format {
+            cfg.output_format = v;
+        }
+        if let Some(v) = flags.schema_registry_url {
+            cfg.schema_registry.url = Some(v);
+        }
         if flags.no_create_topics {
             cfg.create_topics = false;
         }
@@ -234,6 +272,7 @@ impl RunConfig {
                 crate::secrets::remember(v);
             }
         }
+        cfg.schema_registry.remember_secrets();
         Ok(cfg)
     }
 
@@ -255,6 +294,9 @@ impl RunConfig {
         }
         if self.retry_initial_backoff_ms == 0 || self.retry_max_backoff_ms < self.retry_initial_backoff_ms {
             anyhow::bail!("retry_initial_backoff_ms must be at least 1 and retry_max_backoff_ms at least retry_initial_backoff_ms");
+        }
+        if self.output_format == OutputFormat::Avro && self.schema_registry.url.is_none() {
+            anyhow::bail!("--output-format avro needs a schema registry: give --schema-registry-url URL, schema_registry.url in the config file, or RESEVENT_SCHEMA_REGISTRY__URL");
         }
         if let Some(dlt) = self.dead_letter_topic.as_deref() {
             if self.input_topics.iter().any(|t| t == dlt) || dlt == self.output_topic {
@@ -295,7 +337,10 @@ impl RunConfig {
                 *v = "*****".into();
             }
         }
-        serde_json::to_string(&shown).unwrap_or_default()
+        if let Some(info) = shown.schema_registry.basic_auth_user_info.as_mut() {
+            *info = format!("{}:*****", info.split(':').next().unwrap_or(""));
+        }
+        crate::secrets::scrub(&serde_json::to_string(&shown).unwrap_or_default())
     }
 }
 

@@ -25,6 +25,10 @@ pub enum Fault {
     /// The broker: retry the batch after a pause.
     #[error("broker: {0:#}")]
     Broker(anyhow::Error),
+    /// The schema registry cannot be reached or failed: retry the batch
+    /// after a pause (its records are held, never dropped or written unframed).
+    #[error("schema registry: {0:#}")]
+    Registry(anyhow::Error),
     /// The state directory: reopen the store, then retry the batch.
     #[error("state store: {0:#}")]
     Disk(anyhow::Error),
@@ -60,6 +64,12 @@ impl Fault {
 
     pub fn store(e: StoreError) -> Fault {
         if e.is_retryable() { Fault::Disk(e.into()) } else { Fault::Fatal(anyhow::Error::new(e).context("the state store is unusable; delete the state directory to rebuild it from the changelog")) }
+    }
+}
+
+impl From<crate::avro::registry::RegistryError> for Fault {
+    fn from(e: crate::avro::registry::RegistryError) -> Self {
+        if e.is_transient() { Fault::Registry(e.into()) } else { Fault::Fatal(anyhow::Error::new(e).context("fix the schema registry settings (schema_registry.*) and restart")) }
     }
 }
 

@@ -327,8 +327,22 @@ impl<C: Consumer<ServiceContext>> CommitIo for ServiceIo<'_, C> {
 /// it changes.
 pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path::PathBuf>, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunSummary> {
     tracing::info!(config = %cfg.masked(), "resevent run starting");
+    let mut shutdown = std::pin::pin!(shutdown);
     let base = kafka::client_config(&cfg);
     let routed: Vec<String> = engine.pipeline.routes.iter().map(|r| r.topic.clone()).collect();
+    let registry = match &cfg.schema_registry.url {
+        Some(_) => Some(Arc::new(crate::avro::registry::Registry::new(&cfg.schema_registry)?)),
+        None => None,
+    };
+    let mut event_topics = vec![cfg.output_topic.clone()];
+    event_topics.extend(routed.iter().cloned());
+    let codec = match (cfg.output_format, &registry) {
+        (config::OutputFormat::Avro, Some(r)) => match event_codec(&cfg, r, &event_topics, shutdown.as_mut()).await? {
+            Some(codec) => codec,
+            None => return Ok(RunSummary::default()),
+        },
+        _ => crate::avro::EventCodec::Json,
+    };
     let partitions = topics::prepare(&cfg, &routed, &base).await?;
     let exactly_once = cfg.processing_guarantee == Guarantee::ExactlyOnce;
     let interval = Duration::from_millis(cfg.commit_interval());
@@ -418,8 +432,8 @@ pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path
 
     metrics.set_allowlist(engine.pipeline.allowlist.describe());
     let watch = reload::PipelineWatch::new(pipeline_file);
-    let mut service = Service { cfg: &cfg, engine, watch, consumer: &consumer, summary: RunSummary::default(), since_log: Counts::default(), last_log: Instant::now() };
-    let outcome = service.run_loop(shutdown, &mut restored).await;
+    let mut service = Service { cfg: &cfg, engine, watch, consumer: &consumer, codec, registry, summary: RunSummary::default(), since_log: Counts::default(), last_log: Instant::now() };
+    let outcome = service.run_loop(shutdown.as_mut(), &mut restored).await;
 
     tracing::info!("shutting down: committing and leaving the group");
     // (A commit that did something marks the summary's end; the idle wait
@@ -451,6 +465,10 @@ struct Service<'a> {
     engine: Engine,
     watch: reload::PipelineWatch,
     consumer: &'a StreamConsumer<ServiceContext>,
+    /// How business events are written (JSON, or Avro with registered ids).
+    codec: crate::avro::EventCodec,
+    /// Resolves Avro-framed input; none = no registry configured.
+    registry: Option<Arc<crate::avro::registry::Registry>>,
     summary: RunSummary,
     since_log: Counts,
     last_log: Instant,
@@ -619,11 +637,47 @@ impl Service<'_> {
         let mut by_kind: Vec<(&'static str, u64)> = Vec::new();
         let result = async {
             for (&p, msgs) in &by_task {
-                let records: Vec<InputRecord> = msgs.iter().map(|m| InputRecord { key: m.key(), value: m.payload(), offset: m.offset() as u64 }).collect();
-                let out = {
+                // Avro keys and values through the registry first; a registry
+                // that cannot be reached fails the batch here, before anything
+                // of this task is applied (the interval is retried).
+                let mut resolved = Vec::with_capacity(msgs.len());
+                for m in msgs {
+                    resolved.push(match &self.registry {
+                        Some(r) => crate::avro::resolve(r, m.key(), m.payload()).await?,
+                        None => crate::avro::Resolved::Plain,
+                    });
+                }
+                // `records[i]` is `msgs[index_of[i]]`; records the registry rejected are not decoded.
+                let mut records: Vec<InputRecord> = Vec::with_capacity(msgs.len());
+                let mut index_of: Vec<usize> = Vec::with_capacity(msgs.len());
+                let mut rejected_early: Vec<(usize, crate::decode::DecodeError)> = Vec::new();
+                for (i, (m, r)) in msgs.iter().zip(resolved.iter()).enumerate() {
+                    let (key, value) = match r {
+                        crate::avro::Resolved::Plain => (m.key(), m.payload()),
+                        crate::avro::Resolved::Converted { key, value } => (key.as_deref().or(m.key()), value.as_deref().or(m.payload())),
+                        crate::avro::Resolved::Rejected(e) => {
+                            rejected_early.push((i, e.clone()));
+                            continue;
+                        }
+                    };
+                    records.push(InputRecord { key, value, offset: m.offset() as u64 });
+                    index_of.push(i);
+                }
+                let mut out = {
                     let store = ctx.store.lock().expect("store lock");
                     self.engine.process(&CachedState { cache: &tasks.coordinator.cache, task: p, store: &store }, &task_name(p), &records)?
                 };
+                for (index, _) in out.events.iter_mut() {
+                    *index = index_of[*index];
+                }
+                for r in out.rejected.iter_mut() {
+                    r.index = index_of[r.index];
+                }
+                for (index, error) in rejected_early {
+                    out.counts.records += 1;
+                    out.counts.rejected += 1;
+                    out.rejected.push(crate::engine::Rejected { index, offset: msgs[index].offset() as u64, error });
+                }
                 counts.add(&out.counts);
                 for (_, event) in &out.events {
                     match by_type.iter_mut().find(|(t, _)| *t == event.event_type) {
@@ -644,10 +698,12 @@ impl Service<'_> {
                     }
                 }
                 for (index, event) in &out.events {
-                    let payload = serde_json::to_vec(event).map_err(|e| Fault::Fatal(e.into()))?;
+                    let encoded = self.codec.encode(event).map_err(|e| Fault::Fatal(anyhow::anyhow!("encoding a business event: {e}")))?;
                     let source_ms = msgs[*index].timestamp().to_millis();
+                    let payload = self.codec.payload(&encoded, &self.cfg.output_topic).map_err(|e| Fault::Fatal(anyhow::anyhow!(e)))?;
                     tasks.collector.send_event(&self.cfg.output_topic, &event.reservation_id, event.event_type, &payload, source_ms).await?;
                     for route in self.engine.pipeline.routes.iter().filter(|r| r.events.iter().any(|t| t.name() == event.event_type)) {
+                        let payload = self.codec.payload(&encoded, &route.topic).map_err(|e| Fault::Fatal(anyhow::anyhow!(e)))?;
                         tasks.collector.send_event(&route.topic, &event.reservation_id, event.event_type, &payload, None).await?;
                     }
                 }
@@ -774,6 +830,37 @@ impl Service<'_> {
         self.last_log = Instant::now();
         self.since_log = Counts::default();
     }
+}
+
+/// The Avro codec of business events: the schema registered (or looked up)
+/// under each topic's subject. A registry that cannot be reached is waited
+/// for, with backoff, before anything is consumed; one that refuses stops the
+/// start with its reason. `None`: shut down while waiting.
+async fn event_codec(cfg: &RunConfig, registry: &crate::avro::registry::Registry, topics: &[String], mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>) -> anyhow::Result<Option<crate::avro::EventCodec>> {
+    let mut backoff = Backoff::new(Duration::from_millis(cfg.retry_initial_backoff_ms), Duration::from_millis(cfg.retry_max_backoff_ms));
+    let mut ids = std::collections::HashMap::new();
+    for topic in topics {
+        let subject = cfg.schema_registry.subject(topic);
+        let mut attempt = 0u32;
+        let id = loop {
+            match registry.register(&subject, crate::avro::BUSINESS_EVENT_SCHEMA, cfg.schema_registry.auto_register).await {
+                Ok(id) => break id,
+                Err(e) if e.is_transient() => {
+                    attempt += 1;
+                    let wait = backoff.delay(attempt);
+                    tracing::warn!(registry = %registry.url(), subject = %subject, attempt, retry_in_ms = wait.as_millis() as u64, error = %e, "schema registry unavailable at start; nothing is consumed until the event schema is registered");
+                    tokio::select! {
+                        _ = shutdown.as_mut() => return Ok(None),
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                Err(e) => anyhow::bail!("{e}"),
+            }
+        };
+        tracing::info!(registry = %registry.url(), subject = %subject, schema_id = id, topic = %topic, "business events written as Avro");
+        ids.insert(topic.clone(), id);
+    }
+    Ok(Some(crate::avro::EventCodec::Avro { schema: crate::avro::business_event_schema(), ids }))
 }
 
 /// This instance's stable id, kept in the state dir.

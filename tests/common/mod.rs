@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod registry;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -214,6 +216,17 @@ impl Broker {
             }
         }
         producer.flush(Duration::from_secs(60)).unwrap();
+    }
+
+    /// One record with headers, as another producer (or a retried one) would write it.
+    pub fn produce_with_headers(&self, topic: &str, key: &[u8], value: &[u8], headers: &[(String, String)]) {
+        let producer: ThreadedProducer<DefaultProducerContext> = self.client().create().unwrap();
+        let mut h = rdkafka::message::OwnedHeaders::new();
+        for (k, v) in headers {
+            h = h.insert(rdkafka::message::Header { key: k, value: Some(v.as_bytes()) });
+        }
+        producer.send(BaseRecord::<[u8], [u8]>::to(topic).key(key).payload(value).headers(h)).map_err(|(e, _)| e).unwrap();
+        producer.flush(Duration::from_secs(30)).unwrap();
     }
 
     /// Every record of a topic, per partition in order: (partition, key, value, headers).

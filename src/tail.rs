@@ -1,0 +1,159 @@
+//! `resevent tail`: what a consuming team runs to see its feed. Reads a
+//! business topic and prints each event as one JSON line, whether it was
+//! written as JSON or as Avro (recognised by the wire format's magic byte,
+//! decoded with the writer's schema from the registry).
+//!
+//! It reads by assignment, never joining a consumer group, and commits
+//! nothing: tailing a topic changes nothing for anyone.
+
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::avro::registry::Registry;
+use crate::service::config::{Overrides, RunConfig};
+
+#[derive(clap::Args, Debug)]
+#[command(after_help = "Examples:\n  \
+resevent tail --bootstrap-servers kafka:9092 --topic reservation-events\n  \
+resevent tail --topic reservation-events --from-beginning --event-type CHECKED_OUT\n  \
+resevent tail --topic key-service-events --schema-registry-url http://registry:8081 --reservation 6502f1c2a1b2c3d4e5f60718\n  \
+resevent tail --config resevent.toml --topic reservation-events --from-beginning --exit-at-end | jq .\n\n\
+Each line is one event as JSON, as PRODUCT.md shows it, whatever the topic's format. Records that\n\
+cannot be decoded are reported on stderr with their partition and offset, and skipped.\n\
+Connection settings as for `resevent run`: --bootstrap-servers, bootstrap_servers, [kafka] and\n\
+[schema_registry] of --config, RESEVENT_* environment.\n\n\
+Exit status: 0 done (stopped, or --exit-at-end reached the end), 2 could not run.")]
+pub struct TailArgs {
+    /// The business topic to read.
+    #[arg(long, value_name = "TOPIC")]
+    pub topic: String,
+    /// Config file of `resevent run` (TOML): its connection and registry settings are used.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers [default: from --config or RESEVENT_BOOTSTRAP_SERVERS, else 127.0.0.1:9092].
+    #[arg(long, value_name = "HOST:PORT")]
+    pub bootstrap_servers: Option<String>,
+    /// Start at the oldest record kept, instead of printing only new ones.
+    #[arg(long)]
+    pub from_beginning: bool,
+    /// Only events of these types (comma-separated), chosen by the eventType header without decoding.
+    #[arg(long, value_name = "TYPE[,TYPE]", value_delimiter = ',')]
+    pub event_type: Vec<String>,
+    /// Only this reservation's events (by the record key).
+    #[arg(long, value_name = "ID")]
+    pub reservation: Option<String>,
+    /// Schema registry for Avro records [default: schema_registry.url of --config or RESEVENT_SCHEMA_REGISTRY__URL].
+    #[arg(long, value_name = "URL")]
+    pub schema_registry_url: Option<String>,
+    /// Stop once every partition is read to its end.
+    #[arg(long)]
+    pub exit_at_end: bool,
+    /// Stop after printing this many events.
+    #[arg(long, value_name = "N")]
+    pub max_events: Option<u64>,
+}
+
+/// What `tail` printed and skipped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TailCounts {
+    pub printed: u64,
+    pub filtered: u64,
+    pub undecodable: u64,
+}
+
+/// Runs until `--exit-at-end`/`--max-events` says stop, or forever.
+pub async fn run(args: &TailArgs, env: impl Iterator<Item = (String, String)>, out: &mut impl Write) -> anyhow::Result<TailCounts> {
+    // RunConfig::load wants an input topic; tail has none, so the topic it
+    // reads stands in (only the connection and registry settings are used).
+    let flags = Overrides { bootstrap_servers: args.bootstrap_servers.clone(), input_topics: vec![format!("{} (tail)", args.topic)], output_topic: Some(format!("{} (tail output)", args.topic)), schema_registry_url: args.schema_registry_url.clone(), ..Default::default() };
+    let cfg = RunConfig::load(args.config.as_deref(), env, flags)?;
+    let registry = match &cfg.schema_registry.url {
+        Some(_) => Some(Registry::new(&cfg.schema_registry)?),
+        None => None,
+    };
+    let consumer: BaseConsumer<crate::kafka::ConnectionContext> = crate::kafka::reader_config(&cfg, &format!("resevent-tail-{}", std::process::id()))
+        .set("auto.offset.reset", if args.from_beginning { "earliest" } else { "latest" })
+        .create_with_context(crate::kafka::ConnectionContext::default())
+        .context("creating the Kafka consumer")?;
+    let metadata = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(10)))
+        .map_err(|e| crate::kafka::explain(format!("reading the partitions of {}: {e}", args.topic), consumer.context()))?;
+    let partitions: Vec<i32> = metadata.topics().iter().filter(|t| t.name() == args.topic && t.error().is_none()).flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+    if partitions.is_empty() {
+        anyhow::bail!("topic {} does not exist (or has no partitions) on {}", args.topic, cfg.bootstrap_servers);
+    }
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        tpl.add_partition_offset(&args.topic, p, if args.from_beginning { Offset::Beginning } else { Offset::End })?;
+    }
+    consumer.assign(&tpl)?;
+    eprintln!("resevent tail: reading {} ({} partitions) from the {}", args.topic, partitions.len(), if args.from_beginning { "beginning" } else { "end" });
+    let types: BTreeSet<&str> = args.event_type.iter().map(String::as_str).collect();
+    let mut counts = TailCounts::default();
+    // Partitions read to their end (librdkafka's end-of-partition event,
+    // taken back when a record arrives after it), for --exit-at-end.
+    let mut at_end: BTreeSet<i32> = BTreeSet::new();
+    loop {
+        if args.exit_at_end && at_end.len() == partitions.len() {
+            break;
+        }
+        if args.max_events.is_some_and(|m| counts.printed >= m) {
+            break;
+        }
+        let Some(polled) = tokio::task::block_in_place(|| consumer.poll(Duration::from_millis(200))) else { continue };
+        let m = match polled {
+            Ok(m) => m,
+            Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                at_end.insert(p);
+                continue;
+            }
+            Err(e) => {
+                eprintln!("resevent tail: {}", crate::secrets::scrub(&e.to_string()));
+                continue;
+            }
+        };
+        let (p, offset) = (m.partition(), m.offset());
+        at_end.remove(&p);
+        let event_type = m.headers().and_then(|h| h.iter().find(|h| h.key == "eventType").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()));
+        if !types.is_empty() && !event_type.as_deref().is_some_and(|t| types.contains(t)) {
+            counts.filtered += 1;
+            continue;
+        }
+        if let Some(id) = &args.reservation {
+            if m.key() != Some(id.as_bytes()) {
+                counts.filtered += 1;
+                continue;
+            }
+        }
+        match decode_event(registry.as_ref(), m.payload()).await {
+            Ok(v) => {
+                writeln!(out, "{v}")?;
+                counts.printed += 1;
+            }
+            Err(e) => {
+                eprintln!("resevent tail: {}/{p} offset {offset}: {e}; skipped", args.topic);
+                counts.undecodable += 1;
+            }
+        }
+    }
+    out.flush()?;
+    Ok(counts)
+}
+
+/// One business event's value as JSON, from either wire form.
+pub async fn decode_event(registry: Option<&Registry>, value: Option<&[u8]>) -> anyhow::Result<serde_json::Value> {
+    let value = value.context("the record has no value")?;
+    if let Some((id, datum)) = crate::avro::unframe(value) {
+        let Some(registry) = registry else { anyhow::bail!("the value is Avro (schema id {id}); give --schema-registry-url to decode it") };
+        let schema = registry.schema(id).await?;
+        let v = crate::avro::read_datum(&schema.parsed, datum).map_err(|e| anyhow::anyhow!("not a datum of schema {id}: {e}"))?;
+        return Ok(crate::avro::to_json(&v));
+    }
+    serde_json::from_slice(value).context("the value is neither Avro in the wire format nor JSON")
+}
