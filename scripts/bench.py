@@ -647,11 +647,24 @@ class Bench:
         # move the same topic with the same commit interval; the faster is
         # the limit.
         runs = {"a": [], "p": [], "b": []} if a.peers else {"a": [], "b": []}
+        # (e): (b) with business events as Avro through a registry, in the same rounds.
+        registry = None if "avro" in a.skip else MiniRegistry()
+        if registry:
+            runs["e"] = []
         for r in range(1, a.rounds + 1):
             runs["a"].append(self.drain_resevent(f"(a) resevent run --passthrough, round {r}", f"bench-pass-{r}", "--passthrough"))
             if a.peers:
                 runs["p"].append(self.drain_passthrough_py(r))
             runs["b"].append(self.drain_resevent(f"(b) at-least-once, round {r}", f"bench-run-{r}"))
+            if registry:
+                runs["e"].append(self.drain_resevent(f"(e) at-least-once, Avro out, round {r}", f"bench-avro-{r}",
+                                                     "--output-format", "avro", "--schema-registry-url", registry.url))
+        if registry:
+            # Bytes per business event, the same events in both forms.
+            for k, app in (("b", "bench-run-1"), ("e", "bench-avro-1")):
+                n, total = value_bytes(self.broker.bootstrap, f"{app}.out")
+                self.results.setdefault("event_bytes", {})[k] = {"events": n, "mean_bytes": total / n if n else None}
+            registry.server.shutdown()
         for k, rs in runs.items():
             self.results[k] = max(rs, key=lambda s: s["records_per_second"] or 0)
             self.results[k]["rounds"] = [s["records_per_second"] for s in rs]
@@ -910,6 +923,68 @@ class Bench:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
+class MiniRegistry:
+    """Just enough of a Confluent Schema Registry for the Avro drain:
+    register a schema under a subject, fetch it by id. The bench needs a
+    registry the way it needs a broker; the tests' double (tests/common/
+    registry.rs) is the one that checks compatibility."""
+
+    def __init__(self):
+        import http.server
+        schemas, subjects = [], {}
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def reply(self, code, body):
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                subject = self.path.split("/")[2]
+                if body["schema"] not in schemas:
+                    schemas.append(body["schema"])
+                sid = schemas.index(body["schema"]) + 1
+                subjects.setdefault(subject, []).append(sid)
+                self.reply(200, {"id": sid})
+
+            def do_GET(self):
+                parts = self.path.split("?")[0].split("/")
+                if parts[1] == "schemas" and 0 < int(parts[3]) <= len(schemas):
+                    self.reply(200, {"schema": schemas[int(parts[3]) - 1]})
+                else:
+                    self.reply(404, {"error_code": 40403, "message": "Schema not found"})
+
+            def log_message(self, *_):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+def value_bytes(bootstrap, topic):
+    """Records and total value bytes of a whole topic."""
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-sizes", "enable.auto.commit": False, "enable.partition.eof": True})
+    parts = list(c.list_topics(topic, timeout=10).topics[topic].partitions)
+    c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+    ended, records, total = set(), 0, 0
+    deadline = time.monotonic() + 300
+    while len(ended) < len(parts) and time.monotonic() < deadline:
+        for m in c.consume(10_000, 1.0):
+            if m.error() is None:
+                records += 1
+                total += len(m.value() or b"")
+            elif m.error().code() == KafkaError._PARTITION_EOF:
+                ended.add(m.partition())
+    c.close()
+    return records, total
+
+
 def plain_read(bootstrap, topic, partitions):
     """A plain librdkafka consumer (confluent-kafka) assigned every partition
     of `topic` from the beginning, reading until each reports its end; the
@@ -1055,6 +1130,14 @@ def report(bench, argv):
         rows.append(("1", "b / the limit", f"{100 * rb / limit:.0f}%", f"≥ {TARGETS['b_over_limit']:.0%}",
                      verdict(rb / limit >= TARGETS["b_over_limit"])))
         rows.append(("1", "b / 1a (`--passthrough`)", f"{100 * rb / ra:.0f}%", "", ""))
+        e = r.get("e", {})
+        if e.get("records_per_second"):
+            rows.append(("1e", "`resevent run --output-format avro` (at-least-once, registry on loopback)", drained(e), "", ""))
+            rows.append(("1", "e / b (Avro vs JSON out)", f"{100 * e['records_per_second'] / rb:.0f}%", "", ""))
+            eb = r.get("event_bytes", {})
+            if eb.get("b", {}).get("mean_bytes") and eb.get("e", {}).get("mean_bytes"):
+                rows.append(("1", "bytes per business event, Avro / JSON",
+                             f"{eb['e']['mean_bytes']:.0f} / {eb['b']['mean_bytes']:.0f} B ({100 * eb['e']['mean_bytes'] / eb['b']['mean_bytes']:.0f}%)", "", ""))
         if d.get("records_per_second"):
             bd = rb / d["records_per_second"]
             rows.append(("1", "b / d", f"{bd:.1f}×", f"≥ {TARGETS['b_over_d']:.0f}×", verdict(bd >= TARGETS["b_over_d"])))
@@ -1232,7 +1315,7 @@ def parse_args(argv):
     ap.add_argument("--state-reservations", type=counts, help="comma-separated reservation counts for the RSS figure "
                                                              "(default: --events and 10x --events)")
     ap.add_argument("--skip", type=lambda s: set(s.split(",")), default=set(),
-                    help="comma-separated parts to leave out: drain,eos,quix,latency,restore,state,core")
+                    help="comma-separated parts to leave out: drain,eos,quix,avro,latency,restore,state,core")
     ap.add_argument("--peers", help="directory of the peers passthrough.py and quix_detector.py (scripts/bench gives "
                                     "$RESEVENT_PEERS or ../shared/peers when it exists; without it they are skipped)")
     ap.add_argument("--out", help="Markdown report (default: $CARGO_TARGET_DIR/../bench/latest.md); raw figures beside it as .json")

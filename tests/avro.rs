@@ -248,7 +248,9 @@ fn avro_out_reads_back_through_tail_and_confluents_python_client_as_replay_emits
 #[test]
 fn avro_input_from_either_connector_gives_the_events_of_its_json_twin() {
     let broker = Broker::start("avro-in");
-    let registry = Registry::start();
+    // A registry that wants basic auth, as Confluent Cloud's does.
+    let registry = Registry::start_with_auth("svc-resevent:reg-Secret-77");
+    let auth = [("RESEVENT_SCHEMA_REGISTRY__BASIC_AUTH_USER_INFO", "svc-resevent:reg-Secret-77")];
 
     // The MongoDB connector, output.format.key/value=schema with the AvroConverter.
     let mongo_topic = broker.name("mongo");
@@ -278,8 +280,9 @@ fn avro_input_from_either_connector_gives_the_events_of_its_json_twin() {
     let url = registry.url();
     let (s1, s2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let (app1, app2) = (broker.name("mongo-app"), broker.name("dbz-app"));
-    let i1 = Instance::start_with(&broker, &mongo_topic, &app1, s1.path(), "m", &["--schema-registry-url", &url], &[]);
-    let i2 = Instance::start_with(&broker, &dbz_topic, &app2, s2.path(), "d", &["--schema-registry-url", &url], &[]);
+    let i1 = Instance::start_with(&broker, &mongo_topic, &app1, s1.path(), "m", &["--schema-registry-url", &url], &auth);
+    let i2 = Instance::start_with(&broker, &dbz_topic, &app2, s2.path(), "d", &["--schema-registry-url", &url], &auth);
+    let logs = [i1.log.clone(), i2.log.clone()];
     for (app, twin, instance) in [(&app1, "mongo-canonical.jsonl", i1), (&app2, "debezium.keyed.jsonl", i2)] {
         let expected = replay_file(twin);
         assert!(!expected.is_empty());
@@ -296,6 +299,27 @@ fn avro_input_from_either_connector_gives_the_events_of_its_json_twin() {
     assert!(dead[0].headers.iter().any(|(k, v)| k == "resevent.error.message" && v.contains("999")), "{:?}", dead[0].headers);
     assert_eq!(kind(&dead[1]), "bad-avro");
     assert!(broker.read_all(&format!("{dbz_topic}.dlt")).is_empty());
+    for log in logs {
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(text.contains("svc-resevent:*****") && !text.contains("reg-Secret-77"), "the registry password is masked: {}", log.display());
+    }
+}
+
+#[test]
+fn a_registry_that_refuses_the_credentials_stops_start_up_with_the_reason_and_no_secret() {
+    let broker = Broker::start("avro-auth");
+    let registry = Registry::start_with_auth("svc:right-password");
+    let input = broker.name("raw");
+    broker.create_topic(&input, 1, &[]);
+    let state = tempfile::tempdir().unwrap();
+    let app = broker.name("app");
+    let url = format!("http://svc:url-Secret-12@127.0.0.1:{}", registry.port);
+    let instance = Instance::start_with(&broker, &input, &app, state.path(), "a", &["--output-format", "avro", "--schema-registry-url", &url], &[("RESEVENT_SCHEMA_REGISTRY__BASIC_AUTH_USER_INFO", "svc:wrong-Secret-34")]);
+    let (code, log) = instance.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("refused") && log.contains("401"), "the reason is named: {log}");
+    assert!(!log.contains("wrong-Secret-34") && !log.contains("url-Secret-12"), "no secret printed: {log}");
+    assert!(!broker.topic_exists(&format!("{app}-events")), "nothing written");
 }
 
 #[test]
