@@ -414,3 +414,34 @@ fn schemas_evolve_both_ways_and_the_rules_are_enforced() {
     renamed["fields"][2]["name"] = json!("bookingId");
     assert!(SchemaCompatibility::mutual_read(&current, &Schema::parse_str(&renamed.to_string()).unwrap()).is_err());
 }
+
+#[test]
+fn without_auto_registration_the_subject_must_already_hold_this_schema() {
+    let broker = Broker::start("avro-lookup");
+    let registry = Registry::start();
+    let input = broker.name("raw");
+    broker.create_topic(&input, 1, &[]);
+    let records = workload(10, 60, 5);
+    let expected = replay_events(&records);
+    broker.produce(&input, &records);
+    let no_auto = [("RESEVENT_SCHEMA_REGISTRY__AUTO_REGISTER", "false"), ("RESEVENT_SCHEMA_REGISTRY__SUBJECT_NAME_STRATEGY", "record-name")];
+    let args = ["--output-format", "avro", "--schema-registry-url", &registry.url()];
+
+    // The subject (RecordNameStrategy: the record's full name) is empty: refused, with the fix.
+    let state = tempfile::tempdir().unwrap();
+    let app = broker.name("refused");
+    let (code, log) = Instance::start_with(&broker, &input, &app, state.path(), "a", &args, &no_auto).wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.contains("io.resevent.BusinessEvent") && log.contains("auto_register"), "{log}");
+    assert!(registry.versions("io.resevent.BusinessEvent").is_empty(), "nothing registered");
+
+    // Registered beforehand (as a platform team would): looked up and used as is.
+    let id = registry.register("io.resevent.BusinessEvent", include_str!("../schemas/business-event.avsc"));
+    let app = broker.name("looked-up");
+    let instance = Instance::start_with(&broker, &input, &app, state.path(), "b", &args, &no_auto);
+    let raw = wait_records(&broker, &format!("{app}-events"), expected.len(), Duration::from_secs(60));
+    assert_eq!(instance.terminate(), Some(0));
+    assert!(raw.iter().all(|r| r.value.as_deref().unwrap()[..5] == [0, 0, 0, 0, id as u8]), "framed with the looked-up id");
+    assert_eq!(registry.versions("io.resevent.BusinessEvent"), vec![id], "no new version");
+    assert!(registry.versions(&format!("{app}-events-value")).is_empty(), "no topic subject under RecordNameStrategy");
+}
