@@ -445,3 +445,43 @@ fn without_auto_registration_the_subject_must_already_hold_this_schema() {
     assert_eq!(registry.versions("io.resevent.BusinessEvent"), vec![id], "no new version");
     assert!(registry.versions(&format!("{app}-events-value")).is_empty(), "no topic subject under RecordNameStrategy");
 }
+
+#[test]
+fn the_registry_over_https_with_a_private_ca() {
+    let broker = Broker::start("avro-https");
+    let registry = Registry::start();
+    let certs = Certs::make();
+    // The registry double behind a TLS terminator, with a certificate of the test CA.
+    let (_front, port) = tls_front(&certs, registry.port, "registry");
+    let url = format!("https://127.0.0.1:{port}");
+    let input = broker.name("raw");
+    broker.create_topic(&input, 1, &[]);
+    let records = workload(10, 60, 9);
+    let expected = replay_events(&records);
+    broker.produce(&input, &records);
+    let args = ["--output-format", "avro", "--schema-registry-url", &url];
+    let state = tempfile::tempdir().unwrap();
+
+    // A CA that did not sign the registry's certificate: refused, and said why.
+    let app = broker.name("wrong-ca");
+    let other = certs.path("other-ca.pem");
+    let instance = Instance::start_with(&broker, &input, &app, state.path(), "a", &args, &[("RESEVENT_SCHEMA_REGISTRY__CA_LOCATION", &other)]);
+    let (code, log) = instance.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.to_lowercase().contains("certificate"), "names the certificate problem: {log}");
+
+    // The right CA: events out as Avro, readable by tail over the same HTTPS.
+    let app = broker.name("right-ca");
+    let ca = certs.path("ca.pem");
+    let instance = Instance::start_with(&broker, &input, &app, state.path(), "b", &args, &[("RESEVENT_SCHEMA_REGISTRY__CA_LOCATION", &ca)]);
+    wait_records(&broker, &format!("{app}-events"), expected.len(), Duration::from_secs(60));
+    assert_eq!(instance.terminate(), Some(0));
+    let out = Command::new(env!("CARGO_BIN_EXE_resevent"))
+        .args(["tail", "--bootstrap-servers", &broker.bootstrap, "--topic", &format!("{app}-events"), "--from-beginning", "--exit-at-end", "--schema-registry-url", &url])
+        .env("RESEVENT_SCHEMA_REGISTRY__CA_LOCATION", &ca)
+        .env("RESEVENT_LOG", "warn")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(lines(&String::from_utf8(out.stdout).unwrap()), expected);
+}

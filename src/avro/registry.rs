@@ -118,9 +118,19 @@ impl RegistryError {
     /// Tells `schema_registry_converter`'s errors apart by what happened,
     /// not by its `retriable` flag, which calls a 500 permanent.
     fn classify(e: &SRCError, doing: &str) -> RegistryError {
-        let text = format!("{doing}: {}{}", e.error, e.cause.as_deref().map(|c| format!(" ({c})")).unwrap_or_default());
+        let mut text = format!("{doing}: {}{}", e.error, e.cause.as_deref().map(|c| format!(" ({c})")).unwrap_or_default());
+        // The transport's own reasons (a certificate that does not verify, a
+        // refused connection) are further down the chain.
+        let mut source = std::error::Error::source(e).and_then(std::error::Error::source);
+        while let Some(s) = source {
+            text.push_str(&format!(": {s}"));
+            source = s.source();
+        }
         let has = |s: &str| text.contains(s);
-        if has("status 404") {
+        if has("certificate") || has("handshake") {
+            // TLS set up wrong (CA, hostname): the same request fails the same way.
+            RegistryError::Refused(format!("{text}; check schema_registry.ca_location and the registry's certificate"))
+        } else if has("status 404") {
             RegistryError::NotFound(text)
         } else if has("status 401") || has("status 403") || has("status 409") || has("status 422") {
             RegistryError::Refused(text)

@@ -56,6 +56,28 @@ fn tansu_behind_a_front(prefix: &str) -> (Child, u16, u16) {
     (spawn_listening(cmd, port, &std::env::temp_dir().join(format!("tansu-{prefix}.log"))), port, front)
 }
 
+/// A TLS front (stunnel, with `certs`' broker certificate) for a plaintext
+/// server on `backend`: returns the process (killed on drop) and its port.
+pub fn tls_front(certs: &Certs, backend: u16, name: &str) -> (KillOnDrop, u16) {
+    let front = free_port();
+    let conf = certs.dir.path().join(format!("stunnel-{name}-{front}.conf"));
+    std::fs::write(&conf, format!("foreground = yes\npid =\n[{name}]\naccept = 127.0.0.1:{front}\nconnect = 127.0.0.1:{backend}\ncert = {}\nkey = {}\n", certs.path("broker.pem"), certs.path("broker.key"))).unwrap();
+    let stunnel = std::env::var("RESEVENT_STUNNEL").unwrap_or_else(|_| "stunnel4".into());
+    let mut cmd = Command::new(&stunnel);
+    cmd.arg(&conf);
+    (KillOnDrop(spawn_listening(cmd, front, &std::env::temp_dir().join(format!("stunnel-{name}-{front}.log")))), front)
+}
+
+/// A helper process that goes when the test's handle does.
+pub struct KillOnDrop(pub Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A record's key and value as bytes, each possibly absent.
 pub type RawRecord = (Option<Vec<u8>>, Option<Vec<u8>>);
 
