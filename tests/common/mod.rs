@@ -111,6 +111,21 @@ impl Broker {
         Broker { bootstrap: format!("127.0.0.1:{port}"), process: Some(child), own_group: false, prefix, client_settings: Vec::new(), helpers: Vec::new() }
     }
 
+    /// Tansu requiring SASL (`--authentication`; SCRAM). Always Tansu. It
+    /// holds no user: Tansu 0.6.0 creates users only over an authenticated
+    /// connection, and its memory storage does not outlive a restart, so no
+    /// login can succeed; a test sees the SCRAM exchange refused.
+    pub fn start_requiring_sasl(test: &str) -> Broker {
+        let prefix = format!("{test}-{}", std::process::id());
+        let tansu = std::env::var("RESEVENT_TANSU").unwrap_or_else(|_| panic!("this test needs RESEVENT_TANSU, a tansu binary (scripts/test installs it)"));
+        let port = free_port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let mut cmd = Command::new(&tansu);
+        cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/", "--authentication"]);
+        let child = spawn_listening(cmd, port, &std::env::temp_dir().join(format!("tansu-{prefix}.log")));
+        Broker { bootstrap: format!("127.0.0.1:{port}"), process: Some(child), own_group: false, prefix, client_settings: Vec::new(), helpers: Vec::new() }
+    }
+
     /// Tansu behind a [`Proxy`] that clients reach it through (Tansu advertises
     /// the proxy's address): cutting the proxy is the broker going away for
     /// every client while the broker keeps its in-memory data. Always Tansu,
