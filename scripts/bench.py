@@ -610,7 +610,16 @@ class Bench:
         clock = DrainClock(self.broker.bootstrap, group, "raw", self.a.partitions, records)
         child = self.resevent(app_id, "--input-topic", "raw", "--application-id", app_id,
                               "--output-topic", f"{app_id}.out", "--state-dir", os.path.join(self.workdir, app_id), *extra)
-        summary = timed(self.finish_resevent(child), clock, records)
+        # With its HTTP server on, the service is scraped as Prometheus would
+        # be (every second here, where Prometheus' default is 15 s): the cost
+        # of /metrics counts in the drain.
+        scraping = threading.Event()
+        if "--no-http" not in extra and "--passthrough" not in extra:
+            threading.Thread(target=scrape, args=("http://127.0.0.1:9464/metrics", scraping), daemon=True).start()
+        try:
+            summary = timed(self.finish_resevent(child), clock, records)
+        finally:
+            scraping.set()
         summary.update(peak_rss_mb=child.peak_rss_kb / 1024, cpu_s=child.cpu_seconds, broker_cpu_s=self.broker.cpu_seconds() - broker_cpu)
         log(f"  {summary['records']:,} records, {summary['records_per_second']:,.0f} records/s "
             f"(it reports {summary['reported_per_second'] or 0:,.0f}), peak RSS {child.peak_rss_kb / 1024:.0f} MB")
@@ -651,11 +660,16 @@ class Bench:
         registry = None if "avro" in a.skip else MiniRegistry()
         if registry:
             runs["e"] = []
+        # (h): (b) without its HTTP server (/metrics, status page), in the same rounds.
+        if "http" not in a.skip:
+            runs["h"] = []
         for r in range(1, a.rounds + 1):
             runs["a"].append(self.drain_resevent(f"(a) resevent run --passthrough, round {r}", f"bench-pass-{r}", "--passthrough"))
             if a.peers:
                 runs["p"].append(self.drain_passthrough_py(r))
             runs["b"].append(self.drain_resevent(f"(b) at-least-once, round {r}", f"bench-run-{r}"))
+            if "h" in runs:
+                runs["h"].append(self.drain_resevent(f"(h) at-least-once, --no-http, round {r}", f"bench-nohttp-{r}", "--no-http"))
             if registry:
                 runs["e"].append(self.drain_resevent(f"(e) at-least-once, Avro out, round {r}", f"bench-avro-{r}",
                                                      "--output-format", "avro", "--schema-registry-url", registry.url))
@@ -966,6 +980,16 @@ class MiniRegistry:
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
 
+def scrape(url, stop):
+    """GETs `url` every second until `stop` is set (connection errors ignored)."""
+    import urllib.request
+    while not stop.wait(1.0):
+        try:
+            urllib.request.urlopen(url, timeout=2).read()
+        except OSError:
+            pass
+
+
 def value_bytes(bootstrap, topic):
     """Records and total value bytes of a whole topic."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
@@ -1130,6 +1154,10 @@ def report(bench, argv):
         rows.append(("1", "b / the limit", f"{100 * rb / limit:.0f}%", f"≥ {TARGETS['b_over_limit']:.0%}",
                      verdict(rb / limit >= TARGETS["b_over_limit"])))
         rows.append(("1", "b / 1a (`--passthrough`)", f"{100 * rb / ra:.0f}%", "", ""))
+        h = r.get("h", {})
+        if h.get("records_per_second"):
+            rows.append(("1h", "`resevent run --no-http` (no operations endpoint)", drained(h), "", ""))
+            rows.append(("1", "b / h (HTTP server and metrics on vs off)", f"{100 * rb / h['records_per_second']:.0f}%", "", ""))
         e = r.get("e", {})
         if e.get("records_per_second"):
             rows.append(("1e", "`resevent run --output-format avro` (at-least-once, registry on loopback)", drained(e), "", ""))
@@ -1315,7 +1343,7 @@ def parse_args(argv):
     ap.add_argument("--state-reservations", type=counts, help="comma-separated reservation counts for the RSS figure "
                                                              "(default: --events and 10x --events)")
     ap.add_argument("--skip", type=lambda s: set(s.split(",")), default=set(),
-                    help="comma-separated parts to leave out: drain,eos,quix,avro,latency,restore,state,core")
+                    help="comma-separated parts to leave out: drain,eos,quix,avro,http,latency,restore,state,core")
     ap.add_argument("--peers", help="directory of the peers passthrough.py and quix_detector.py (scripts/bench gives "
                                     "$RESEVENT_PEERS or ../shared/peers when it exists; without it they are skipped)")
     ap.add_argument("--out", help="Markdown report (default: $CARGO_TARGET_DIR/../bench/latest.md); raw figures beside it as .json")
