@@ -548,6 +548,9 @@ fn metrics_and_lookups_report_what_the_instance_did() {
     let (status, body) = http_get(&http, "/reservations/never-seen");
     assert_eq!(status, 404);
     assert!(body.contains("another member"), "{body}");
+    let why: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(why["partitionsHere"], serde_json::json!([0, 1]), "{body}");
+    assert_eq!(why["groupMembers"].as_array().map(Vec::len), Some(1), "the group's one member, described by the broker: {body}");
 
     // The status page, as a browser renders it.
     let page = chromium_dom(&format!("http://{http}/"));

@@ -30,6 +30,72 @@ use super::restore::task_name;
 struct Shared {
     ctx: Arc<ServiceContext>,
     metrics: Arc<Metrics>,
+    group: Arc<GroupView>,
+}
+
+/// Who else is in the consumer group, for a lookup this instance cannot
+/// answer: DescribeGroups through a client of its own (never the service's
+/// consumer, which only the loop polls).
+pub struct GroupView {
+    pub client: rdkafka::consumer::BaseConsumer,
+    pub group_id: String,
+    pub input_topics: Vec<String>,
+}
+
+impl GroupView {
+    /// The group's members and, where the broker says, the input partitions
+    /// each owns.
+    fn members(&self) -> Result<Vec<serde_json::Value>, String> {
+        use rdkafka::consumer::Consumer;
+        let list = self.client.fetch_group_list(Some(&self.group_id), std::time::Duration::from_secs(5)).map_err(|e| e.to_string())?;
+        let Some(group) = list.groups().iter().find(|g| g.name() == self.group_id) else { return Ok(Vec::new()) };
+        Ok(group
+            .members()
+            .iter()
+            .map(|m| {
+                let owned = m.assignment().and_then(parse_assignment).map(|a| a.into_iter().filter(|(t, _)| self.input_topics.contains(t)).flat_map(|(_, ps)| ps).collect::<std::collections::BTreeSet<i32>>());
+                serde_json::json!({"memberId": m.id(), "clientId": m.client_id(), "host": m.client_host(), "partitions": owned})
+            })
+            .collect())
+    }
+}
+
+/// A consumer group member's assignment (Kafka's ConsumerProtocol
+/// Assignment: version, then per topic its name and partitions, then user
+/// data): the partitions per topic, or `None` when it is absent or garbled.
+fn parse_assignment(bytes: &[u8]) -> Option<Vec<(String, Vec<i32>)>> {
+    fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+        if b.len() < n {
+            return None;
+        }
+        let (head, rest) = b.split_at(n);
+        *b = rest;
+        Some(head)
+    }
+    fn int16(b: &mut &[u8]) -> Option<i16> {
+        take(b, 2).map(|x| i16::from_be_bytes([x[0], x[1]]))
+    }
+    fn int32(b: &mut &[u8]) -> Option<i32> {
+        take(b, 4).map(|x| i32::from_be_bytes([x[0], x[1], x[2], x[3]]))
+    }
+    if bytes.is_empty() {
+        return None;
+    }
+    let mut b = bytes;
+    let _version = int16(&mut b)?;
+    let topics = int32(&mut b)?;
+    let mut out = Vec::new();
+    for _ in 0..topics.max(0) {
+        let len = usize::try_from(int16(&mut b)?).ok()?;
+        let name = String::from_utf8(take(&mut b, len)?.to_vec()).ok()?;
+        let n = int32(&mut b)?;
+        let mut parts = Vec::new();
+        for _ in 0..n.max(0) {
+            parts.push(int32(&mut b)?);
+        }
+        out.push((name, parts));
+    }
+    Some(out)
 }
 
 /// Serves until `shutdown` resolves. Binding happens before this returns,
@@ -38,14 +104,14 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr).await.map_err(|e| anyhow::anyhow!("cannot serve HTTP on {addr}: {e}; give another --http-addr, or --no-http"))
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, ctx: Arc<ServiceContext>, metrics: Arc<Metrics>, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+pub async fn serve(listener: tokio::net::TcpListener, ctx: Arc<ServiceContext>, metrics: Arc<Metrics>, group: GroupView, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
     let app = Router::new()
         .route("/", get(status_page))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .route("/reservations/{id}", get(reservation))
-        .with_state(Shared { ctx, metrics });
+        .with_state(Shared { ctx, metrics, group: Arc::new(group) });
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
         tracing::warn!(error = %e, "HTTP server stopped");
     }
@@ -67,20 +133,42 @@ async fn metrics_text(State(s): State<Shared>) -> Response {
 }
 
 async fn reservation(State(s): State<Shared>, Path(id): Path<String>) -> Response {
-    let found = tokio::task::spawn_blocking(move || s.ctx.lookup(&id).map(|r| (id, r))).await;
+    let found = tokio::task::spawn_blocking(move || {
+        let found = s.ctx.lookup(&id)?;
+        Ok::<_, anyhow::Error>(match found {
+            Some(json) => Ok(json),
+            None => {
+                let here: Vec<i32> = s.ctx.tasks.lock().expect("tasks lock").assigned.keys().copied().collect();
+                Err(not_here(&id, &here, s.group.members()))
+            }
+        })
+    })
+    .await;
     match found {
-        Ok(Ok((_, Some(json)))) => (StatusCode::OK, axum::Json(json)).into_response(),
-        Ok(Ok((id, None))) => (StatusCode::NOT_FOUND, axum::Json(not_here(&id))).into_response(),
+        Ok(Ok(Ok(json))) => (StatusCode::OK, axum::Json(json)).into_response(),
+        Ok(Ok(Err(json))) => (StatusCode::NOT_FOUND, axum::Json(json)).into_response(),
         Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }
 }
 
-fn not_here(id: &str) -> serde_json::Value {
+/// A lookup this instance cannot answer: what it owns, and who else is in
+/// the group. Which partition a reservation belongs to follows from its
+/// change events' record key, which the connector chose (and which is not
+/// the reservation id), so the owner is one of the other members; where the
+/// broker reports assignments, each member's partitions are listed.
+fn not_here(id: &str, here: &[i32], members: Result<Vec<serde_json::Value>, String>) -> serde_json::Value {
+    let (members, members_error) = match members {
+        Ok(m) => (serde_json::Value::from(m), serde_json::Value::Null),
+        Err(e) => (serde_json::Value::Null, serde_json::Value::from(e)),
+    };
     serde_json::json!({
         "reservationId": id,
         "found": false,
-        "why": "no partition owned by this instance holds it: it may belong to a partition another member of the group owns (ask each instance, or read the changelog), or it was never seen",
+        "why": "no partition owned by this instance holds it: it belongs to a partition another member of the group owns (ask it: GET /reservations/{id} on that member), or it was never seen",
+        "partitionsHere": here,
+        "groupMembers": members,
+        "groupMembersError": members_error,
     })
 }
 
@@ -242,7 +330,7 @@ async fn status_page(State(s): State<Shared>, Query(q): Query<PageQuery>) -> Res
                 }
                 html.push_str("</table>");
             }
-            Ok(Ok(None)) => html.push_str(&format!("<p id=\"lookup\">{} is not held by a partition of this instance; another member may own its partition.</p>", esc(&id))),
+            Ok(Ok(None)) => html.push_str(&format!("<p id=\"lookup\">{} is not held by a partition of this instance; another member may own its partition (GET /reservations/{} lists the group's members).</p>", esc(&id), esc(&id))),
             Ok(Err(e)) => html.push_str(&format!("<p id=\"lookup\" class=\"no\">lookup failed: {}</p>", esc(&e.to_string()))),
             Err(e) => html.push_str(&format!("<p id=\"lookup\" class=\"no\">lookup failed: {}</p>", esc(&e.to_string()))),
         }
@@ -251,4 +339,21 @@ async fn status_page(State(s): State<Shared>, Query(q): Query<PageQuery>) -> Res
     // Reload for live figures, but not while someone is typing an id.
     html.push_str("<script>setTimeout(function(){if(!document.activeElement||document.activeElement.name!=='id'){location.reload()}},5000)</script></body></html>");
     ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_assignment;
+
+    #[test]
+    fn a_consumer_protocol_assignment_gives_each_topics_partitions() {
+        // version 1; two topics: "raw" [0, 3] and "x" []; user data of 2 bytes.
+        let mut b = vec![0, 1, 0, 0, 0, 2];
+        b.extend([0, 3, b'r', b'a', b'w', 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 3]);
+        b.extend([0, 1, b'x', 0, 0, 0, 0]);
+        b.extend([0, 0, 0, 2, 9, 9]);
+        assert_eq!(parse_assignment(&b), Some(vec![("raw".into(), vec![0, 3]), ("x".into(), vec![])]));
+        assert_eq!(parse_assignment(&[]), None, "absent (Tansu sends none)");
+        assert_eq!(parse_assignment(&b[..9]), None, "cut short");
+    }
 }

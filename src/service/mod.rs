@@ -422,7 +422,8 @@ pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path
             let addr: std::net::SocketAddr = addr.parse().map_err(|e| anyhow::anyhow!("http_addr {addr:?} is not host:port: {e}"))?;
             let listener = http::bind(addr).await?;
             tracing::info!(addr = %listener.local_addr()?, "HTTP: / (status page) /healthz /readyz /metrics /reservations/{{id}}");
-            Some(tokio::spawn(http::serve(listener, consumer.context().clone(), metrics.clone(), async {
+            let group = http::GroupView { client: base.create().map_err(|e| anyhow::anyhow!("creating the group-describing client: {e}"))?, group_id: cfg.application_id.clone(), input_topics: cfg.input_topics.clone() };
+            Some(tokio::spawn(http::serve(listener, consumer.context().clone(), metrics.clone(), group, async {
                 let _ = http_stopped.await;
             })))
         }
