@@ -227,7 +227,7 @@ pub(super) fn decode_document(top: Top<'_>, key: Option<&str>, paths: &FieldPath
     // share a position; the document each one left (and the transaction, if
     // `source.lsid,source.txnNumber` are added too) tells them apart.
     let txn = match (flat.get("__source_lsid"), flat.get("__source_txnNumber")) {
-        (Some(l), Some(t)) if !l.is_null() && !t.is_null() => Some((l.to_string(), t.to_string())),
+        (Some(l), Some(t)) if !l.is_null() && !t.is_null() => Some((super::extjson::canonical_text(l), super::extjson::canonical_text(t))),
         _ => None,
     };
     let identity = super::operation_identity(&operation, txn.as_ref());

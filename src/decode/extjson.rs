@@ -70,6 +70,45 @@ pub fn date_text(v: &Value) -> Option<String> {
     }
 }
 
+/// `v` as JSON text with every object's keys sorted: the text ids and
+/// identities are made of must not depend on whether serde_json keeps
+/// insertion order (its `preserve_order` feature, which a dependency may
+/// switch on for the whole build), so it is spelled out here.
+pub fn canonical_text(v: &Value) -> String {
+    fn write(v: &Value, out: &mut String) {
+        match v {
+            Value::Object(m) => {
+                let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+                entries.sort_by(|a, b| a.0.cmp(b.0));
+                out.push('{');
+                for (i, (k, v)) in entries.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String(k.clone()).to_string());
+                    out.push(':');
+                    write(v, out);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, v) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    write(v, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut out = String::new();
+    write(v, &mut out);
+    out
+}
+
 /// A scalar field (status, property, room) as text.
 pub fn scalar_text(v: &Value) -> Option<String> {
     match v {
@@ -77,14 +116,14 @@ pub fn scalar_text(v: &Value) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(number_text(n)),
         Value::Bool(b) => Some(b.to_string()),
-        Value::Array(_) => Some(v.to_string()),
+        Value::Array(_) => Some(canonical_text(v)),
         Value::Object(_) => match wrapper(v) {
             Some(("$numberInt" | "$numberLong" | "$numberDouble" | "$numberDecimal", Value::String(s))) => Some(numeric_string_text(s)),
             Some(("$oid" | "$symbol" | "$uuid", Value::String(s))) => Some(s.clone()),
             // A `$date` holding no date is kept as its JSON text (not read as a
             // date again, which would never end).
-            Some(("$date", _)) => Some(date_millis(v).map_or_else(|| v.to_string(), time::format_millis)),
-            _ => Some(v.to_string()),
+            Some(("$date", _)) => Some(date_millis(v).map_or_else(|| canonical_text(v), time::format_millis)),
+            _ => Some(canonical_text(v)),
         },
     }
 }
@@ -109,7 +148,7 @@ pub fn id_text(v: &Value) -> Result<String, BadId> {
             Some(("$numberInt" | "$numberLong" | "$numberDouble" | "$numberDecimal", Value::String(s))) => Ok(numeric_string_text(s)),
             Some(("$uuid", Value::String(s))) => Ok(s.clone()),
             Some(("$date", _)) => date_text(v).ok_or_else(|| BadId("the id is an unreadable date".into())),
-            _ => Ok(v.to_string()),
+            _ => Ok(canonical_text(v)),
         },
         Value::Null => Err(BadId("the id is null".into())),
         Value::Bool(_) => Err(BadId("the id is a boolean".into())),

@@ -121,10 +121,11 @@ impl<'de> Lv<'de> {
     }
 }
 
-/// Compact JSON, as `Value` writes it (error messages quote values).
+/// Compact JSON with sorted keys (`extjson::canonical_text`): identities are
+/// hashed from it and error messages quote it.
 impl fmt::Display for Lv<'_> {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        fmt::Display::fmt(&self.to_value(), f)
+        f.write_str(&super::extjson::canonical_text(&self.to_value()))
     }
 }
 
@@ -280,7 +281,7 @@ pub(super) fn scalar_text(v: &Lv) -> Option<String> {
             Some(("$oid" | "$symbol" | "$uuid", Lv::Str(s))) => Some(s.as_ref().to_owned()),
             // A `$date` holding no date is kept as its JSON text (not read as a
             // date again, which would never end).
-            Some(("$date", _)) => Some(date_millis(v).map_or_else(|| v.to_value().to_string(), time::format_millis)),
+            Some(("$date", _)) => Some(date_millis(v).map_or_else(|| v.to_string(), time::format_millis)),
             _ => extjson::scalar_text(&v.to_value()),
         },
     }
