@@ -95,6 +95,13 @@ pub async fn run(args: &TailArgs, env: impl Iterator<Item = (String, String)>, o
     consumer.assign(&tpl)?;
     eprintln!("resevent tail: reading {} ({} partitions) from the {}", args.topic, partitions.len(), if args.from_beginning { "beginning" } else { "end" });
     let types: BTreeSet<&str> = args.event_type.iter().map(String::as_str).collect();
+    for t in &types {
+        if crate::pipeline::EventType::from_name(t).is_none() {
+            // Perhaps a type newer than this build; perhaps a typo.
+            let known: Vec<&str> = crate::pipeline::EventType::ALL.iter().map(|e| e.name()).collect();
+            eprintln!("resevent tail: --event-type {t} is not a type this build knows ({}); only records whose eventType header says {t} are printed", known.join(", "));
+        }
+    }
     let mut counts = TailCounts::default();
     // Partitions read to their end (librdkafka's end-of-partition event,
     // taken back when a record arrives after it), for --exit-at-end.
