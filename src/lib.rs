@@ -7,6 +7,7 @@
 //! state), `engine` (one batch through all of them) and `replay` (files in,
 //! events out).
 
+pub mod capture;
 pub mod change;
 pub mod deadletter;
 pub mod decode;
