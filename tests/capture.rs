@@ -442,7 +442,7 @@ fn a_standby_takes_over_from_the_stored_token() {
     let done = Arc::new(AtomicBool::new(false));
     let truth = watch_truth(&mongo, done.clone());
     let mut first = Capture::start(&mongo, &broker, &topic, "first", &[]);
-    first.wait_log("lease acquired", Duration::from_secs(60));
+    first.wait_log("following the change stream", Duration::from_secs(60));
     let mut second = Capture::start(&mongo, &broker, &topic, "second", &[]);
     second.wait_log("standby: another instance holds the lease", Duration::from_secs(60));
     let standby_addr = second.http_addr();
