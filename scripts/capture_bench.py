@@ -49,6 +49,7 @@ def main():
     procs = []
     def spawn(cmd, log):
         p = subprocess.Popen(cmd, stdout=open(os.path.join(tmp, log), "w"), stderr=subprocess.STDOUT); procs.append(p); return p
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         t = spawn([os.environ["RESEVENT_TANSU"], "broker", "--listener-url", f"tcp://127.0.0.1:{kport}", "--advertised-listener-url", f"tcp://127.0.0.1:{kport}", "--storage-engine", "memory://tansu/"], "tansu.log")
         wait_port(kport, "tansu", t)
@@ -108,9 +109,12 @@ def main():
         cap.send_signal(signal.SIGTERM); cap.wait(60)
         before = len(seen)
         def updater(n, out):
+            # A room number no write before used: every update changes the
+            # document (an update to the same value writes nothing to the oplog).
             c = pymongo.MongoClient(uri).property.reservation
+            me = threading.get_ident()
             for i in range(n):
-                c.update_one({"_id": ids[i % len(ids)]}, {"$set": {"bookingStatus": "Arrived" if i % 2 else "Not Arrived"}})
+                c.update_one({"_id": ids[i % len(ids)]}, {"$set": {"roomNumber": f"{me}-{i}"}})
         write_all(updater)
         started = time.time()
         cap = start_capture("backlog")
@@ -126,7 +130,7 @@ def main():
               f"write→topic lag p50 {live['lag_p50_ms']:.1f} ms, p99 {live['lag_p99_ms']:.1f} ms (max {live['lag_max_ms']:.1f})")
         print(f"backlog: {drained}/{n} changes drained at {backlog['captured_per_s']:.0f} changes/s (including start-up, lease and read-back)")
     finally:
-        for p in procs:
+        for p in procs + [c for c in [locals().get("cap")] if c]:
             p.kill()
 
 

@@ -43,6 +43,11 @@ struct Mongo {
 
 impl Mongo {
     fn start(tag: &str, args: &[&str]) -> Mongo {
+        Mongo::start_with_options(tag, args, "directConnection=true")
+    }
+
+    /// With `options` in the connection string (TLS settings, timeouts).
+    fn start_with_options(tag: &str, args: &[&str], options: &str) -> Mongo {
         let bin = std::env::var("RESEVENT_SECANTUS").unwrap_or_else(|_| panic!("this test needs RESEVENT_SECANTUS, the secantusd-py of PyPI secantusdb (scripts/test installs it)"));
         let port = free_port();
         let log = std::env::temp_dir().join(format!("secantus-{tag}-{}.log", std::process::id()));
@@ -59,7 +64,7 @@ impl Mongo {
             assert!(Instant::now() < deadline, "SecantusDB did not listen on {port} within 60s; see {}", log.display());
             std::thread::sleep(Duration::from_millis(100));
         }
-        Mongo { child, uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true") }
+        Mongo { child, uri: format!("mongodb://127.0.0.1:{port}/?{options}") }
     }
 
     fn client(&self, rt: &tokio::runtime::Runtime) -> mongodb::Client {
@@ -82,10 +87,14 @@ struct Capture {
 
 impl Capture {
     fn start(mongo: &Mongo, broker: &Broker, topic: &str, tag: &str, args: &[&str]) -> Capture {
+        Capture::start_uri(&mongo.uri, broker, topic, tag, args)
+    }
+
+    fn start_uri(uri: &str, broker: &Broker, topic: &str, tag: &str, args: &[&str]) -> Capture {
         let log = std::env::temp_dir().join(format!("{}-capture-{tag}.log", broker.name(topic)));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_resevent"))
-            .args(["capture", "--mongo-uri", &mongo.uri, "--database", "property", "--collection", "reservation", "--topic", topic, "--bootstrap-servers", &broker.bootstrap])
+            .args(["capture", "--mongo-uri", uri, "--database", "property", "--collection", "reservation", "--topic", topic, "--bootstrap-servers", &broker.bootstrap])
             .args(["--lease-ms", "1500", "--partitions", "3"])
             .args(args)
             .env("RESEVENT_LOG", "info")
@@ -526,6 +535,30 @@ fn a_gone_or_bogus_resume_token_stops_with_a_clear_error_and_publishes_nothing()
     c.wait_log("following the change stream", Duration::from_secs(60));
     let got = wait_count(&broker, &topic, 6, Duration::from_secs(30));
     assert_eq!(got.iter().filter(|(_, id, _)| id["copyingData"] == json!(true)).count(), 3);
+}
+
+#[test]
+fn capture_reaches_mongodb_over_tls_and_refuses_an_unknown_ca() {
+    let broker = Broker::start("capture-tls");
+    let certs = common::Certs::make();
+    let tls = ["--tls-cert-file", &certs.path("broker.pem"), "--tls-key-file", &certs.path("broker.key")];
+    let mongo = Mongo::start_with_options("tls", &tls, &format!("directConnection=true&tls=true&tlsCAFile={}", certs.path("ca.pem")));
+    let topic = broker.name("tls");
+    let mut c = Capture::start(&mongo, &broker, &topic, "tls", &[]);
+    c.wait_log("following the change stream", Duration::from_secs(60));
+    let rt = rt();
+    let coll = mongo.client(&rt).database("property").collection::<Document>("reservation");
+    rt.block_on(async { coll.insert_one(reservation(ObjectId::new(), "Arrived", 7, "P-OSL-01")).await }).unwrap();
+    assert_eq!(wait_count(&broker, &topic, 1, Duration::from_secs(30)).len(), 1);
+    assert_eq!(c.terminate(), Some(0));
+
+    // A server certificate the given CA did not sign: a clear failure, nothing published.
+    let untrusted = mongo.uri.replace(&certs.path("ca.pem"), &certs.path("other-ca.pem")) + "&serverSelectionTimeoutMS=3000";
+    let topic = broker.name("tls-untrusted");
+    let mut c = Capture::start_uri(&untrusted, &broker, &topic, "tls-untrusted", &[]);
+    let (code, log) = c.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(2), "{log}");
+    assert!(log.to_ascii_lowercase().contains("certificate"), "{log}");
 }
 
 #[test]
