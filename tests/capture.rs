@@ -275,7 +275,7 @@ fn assert_exactly_once(got: &[(String, Value, Value)], truth: &[(String, Value)]
     let mut seen = BTreeSet::new();
     let repeats: Vec<String> = got.iter().filter(|(_, id, _)| !seen.insert(id.to_string())).map(|(_, id, _)| id.to_string()).collect();
     for r in repeats.iter().take(3) {
-        for (_, id, v) in got.iter().filter(|(_, id, _)| id.to_string() == *r) {
+        for (_, id, v) in got.iter().filter(|(_, id, _)| &id.to_string() == r) {
             eprintln!("repeat {id}: partition {} position {}", v["__partition"], v["__position"]);
         }
     }

@@ -498,7 +498,7 @@ async fn ensure_topic(cfg: &CaptureConfig, kcfg: &RunConfig, topic: &str) -> any
     let t = NewTopic::new(topic, cfg.partitions.unwrap_or(-1), TopicReplication::Fixed(cfg.replication_factor));
     for r in admin.create_topics(&[t], &AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT))).await? {
         match r {
-            Ok(name) => tracing::info!(topic = %name, partitions = ?cfg.partitions, "created topic"),
+            Ok(name) => tracing::info!(topic = %name, "created topic"),
             Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((name, code)) => anyhow::bail!("cannot create topic {name:?}: {code}"),
         }
@@ -506,6 +506,7 @@ async fn ensure_topic(cfg: &CaptureConfig, kcfg: &RunConfig, topic: &str) -> any
     let deadline = Instant::now() + KAFKA_TIMEOUT;
     loop {
         if let Some(n) = count(&probe)? {
+            tracing::info!(topic, partitions = n, "topic ready");
             return Ok(n);
         }
         anyhow::ensure!(Instant::now() < deadline, "topic {topic:?} was created but has no partitions after {KAFKA_TIMEOUT:?}");
@@ -569,7 +570,9 @@ fn read_last_records(kcfg: &RunConfig, topic: &str, partitions: i32) -> anyhow::
     // rather than past it (Tansu 0.6 does), so the record at end - 1 is not
     // always the last one.
     let deadline = Instant::now() + KAFKA_TIMEOUT;
-    let mut newest: BTreeMap<i32, (i64, Option<Vec<u8>>, Option<Vec<u8>>)> = BTreeMap::new();
+    // Per partition: the newest record's offset, position header and value.
+    type Newest = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+    let mut newest: BTreeMap<i32, Newest> = BTreeMap::new();
     while !wanted.is_empty() {
         anyhow::ensure!(Instant::now() < deadline, "could not read the last records of {topic:?} (partitions {:?}) within {KAFKA_TIMEOUT:?}", wanted.keys().collect::<Vec<_>>());
         let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
