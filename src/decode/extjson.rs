@@ -95,8 +95,10 @@ pub struct BadId(pub String);
 
 /// A document `_id` as the text PRODUCT.md fixes: an ObjectId as its 24 hex
 /// digits, a string as itself, a number in decimal. Other documents (compound
-/// ids, UUIDs in binary) become their compact JSON, which is stable because
-/// `serde_json::Map` keeps keys sorted.
+/// ids, UUIDs in binary) become their compact JSON with keys sorted, so the
+/// text does not depend on the order a writer put them in. (Sorted by hand:
+/// `serde_json::Map` keeps insertion order in this build, because the
+/// `mongodb` crate's `bson` turns on serde_json's `preserve_order`.)
 pub fn id_text(v: &Value) -> Result<String, BadId> {
     match v {
         Value::String(s) if !s.is_empty() => Ok(s.clone()),
@@ -109,11 +111,25 @@ pub fn id_text(v: &Value) -> Result<String, BadId> {
             Some(("$numberInt" | "$numberLong" | "$numberDouble" | "$numberDecimal", Value::String(s))) => Ok(numeric_string_text(s)),
             Some(("$uuid", Value::String(s))) => Ok(s.clone()),
             Some(("$date", _)) => date_text(v).ok_or_else(|| BadId("the id is an unreadable date".into())),
-            _ => Ok(v.to_string()),
+            _ => Ok(sorted_json(v)),
         },
         Value::Null => Err(BadId("the id is null".into())),
         Value::Bool(_) => Err(BadId("the id is a boolean".into())),
         Value::Array(_) => Err(BadId("the id is an array (MongoDB forbids array ids)".into())),
+    }
+}
+
+/// Compact JSON with every object's keys in sorted order.
+fn sorted_json(v: &Value) -> String {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            let fields: Vec<String> = keys.into_iter().map(|k| format!("{}:{}", Value::String(k.clone()), sorted_json(&m[k]))).collect();
+            format!("{{{}}}", fields.join(","))
+        }
+        Value::Array(a) => format!("[{}]", a.iter().map(sorted_json).collect::<Vec<_>>().join(",")),
+        other => other.to_string(),
     }
 }
 
