@@ -8,6 +8,7 @@
 //! events out).
 
 pub mod avro;
+pub mod capture;
 pub mod change;
 pub mod deadletter;
 pub mod decode;

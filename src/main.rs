@@ -186,6 +186,68 @@ RESEVENT_CONSUMER__<SETTING>, RESEVENT_PRODUCER__<SETTING> with dots written as 
         #[command(subcommand)]
         command: StateCommand,
     },
+    /// Capture a MongoDB collection's change stream into a Kafka topic, as the MongoDB Kafka connector would.
+    ///
+    /// Watches the collection with fullDocument=updateLookup and the aggregation pipeline of
+    /// pipelines/change-stream.json, and publishes each change as the connector's JSON, keyed
+    /// by the document key, so `resevent run` consumes the topic unchanged. The position (the
+    /// resume token) is stored in a header of every published record and read back at start:
+    /// a restart continues right after the last published change, none lost, none repeated.
+    /// One instance writes per collection (a lease in MongoDB); others wait as standbys.
+    ///
+    /// Exit status: 0 stopped by SIGTERM/Ctrl-C, 3 the stored position cannot be resumed
+    /// (resume token no longer in the oplog, or not this deployment's; see --restart-from),
+    /// 2 any other failure.
+    /// Settings: built-in defaults < --config FILE < RESEVENT_* environment < flags.
+    #[command(after_help = "Examples:\n  resevent capture --mongo-uri 'mongodb://db1,db2/?replicaSet=rs0' --database property \\\n    \
+--collection reservation --topic property.reservation --bootstrap-servers kafka:9092\n  \
+resevent capture --config capture.toml --copy-existing\n\n\
+Config file (TOML) keys: mongo_uri, database, collection, topic, partitions, replication_factor,\n\
+create_topic, bootstrap_servers, change_stream_pipeline, copy_existing, lease_collection, lease_ms,\n\
+json (relaxed|canonical), http_addr; librdkafka settings in [kafka], [consumer], [producer].\n\
+Environment: RESEVENT_<KEY>, RESEVENT_KAFKA__<SETTING>, RESEVENT_PRODUCER__<SETTING>.")]
+    Capture {
+        /// Config file (TOML); see the keys below.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// MongoDB connection string; TLS through its options (tls=true&tlsCAFile=…). Its password is never logged.
+        #[arg(long, value_name = "URI")]
+        mongo_uri: Option<String>,
+        /// Database of the reservations collection.
+        #[arg(long, value_name = "DB")]
+        database: Option<String>,
+        /// The reservations collection.
+        #[arg(long, value_name = "COLL")]
+        collection: Option<String>,
+        /// Topic of change events [default: DB.COLL]; created if missing.
+        #[arg(long, value_name = "TOPIC")]
+        topic: Option<String>,
+        /// Partitions of the topic when it is created [default: the broker's].
+        #[arg(long, value_name = "N")]
+        partitions: Option<i32>,
+        /// Kafka bootstrap servers [default: 127.0.0.1:9092].
+        #[arg(long, value_name = "HOST:PORT")]
+        bootstrap_servers: Option<String>,
+        /// Aggregation pipeline file (JSON array) [default: pipelines/change-stream.json, else built-in].
+        #[arg(long, value_name = "FILE")]
+        change_stream_pipeline: Option<PathBuf>,
+        /// On a topic without a stored position: publish the existing documents as copy-existing events first.
+        #[arg(long)]
+        copy_existing: bool,
+        /// Lease length in ms: a standby takes over this long after the active instance stopped renewing [default: 10000].
+        #[arg(long, value_name = "MS")]
+        lease_ms: Option<u64>,
+        /// Ignore the stored position: `now` follows the stream from now (changes since the position are
+        /// not published), `copy` publishes every document again as copy-existing events first.
+        #[arg(long, value_enum, value_name = "FROM")]
+        restart_from: Option<resevent::capture::RestartFrom>,
+        /// Where to serve /healthz, /readyz, /metrics [default: 127.0.0.1:9465; port 0 picks a free one].
+        #[arg(long, value_name = "HOST:PORT")]
+        http_addr: Option<String>,
+        /// Serve no HTTP endpoint.
+        #[arg(long, conflicts_with = "http_addr")]
+        no_http: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -318,6 +380,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{}", summary.to_json());
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Capture { config, mongo_uri, database, collection, topic, partitions, bootstrap_servers, change_stream_pipeline, copy_existing, lease_ms, restart_from, http_addr, no_http } => {
+            use resevent::capture::config::{CaptureConfig, CaptureOverrides};
+            let flags = CaptureOverrides { mongo_uri, database, collection, topic, partitions, bootstrap_servers, change_stream_pipeline, copy_existing, lease_ms, http_addr, no_http };
+            let cfg = CaptureConfig::load(config.as_deref(), std::env::vars(), flags)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            match runtime.block_on(resevent::capture::run(cfg, restart_from, shutdown_signal())) {
+                Ok(()) => Ok(ExitCode::SUCCESS),
+                Err(e) => match e.downcast_ref::<resevent::capture::CaptureError>() {
+                    Some(c) => {
+                        eprintln!("error: {}", resevent::secrets::scrub(&format!("{e:#}")));
+                        Ok(ExitCode::from(c.exit_code()))
+                    }
+                    None => Err(e),
+                },
+            }
         }
         Command::Replay { pipeline, format, keyed, allow_properties, state_dir, dead_letters, files } => {
             let (mut pipeline, origin) = load_pipeline(pipeline.as_deref())?;

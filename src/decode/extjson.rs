@@ -134,8 +134,10 @@ pub struct BadId(pub String);
 
 /// A document `_id` as the text PRODUCT.md fixes: an ObjectId as its 24 hex
 /// digits, a string as itself, a number in decimal. Other documents (compound
-/// ids, UUIDs in binary) become their compact JSON, which is stable because
-/// `serde_json::Map` keeps keys sorted.
+/// ids, UUIDs in binary) become their compact JSON with keys sorted, so the
+/// text does not depend on the order a writer put them in. (Sorted by hand:
+/// `serde_json::Map` keeps insertion order in this build, because the
+/// `mongodb` crate's `bson` turns on serde_json's `preserve_order`.)
 pub fn id_text(v: &Value) -> Result<String, BadId> {
     match v {
         Value::String(s) if !s.is_empty() => Ok(s.clone()),

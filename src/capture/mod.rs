@@ -1,0 +1,604 @@
+//! `resevent capture`: reads a MongoDB collection's change stream (through
+//! the official `mongodb` driver) and publishes each change to Kafka in the
+//! MongoDB Kafka source connector's JSON format, keyed by the document key,
+//! so `resevent run` consumes it unchanged.
+//!
+//! The pieces: `config` (layered settings), `format` (change document →
+//! record), `position` (where capture stands, stored in the records'
+//! headers, and how to resume exactly from it), `lease` (one writer per
+//! collection), `http` (health, readiness, metrics). This file wires them
+//! to MongoDB and Kafka. It processes no reservation logic.
+
+pub mod config;
+pub mod format;
+pub mod http;
+pub mod lease;
+pub mod position;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::{FutureExt, StreamExt, TryStreamExt};
+use mongodb::bson::{Bson, Document, doc};
+use mongodb::change_stream::ChangeStream;
+use mongodb::change_stream::event::ResumeToken;
+use mongodb::error::ErrorKind;
+use mongodb::options::FullDocumentType;
+use rdkafka::Message;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+use self::config::CaptureConfig;
+use self::format::Outgoing;
+use self::http::{CaptureMetrics, now_ms};
+use self::lease::Lease;
+use self::position::{Checkpoint, LastRecord, Position, Replayed, ResumePlan};
+use crate::kafka::{self, ConnectionContext};
+use crate::service::config::RunConfig;
+
+/// Kafka metadata and read-back requests.
+const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the topic's end offsets must stay put before its last records
+/// are read back (see `read_last_records`).
+const SETTLE: Duration = Duration::from_secs(1);
+
+/// Where to start instead of the stored position (`--restart-from`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum RestartFrom {
+    /// Follow the stream from now on: changes since the stored position are NOT published.
+    Now,
+    /// Publish every document again as copy-existing events, then follow the stream.
+    Copy,
+}
+
+/// Failures that a restart alone does not fix.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(
+        "cannot resume the change stream after the stored resume token {token}: the server said \"{reason}\". \
+The changes after it may no longer be in the oplog (or the token is not one of this deployment's), so capture stopped and published nothing. \
+Nothing is skipped silently: to go on, either start over with a full copy (`resevent capture … --restart-from copy`: every document \
+is published again as a copy-existing event, which only seeds state downstream, then the stream is followed), or accept the gap \
+(`resevent capture … --restart-from now`). See README, \"When the resume token is gone\""
+    )]
+    ResumeImpossible { token: String, reason: String },
+    #[error("{0}")]
+    Position(#[from] position::PositionError),
+    #[error(
+        "the change stream replayed differently from what the topic holds: partition {partition} ends at seq {seq} with change {stored}, \
+but the stream's change at that seq is {got}. Did the change-stream pipeline change? Start with --restart-from now|copy"
+    )]
+    Diverged { partition: i32, seq: u64, stored: String, got: String },
+    #[error("the lease on {0} was lost (another instance took over, or it could not be renewed in time); stopping so that only one instance writes")]
+    LeaseLost(String),
+}
+
+impl CaptureError {
+    /// The process exit status: 3 for a position that cannot be resumed from
+    /// (an operator must choose), 2 for everything else.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CaptureError::ResumeImpossible { .. } | CaptureError::Position(_) | CaptureError::Diverged { .. } => 3,
+            CaptureError::LeaseLost(_) => 2,
+        }
+    }
+}
+
+/// Runs capture until `shutdown` resolves (or an error).
+pub async fn run(cfg: CaptureConfig, restart_from: Option<RestartFrom>, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    tracing::info!(config = %cfg.masked(), "capture starting");
+    let (pipeline, origin) = format::load_pipeline(cfg.change_stream_pipeline.as_deref())?;
+    tracing::info!(pipeline = %origin, stages = pipeline.len(), "change-stream pipeline loaded");
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let metrics = Arc::new(CaptureMetrics::default());
+    if let Some(addr) = &cfg.http_addr {
+        let addr: std::net::SocketAddr = addr.parse().with_context(|| format!("http_addr {addr:?} is not HOST:PORT"))?;
+        let listener = http::bind(addr).await?;
+        tracing::info!(addr = %listener.local_addr()?, "HTTP: /healthz /readyz /metrics");
+        let mut rx = stop_rx.clone();
+        tokio::spawn(http::serve(listener, metrics.clone(), async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }));
+    }
+
+    let client = mongodb::Client::with_uri_str(&cfg.mongo_uri).await.context("reading the MongoDB connection string")?;
+    let db = client.database(&cfg.database);
+    let coll = db.collection::<Document>(&cfg.collection);
+    let kcfg = cfg.kafka_config();
+    let topic = cfg.topic();
+    let partitions = ensure_topic(&cfg, &kcfg, &topic).await?;
+    let producer: FutureProducer = kafka::producer_config(&kcfg).create().context("creating the Kafka producer")?;
+
+    let lease = Lease::new(db.collection_with_options(&cfg.lease_collection, mongodb::options::CollectionOptions::builder().write_concern(mongodb::options::WriteConcern::majority()).build()), cfg.lease_id(), Duration::from_millis(cfg.lease_ms));
+    if !acquire(&lease, &metrics, stop_rx.clone()).await? {
+        return Ok(());
+    }
+    let lease = Arc::new(lease);
+    let keeper = tokio::spawn(lease.clone().keep());
+    tracing::info!(owner = %lease.owner, lease = %cfg.lease_id(), "lease acquired: this instance captures");
+    metrics.set_active(true);
+
+    let result = capture(&cfg, &coll, pipeline, &producer, &topic, partitions, &lease, &metrics, restart_from, stop_rx).await;
+    keeper.abort();
+    metrics.set_active(false);
+    match &result {
+        // A clean stop hands over at once; after a failure the lease runs out.
+        Ok(()) => {
+            if let Err(e) = lease.release().await {
+                tracing::warn!(error = %e, "could not release the lease; a standby takes over when it runs out");
+            }
+        }
+        Err(e) if e.downcast_ref::<CaptureError>().is_some() => {
+            let _ = lease.release().await;
+        }
+        Err(_) => {}
+    }
+    result
+}
+
+/// Waits as a standby until the lease is ours. False if stopped first.
+async fn acquire(lease: &Lease, metrics: &CaptureMetrics, mut stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<bool> {
+    let poll = (lease.length / 10).clamp(Duration::from_millis(50), Duration::from_secs(1));
+    // The holder and version last seen, and since when (our clock).
+    let mut seen: Option<(lease::Holder, Instant)> = None;
+    loop {
+        let holder = lease.holder().await.context("reading the capture lease from MongoDB")?;
+        let taken = match holder {
+            None => lease.try_take(None).await?,
+            Some(h) => match &seen {
+                Some((s, since)) if *s == h => since.elapsed() >= lease.length && lease.try_take(Some(&h)).await?,
+                _ => {
+                    if seen.as_ref().is_none_or(|(s, _)| s.owner != h.owner) {
+                        tracing::info!(holder = %h.owner, "standby: another instance holds the lease; waiting for it to stop renewing");
+                        metrics.set_ready(Err(format!("standby: the lease is held by {}", h.owner)));
+                    }
+                    seen = Some((h, Instant::now()));
+                    false
+                }
+            },
+        };
+        if taken {
+            return Ok(true);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(poll) => {}
+            _ = stop.wait_for(|s| *s) => return Ok(false),
+        }
+    }
+}
+
+/// The active part: read the position back, open the stream, copy if asked, publish.
+#[allow(clippy::too_many_arguments)]
+async fn capture(
+    cfg: &CaptureConfig,
+    coll: &mongodb::Collection<Document>,
+    pipeline: Vec<Document>,
+    producer: &FutureProducer,
+    topic: &str,
+    partitions: i32,
+    lease: &Lease,
+    metrics: &Arc<CaptureMetrics>,
+    restart_from: Option<RestartFrom>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    metrics.set_ready(Err("reading the stored position back from the topic".into()));
+    let last = {
+        let (kcfg, topic) = (cfg.kafka_config(), topic.to_string());
+        tokio::task::spawn_blocking(move || read_last_records(&kcfg, &topic, partitions)).await??
+    };
+    let max_seq = last.iter().map(|r| r.position.seq).max().unwrap_or(0);
+    let plan = match restart_from {
+        Some(RestartFrom::Now) => {
+            tracing::warn!("--restart-from now: the stored position is ignored; changes between it and now are not published");
+            ResumePlan::Fresh
+        }
+        Some(RestartFrom::Copy) => ResumePlan::RestartCopy { next_seq: max_seq + 1 },
+        None => match ResumePlan::from_last_records(&last, partitions).map_err(CaptureError::from)? {
+            // Nothing published yet: a stream started before may be remembered in the lease.
+            ResumePlan::Fresh => match lease.stored_start(topic).await.context("reading the lease")? {
+                Some(after) => ResumePlan::Resume { after, next_seq: 1, cluster_secs: 0, published: BTreeMap::new() },
+                None => ResumePlan::Fresh,
+            },
+            plan => plan,
+        },
+    };
+    tracing::info!(plan = ?plan_summary(&plan), "position read back");
+
+    let watch = coll.watch().pipeline(pipeline).full_document(FullDocumentType::UpdateLookup);
+    let mut publisher = Publisher::new(producer, topic, partitions, metrics.clone());
+    let mut replay = BTreeMap::new();
+    let (mut stream, copy): (ChangeStream<Document>, bool) = match plan {
+        ResumePlan::Resume { after, next_seq, cluster_secs, published } => {
+            let token = to_resume_token(&after)?;
+            let stream = match watch.resume_after(token).await {
+                Ok(s) => s.with_type::<Document>(),
+                Err(e) => return Err(classify_open_error(e, &after)),
+            };
+            publisher.start(next_seq, Checkpoint { seq: next_seq - 1, resume_after: Some(after), copying: false, cluster_secs });
+            replay = published;
+            (stream, false)
+        }
+        ResumePlan::Fresh | ResumePlan::RestartCopy { .. } => {
+            let copy = matches!(plan, ResumePlan::RestartCopy { .. }) || (restart_from.is_none() && cfg.copy_existing);
+            // The stream is opened before any copy, so that what changes
+            // while the copy runs is in the stream: no gap.
+            let stream = watch.await.context("opening the change stream")?.with_type::<Document>();
+            (stream, copy)
+        }
+    };
+    if publisher.next_seq == 0 {
+        let start = stream.resume_token().ok_or_else(|| anyhow::anyhow!("the server gave no resume token for the new change stream (postBatchResumeToken; MongoDB 4.0.7 or later has it); cannot store a position"))?;
+        let start = token_json(&start)?;
+        let secs = (now_ms() / 1000) as u32;
+        lease.store_start(topic, if copy { None } else { Some(&start) }).await?;
+        if copy {
+            publisher.start(max_seq + 1, Checkpoint { seq: max_seq, resume_after: None, copying: true, cluster_secs: secs });
+            copy_existing(cfg, coll, &mut publisher, lease, metrics).await?;
+            publisher.flush().await?;
+        }
+        let seq = publisher.next_seq.max(max_seq + 1) - 1;
+        publisher.start(seq + 1, Checkpoint { seq, resume_after: Some(start), copying: false, cluster_secs: secs });
+    }
+    metrics.durable_at(i64::from(publisher.durable.cluster_secs) * 1000);
+    metrics.set_ready(Ok(format!("active: following the change stream of {}.{} into {topic}", cfg.database, cfg.collection)));
+    tracing::info!(next_seq = publisher.next_seq, "following the change stream");
+
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            biased;
+            _ = stop.wait_for(|s| *s) => break,
+            _ = tick.tick() => {
+                publisher.drain()?;
+                if !lease.usable() {
+                    return Err(CaptureError::LeaseLost(cfg.lease_id()).into());
+                }
+            }
+            next = stream.next() => {
+                let Some(change) = next else { anyhow::bail!("the change stream ended (the collection was dropped or renamed?)") };
+                let change = change.map_err(|e| classify_stream_error(e, publisher.durable.resume_after.as_ref()))?;
+                if !lease.usable() {
+                    return Err(CaptureError::LeaseLost(cfg.lease_id()).into());
+                }
+                let out = format::change(&change, cfg.json)?;
+                publisher.publish_change(out, &mut replay).await?;
+            }
+        }
+    }
+    tracing::info!("stopping: waiting for the broker to acknowledge what was sent");
+    publisher.flush().await?;
+    tracing::info!(published = publisher.published, "capture stopped");
+    Ok(())
+}
+
+/// Publishes every document of the collection as a copy-existing event.
+async fn copy_existing(cfg: &CaptureConfig, coll: &mongodb::Collection<Document>, publisher: &mut Publisher<'_>, lease: &Lease, metrics: &CaptureMetrics) -> anyhow::Result<()> {
+    metrics.set_ready(Err("copying the existing documents".into()));
+    tracing::info!("copying the existing documents");
+    let mut cursor = coll.find(doc! {}).sort(doc! { "_id": 1 }).await.context("reading the collection for the copy")?;
+    let mut n = 0u64;
+    while let Some(d) = cursor.try_next().await.context("reading the collection for the copy")? {
+        if !lease.usable() {
+            return Err(CaptureError::LeaseLost(cfg.lease_id()).into());
+        }
+        let out = format::copy_existing(&d, &cfg.database, &cfg.collection, cfg.json)?;
+        publisher.publish_copy(out).await?;
+        n += 1;
+    }
+    tracing::info!(documents = n, "copy finished");
+    Ok(())
+}
+
+/// Sends records with their position header and tracks which are acknowledged.
+struct Publisher<'a> {
+    producer: &'a FutureProducer,
+    topic: &'a str,
+    partitions: i32,
+    metrics: Arc<CaptureMetrics>,
+    /// The seq the next record gets (0: not started).
+    next_seq: u64,
+    /// The newest checkpoint whose records are all acknowledged.
+    durable: Checkpoint,
+    /// Sent, in seq order: the checkpoint each completes, its event time
+    /// (unix ms, for the lag), whether a copy, and its delivery (none when
+    /// it was on the topic already).
+    in_flight: VecDeque<(Checkpoint, Option<i64>, bool, Delivery)>,
+    /// Records acknowledged by this process.
+    published: u64,
+}
+
+impl<'a> Publisher<'a> {
+    fn new(producer: &'a FutureProducer, topic: &'a str, partitions: i32, metrics: Arc<CaptureMetrics>) -> Self {
+        Publisher { producer, topic, partitions, metrics, next_seq: 0, durable: Checkpoint { seq: 0, resume_after: None, copying: false, cluster_secs: 0 }, in_flight: VecDeque::new(), published: 0 }
+    }
+
+    fn start(&mut self, next_seq: u64, durable: Checkpoint) {
+        debug_assert!(self.in_flight.is_empty());
+        self.next_seq = next_seq;
+        self.durable = durable;
+    }
+
+    async fn publish_copy(&mut self, out: Outgoing) -> anyhow::Result<()> {
+        let seq = self.next_seq;
+        let done = Checkpoint { seq, resume_after: None, copying: true, cluster_secs: self.durable.cluster_secs };
+        self.send(out, seq, done, true).await
+    }
+
+    async fn publish_change(&mut self, out: Outgoing, replay: &mut BTreeMap<i32, (u64, Option<serde_json::Value>)>) -> anyhow::Result<()> {
+        let seq = self.next_seq;
+        let done = Checkpoint { seq, resume_after: Some(out.id.clone()), copying: false, cluster_secs: out.cluster_secs.unwrap_or(self.durable.cluster_secs) };
+        if !replay.is_empty() {
+            let partition = position::partition_for(&out.key, self.partitions);
+            match position::replayed(replay, partition, seq, &out.id) {
+                Replayed::Publish => {}
+                Replayed::Skip => {
+                    tracing::debug!(seq, partition, "replayed change already on the topic; skipped");
+                    self.next_seq += 1;
+                    self.in_flight.push_back((done, None, false, Delivery::AlreadyThere));
+                    return Ok(());
+                }
+                Replayed::Diverged { stored } => {
+                    return Err(CaptureError::Diverged { partition, seq, stored: stored.map(|s| s.to_string()).unwrap_or_default(), got: out.id.to_string() }.into());
+                }
+            }
+            // Past every partition's last record: nothing more to compare.
+            if replay.values().all(|(last, _)| *last < seq) {
+                replay.clear();
+            }
+        }
+        self.send(out, seq, done, false).await
+    }
+
+    async fn send(&mut self, out: Outgoing, seq: u64, done: Checkpoint, copy: bool) -> anyhow::Result<()> {
+        self.drain()?;
+        let position = Position { seq, partitions: self.partitions, durable: self.durable.clone() };
+        let header = serde_json::to_vec(&position).expect("JSON");
+        let partition = position::partition_for(&out.key, self.partitions);
+        let record = FutureRecord::to(self.topic)
+            .partition(partition)
+            .key(out.key.as_slice())
+            .payload(out.value.as_slice())
+            .headers(OwnedHeaders::new().insert(Header { key: position::HEADER, value: Some(header.as_slice()) }));
+        let delivery = kafka::send(self.producer, record).await.map_err(|f| anyhow::anyhow!("{f}"))?;
+        self.next_seq = seq + 1;
+        self.in_flight.push_back((done, out.event_ms, copy, Delivery::Pending(delivery)));
+        Ok(())
+    }
+
+    /// Moves the durable checkpoint over the acknowledged front of what was sent.
+    fn drain(&mut self) -> anyhow::Result<()> {
+        let (mut changes, mut copies, mut lag) = (0, 0, None);
+        while let Some((_, _, _, delivery)) = self.in_flight.front_mut() {
+            if let Delivery::Pending(d) = delivery {
+                match d.now_or_never() {
+                    None => break,
+                    Some(Ok(Ok(_))) => *delivery = Delivery::Acked,
+                    Some(Ok(Err((e, _)))) => anyhow::bail!("the broker did not acknowledge a change event: {e}"),
+                    Some(Err(_)) => anyhow::bail!("the producer dropped a change event's delivery report"),
+                }
+            }
+            let (done, event_ms, copy, delivery) = self.in_flight.pop_front().expect("front");
+            if matches!(delivery, Delivery::Acked) {
+                if copy {
+                    copies += 1;
+                } else {
+                    changes += 1;
+                }
+                if let Some(ms) = event_ms {
+                    lag = Some(now_ms() - ms);
+                }
+            }
+            self.durable = done;
+        }
+        if changes + copies > 0 {
+            self.published += changes + copies;
+            self.metrics.acknowledged(changes, copies, lag);
+            self.metrics.durable_at(i64::from(self.durable.cluster_secs) * 1000);
+        }
+        Ok(())
+    }
+
+    /// Waits until everything sent is acknowledged.
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        for (_, _, _, delivery) in self.in_flight.iter_mut() {
+            if let Delivery::Pending(d) = delivery {
+                match d.await {
+                    Ok(Ok(_)) => *delivery = Delivery::Acked,
+                    Ok(Err((e, _))) => anyhow::bail!("the broker did not acknowledge a change event: {e}"),
+                    Err(_) => anyhow::bail!("the producer dropped a change event's delivery report"),
+                }
+            }
+        }
+        self.drain()
+    }
+}
+
+/// Where a sent record stands.
+enum Delivery {
+    Pending(DeliveryFuture),
+    Acked,
+    /// A replayed change found on the topic already: not sent again.
+    AlreadyThere,
+}
+
+/// The token as the driver takes it.
+fn to_resume_token(json: &serde_json::Value) -> anyhow::Result<ResumeToken> {
+    let bson = Bson::try_from(json.clone()).map_err(|e| anyhow::anyhow!("stored resume token {json} is not Extended JSON: {e}"))?;
+    let Bson::Document(d) = bson else { anyhow::bail!("stored resume token {json} is not a document") };
+    let bytes = mongodb::bson::to_vec(&d)?;
+    mongodb::bson::from_slice(&bytes).map_err(|e| anyhow::anyhow!("stored resume token {json} is not a resume token: {e}"))
+}
+
+/// The token as stored (relaxed Extended JSON).
+fn token_json(token: &ResumeToken) -> anyhow::Result<serde_json::Value> {
+    Ok(mongodb::bson::to_bson(token)?.into_relaxed_extjson())
+}
+
+/// Server errors that mean "this token cannot be resumed from".
+fn token_unusable(e: &mongodb::error::Error) -> Option<String> {
+    // 286 ChangeStreamHistoryLost, 280 ChangeStreamFatalError, 260 InvalidResumeToken, 9 FailedToParse (a token it cannot read).
+    const CODES: [i32; 4] = [286, 280, 260, 9];
+    match e.kind.as_ref() {
+        ErrorKind::Command(c) if CODES.contains(&c.code) || c.message.contains("resume") => Some(format!("{} ({}, code {})", c.message, c.code_name, c.code)),
+        _ if e.to_string().contains("may no longer be in the oplog") => Some(e.to_string()),
+        _ => None,
+    }
+}
+
+fn classify_open_error(e: mongodb::error::Error, token: &serde_json::Value) -> anyhow::Error {
+    match token_unusable(&e) {
+        Some(reason) => CaptureError::ResumeImpossible { token: token.to_string(), reason }.into(),
+        None => anyhow::Error::from(e).context("opening the change stream"),
+    }
+}
+
+/// A failure while following: the driver resumes by itself after network
+/// errors; if that resume finds the history gone, the same advice applies.
+fn classify_stream_error(e: mongodb::error::Error, durable: Option<&serde_json::Value>) -> anyhow::Error {
+    match token_unusable(&e) {
+        Some(reason) => CaptureError::ResumeImpossible { token: durable.map(|t| t.to_string()).unwrap_or_default(), reason }.into(),
+        None => anyhow::Error::from(e).context("reading the change stream"),
+    }
+}
+
+fn plan_summary(plan: &ResumePlan) -> String {
+    match plan {
+        ResumePlan::Fresh => "no stored position: starting the stream now".into(),
+        ResumePlan::RestartCopy { next_seq } => format!("copy of the existing documents (again) from seq {next_seq}"),
+        ResumePlan::Resume { after, next_seq, published, .. } => format!("resume after {after} at seq {next_seq}; last seqs per partition {:?}", published.iter().map(|(p, (s, _))| (*p, *s)).collect::<Vec<_>>()),
+    }
+}
+
+/// Creates the topic if missing; returns its partition count.
+async fn ensure_topic(cfg: &CaptureConfig, kcfg: &RunConfig, topic: &str) -> anyhow::Result<i32> {
+    let client = kafka::client_config(kcfg);
+    let probe: BaseConsumer<ConnectionContext> = kafka::with_settings(&client, &kcfg.consumer).set("allow.auto.create.topics", "false").create_with_context(ConnectionContext::default())?;
+    let count = |probe: &BaseConsumer<ConnectionContext>| -> anyhow::Result<Option<i32>> {
+        let md = tokio::task::block_in_place(|| probe.fetch_metadata(Some(topic), KAFKA_TIMEOUT)).map_err(|e| kafka::explain(format!("reading metadata of {topic:?} from {}: {e}", kcfg.bootstrap_servers), probe.context()))?;
+        Ok(md.topics().first().filter(|t| t.error().is_none() && !t.partitions().is_empty()).map(|t| t.partitions().len() as i32))
+    };
+    if let Some(n) = count(&probe)? {
+        return Ok(n);
+    }
+    if !cfg.create_topic {
+        anyhow::bail!("topic {topic:?} does not exist and topic creation is off");
+    }
+    let admin: AdminClient<rdkafka::client::DefaultClientContext> = client.create()?;
+    let t = NewTopic::new(topic, cfg.partitions.unwrap_or(-1), TopicReplication::Fixed(cfg.replication_factor));
+    for r in admin.create_topics(&[t], &AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT))).await? {
+        match r {
+            Ok(name) => tracing::info!(topic = %name, "created topic"),
+            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((name, code)) => anyhow::bail!("cannot create topic {name:?}: {code}"),
+        }
+    }
+    let deadline = Instant::now() + KAFKA_TIMEOUT;
+    loop {
+        if let Some(n) = count(&probe)? {
+            tracing::info!(topic, partitions = n, "topic ready");
+            return Ok(n);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "topic {topic:?} was created but has no partitions after {KAFKA_TIMEOUT:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A consumer context that keeps librdkafka's PartitionEOF "errors" (the
+/// end of a partition, which the read-back waits for) out of the log.
+struct QuietContext;
+
+impl rdkafka::ClientContext for QuietContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) && !reason.contains("end of partition") {
+            tracing::warn!(error = %error, reason, "Kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for QuietContext {}
+
+/// The last record of every non-empty partition, with its position header.
+fn read_last_records(kcfg: &RunConfig, topic: &str, partitions: i32) -> anyhow::Result<Vec<LastRecord>> {
+    // Connection failures surface earlier, in ensure_topic's probe.
+    let consumer: BaseConsumer<QuietContext> = kafka::reader_config(kcfg, "resevent-capture-position").create_with_context(QuietContext)?;
+    let ends = || -> anyhow::Result<Vec<(i64, i64)>> {
+        (0..partitions).map(|p| consumer.fetch_watermarks(topic, p, KAFKA_TIMEOUT).map_err(|e| anyhow::anyhow!("reading the offsets of {topic:?} partition {p}: {e}"))).collect()
+    };
+    // A killed predecessor's last produce requests may still be in the
+    // broker's socket (the kernel delivers what the process had written) and
+    // be appended after we look. No one else writes to the topic now (we hold
+    // the lease), so its end offsets settle once they are in: wait until they
+    // stay put for SETTLE. (On Apache Kafka a transactional producer would
+    // fence them instead; see lease.rs for why capture does not use one.)
+    let deadline = Instant::now() + KAFKA_TIMEOUT;
+    let mut offsets = ends()?;
+    loop {
+        std::thread::sleep(SETTLE);
+        let again = ends()?;
+        if again == offsets {
+            break;
+        }
+        tracing::info!(before = ?offsets, now = ?again, "the topic's end offsets moved (a predecessor's last records landing); waiting for them to settle");
+        anyhow::ensure!(Instant::now() < deadline, "the end offsets of {topic:?} did not settle within {KAFKA_TIMEOUT:?}; is another writer producing to it?");
+        offsets = again;
+    }
+    let mut tpl = TopicPartitionList::new();
+    let mut wanted = BTreeMap::new();
+    for (p, (low, high)) in offsets.into_iter().enumerate() {
+        if high > low {
+            tpl.add_partition_offset(topic, p as i32, Offset::Offset(high - 1))?;
+            wanted.insert(p as i32, high - 1);
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(Vec::new());
+    }
+    consumer.assign(&tpl)?;
+    // Read from there to the end of each partition and keep the last record:
+    // with Tansu 0.6 the record at end - 1 was seen not to be the last one
+    // (its end offset seems to point into the last batch), and reading on
+    // costs nothing where it is.
+    let deadline = Instant::now() + KAFKA_TIMEOUT;
+    // Per partition: the newest record's offset, position header and value.
+    type Newest = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
+    let mut newest: BTreeMap<i32, Newest> = BTreeMap::new();
+    while !wanted.is_empty() {
+        anyhow::ensure!(Instant::now() < deadline, "could not read the last records of {topic:?} (partitions {:?}) within {KAFKA_TIMEOUT:?}", wanted.keys().collect::<Vec<_>>());
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
+        let m = match m {
+            Ok(m) => m,
+            Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
+                if newest.contains_key(&p) {
+                    wanted.remove(&p);
+                }
+                continue;
+            }
+            Err(e) => anyhow::bail!("reading the last records of {topic:?}: {e}"),
+        };
+        let header = m.headers().and_then(|h| h.iter().find(|h| h.key == position::HEADER).and_then(|h| h.value.map(<[u8]>::to_vec)));
+        if newest.get(&m.partition()).is_none_or(|(o, _, _)| *o < m.offset()) {
+            newest.insert(m.partition(), (m.offset(), header, m.payload().map(<[u8]>::to_vec)));
+        }
+    }
+    let mut last = Vec::new();
+    for (partition, (_, header, payload)) in newest {
+        let Some(header) = header else {
+            return Err(CaptureError::Position(position::PositionError::Foreign { partition, why: "no header".into() }).into());
+        };
+        let position: Position = serde_json::from_slice(&header).map_err(|e| CaptureError::Position(position::PositionError::Foreign { partition, why: e.to_string() }))?;
+        let id = payload.and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok()).and_then(|v| v.get("_id").cloned());
+        last.push(LastRecord { partition, position, id });
+    }
+    Ok(last)
+}
