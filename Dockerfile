@@ -10,8 +10,9 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src src
 COPY benches benches
-# The built-in pipelines are compiled in (include_str!).
+# Compiled in (include_str!): the built-in pipeline and the business event's Avro schema.
 COPY pipelines pipelines
+COPY schemas schemas
 RUN cargo build --release --locked --bin resevent \
     && cp target/release/resevent /resevent
 

@@ -626,4 +626,26 @@ fn docker_compose_file_is_valid_and_everything_it_uses_exists() {
         assert!(config.contains(&format!("  {service}:")), "no {service} service:\n{config}");
     }
     let _ = Path::new(".");
+
+    // The image builds: every file the source compiles in (include_str!) is
+    // under a directory the Dockerfile copies into the build stage.
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    let copied: Vec<&str> = dockerfile.lines().filter_map(|l| l.strip_prefix("COPY ")).filter(|l| !l.starts_with("--from")).flat_map(|l| l.split_whitespace().rev().skip(1)).collect();
+    let mut stack = vec![root().join("src")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let code = std::fs::read_to_string(&path).unwrap();
+            for piece in code.split("include_str!(\"").skip(1) {
+                let rel = piece.split('"').next().unwrap();
+                let file = path.parent().unwrap().join(rel).canonicalize().unwrap_or_else(|e| panic!("{} includes {rel}: {e}", path.display()));
+                let top = file.strip_prefix(root().canonicalize().unwrap()).unwrap().components().next().unwrap().as_os_str().to_str().unwrap().to_string();
+                assert!(copied.contains(&top.as_str()), "{} compiles in {rel}, but the Dockerfile copies no {top}/ into the build stage (COPY lines: {copied:?})", path.display());
+            }
+        }
+    }
 }
