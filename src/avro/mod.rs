@@ -128,7 +128,9 @@ fn unwrap_string(doc: &mut Map<String, Json>, name: &str) {
 }
 
 /// A Kafka record's key and value with their Avro parts, if any, as JSON.
+/// Short-lived (one batch), so the large `Rejected` variant is not boxed.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Resolved {
     /// Neither key nor value is framed: decode the bytes as they are.
     Plain,

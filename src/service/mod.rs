@@ -619,14 +619,40 @@ impl Service<'_> {
     /// the new states in the cache. A failure here abandons the interval.
     async fn process(&mut self, batch: &[OwnedMessage]) -> Result<(), Fault> {
         let ctx = self.consumer.context();
+        // Avro keys and values through the registry first, before the tasks'
+        // lock is taken: a registry that is slow or down must not hold up
+        // /readyz or a lookup. `None`: no registry, every record as it is.
+        let resolved_all = match &self.registry {
+            Some(r) => {
+                let mut all = Vec::with_capacity(batch.len());
+                let mut failed = None;
+                for m in batch {
+                    match crate::avro::resolve(r, m.key(), m.payload()).await {
+                        Ok(x) => all.push(x),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
+                }
+                Some(match failed {
+                    None => Ok(all),
+                    Some(e) => Err(e),
+                })
+            }
+            None => None,
+        };
         let mut guard = ctx.tasks.lock().expect("tasks lock");
         let tasks = &mut *guard;
         // Group by task, in input order within each; a task still restoring holds its records.
         let mut by_task: BTreeMap<i32, Vec<&OwnedMessage>> = BTreeMap::new();
-        for m in batch {
+        // The batch index of each grouped record, for `resolved_all`.
+        let mut batch_index: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+        for (i, m) in batch.iter().enumerate() {
             let p = m.partition();
             if tasks.ready.contains(&p) {
                 by_task.entry(p).or_default().push(m);
+                batch_index.entry(p).or_default().push(i);
             } else if tasks.assigned.contains_key(&p) {
                 tasks.held.entry(p).or_default().push(m.clone());
             } else {
@@ -637,23 +663,24 @@ impl Service<'_> {
         let mut by_type: Vec<(&'static str, u64)> = Vec::new();
         let mut by_kind: Vec<(&'static str, u64)> = Vec::new();
         let result = async {
+            // A registry that could not be reached fails the batch before
+            // anything of it is applied (the interval is retried, its records held).
+            let resolved_all = match resolved_all {
+                Some(r) => Some(r?),
+                None => None,
+            };
             for (&p, msgs) in &by_task {
-                // Avro keys and values through the registry first; a registry
-                // that cannot be reached fails the batch here, before anything
-                // of this task is applied (the interval is retried).
-                let mut resolved = Vec::with_capacity(msgs.len());
-                for m in msgs {
-                    resolved.push(match &self.registry {
-                        Some(r) => crate::avro::resolve(r, m.key(), m.payload()).await?,
-                        None => crate::avro::Resolved::Plain,
-                    });
-                }
+                let plain = crate::avro::Resolved::Plain;
+                let resolved: Vec<&crate::avro::Resolved> = match &resolved_all {
+                    Some(all) => batch_index[&p].iter().map(|&i| &all[i]).collect(),
+                    None => vec![&plain; msgs.len()],
+                };
                 // `records[i]` is `msgs[index_of[i]]`; records the registry rejected are not decoded.
                 let mut records: Vec<InputRecord> = Vec::with_capacity(msgs.len());
                 let mut index_of: Vec<usize> = Vec::with_capacity(msgs.len());
                 let mut rejected_early: Vec<(usize, crate::decode::DecodeError)> = Vec::new();
                 for (i, (m, r)) in msgs.iter().zip(resolved.iter()).enumerate() {
-                    let (key, value) = match r {
+                    let (key, value) = match *r {
                         crate::avro::Resolved::Plain => (m.key(), m.payload()),
                         crate::avro::Resolved::Converted { key, value } => (key.as_deref().or(m.key()), value.as_deref().or(m.payload())),
                         crate::avro::Resolved::Rejected(e) => {

@@ -145,6 +145,7 @@ fn error(status: StatusCode, code: u32, message: impl Into<String>) -> Response 
 }
 
 /// Counts the request and checks basic auth.
+#[allow(clippy::result_large_err)]
 fn admit<'a>(held: &'a Shared, headers: &HeaderMap) -> Result<std::sync::MutexGuard<'a, Held>, Response> {
     let mut h = held.lock().unwrap();
     h.requests += 1;
@@ -170,6 +171,7 @@ fn compatible(level: &str, old: &Schema, new: &Schema) -> bool {
     }
 }
 
+#[allow(clippy::result_large_err)]
 fn register_in(h: &mut Held, subject: &str, text: &str) -> Result<u32, Response> {
     let new = Schema::parse_str(text).map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, 42201, format!("Invalid schema: {e}")))?;
     let canonical = new.canonical_form();
