@@ -601,14 +601,14 @@ class Bench:
                 self.settings = json.loads(started[0].split("config=", 1)[1])
         return last_json(out, child.name)
 
-    def drain_resevent(self, label, app_id, *extra):
-        """One instance drains the preloaded topic with a group of its own."""
+    def drain_resevent(self, label, app_id, *extra, topic="raw"):
+        """One instance drains the preloaded `topic` with a group of its own."""
         log(f"drain {label}: {app_id}")
         broker_cpu = self.broker.cpu_seconds()
         records = self.results["workload"]["records"]
         group = app_id + ("-passthrough" if "--passthrough" in extra else "")
-        clock = DrainClock(self.broker.bootstrap, group, "raw", self.a.partitions, records)
-        child = self.resevent(app_id, "--input-topic", "raw", "--application-id", app_id,
+        clock = DrainClock(self.broker.bootstrap, group, topic, self.a.partitions, records)
+        child = self.resevent(app_id, "--input-topic", topic, "--application-id", app_id,
                               "--output-topic", f"{app_id}.out", "--state-dir", os.path.join(self.workdir, app_id), *extra)
         # With its HTTP server on, the service is scraped as Prometheus would
         # be (every second here, where Prometheus' default is 15 s): the cost
@@ -660,6 +660,16 @@ class Bench:
         registry = None if "avro" in a.skip else MiniRegistry()
         if registry:
             runs["e"] = []
+            # (f): (b) reading the same changes as the MongoDB connector's Avro.
+            with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "avro", "mongo-change-stream.avsc")) as f:
+                change_schema = f.read()
+            sid = registry.register("raw-avro-value", change_schema)
+            self.broker.create_topic("raw-avro", a.partitions)
+            load = produce(self.broker.bootstrap, "raw-avro", avro_changes(workload(a.reservations, a.events, a.seed), change_schema, sid),
+                           PRELOAD_PRODUCER)
+            self.results["avro_input"] = {"records": load.records, "mean_bytes": round(load.mean_bytes)}
+            log(f"  raw-avro: {load.records:,} records, {load.mean_bytes:.0f} bytes each on average (JSON: {self.results['workload']['mean_bytes']})")
+            runs["f"] = []
         # (h): (b) without its HTTP server (/metrics, status page), in the same rounds.
         if "http" not in a.skip:
             runs["h"] = []
@@ -673,6 +683,8 @@ class Bench:
             if registry:
                 runs["e"].append(self.drain_resevent(f"(e) at-least-once, Avro out, round {r}", f"bench-avro-{r}",
                                                      "--output-format", "avro", "--schema-registry-url", registry.url))
+                runs["f"].append(self.drain_resevent(f"(f) at-least-once, Avro in, round {r}", f"bench-avro-in-{r}",
+                                                     "--schema-registry-url", registry.url, topic="raw-avro"))
         if registry:
             # Bytes per business event, the same events in both forms.
             for k, app in (("b", "bench-run-1"), ("e", "bench-avro-1")):
@@ -979,6 +991,40 @@ class MiniRegistry:
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
+    def register(self, subject, schema):
+        import urllib.request
+        req = urllib.request.Request(f"{self.url}/subjects/{subject}/versions", data=json.dumps({"schema": schema}).encode(),
+                                     headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
+        return json.loads(urllib.request.urlopen(req, timeout=10).read())["id"]
+
+
+def avro_changes(records, schema_text, schema_id):
+    """The workload's change events as the MongoDB connector writes them
+    with output.format.value=schema and the AvroConverter (its default
+    ChangeStream schema, fixtures/avro/mongo-change-stream.avsc): the varying
+    parts as Extended JSON strings, in the Confluent wire format."""
+    import io
+    import fastavro
+    schema = fastavro.parse_schema(json.loads(schema_text))
+    header = b"\0" + schema_id.to_bytes(4, "big")
+    text = lambda v: None if v is None else json.dumps(v, separators=(",", ":"))
+    for key, value in records:
+        c = json.loads(value)
+        wall = c.get("wallTime")
+        wall = wall.get("$date") if isinstance(wall, dict) else None
+        if isinstance(wall, dict):
+            wall = int(wall["$numberLong"])
+        upd = c.get("updateDescription")
+        rec = {"_id": text(c["_id"]), "operationType": c.get("operationType"), "fullDocumentBeforeChange": None,
+               "fullDocument": text(c.get("fullDocument")), "ns": c.get("ns"), "to": None, "documentKey": text(c.get("documentKey")),
+               "updateDescription": None if upd is None else {"updatedFields": text(upd.get("updatedFields")),
+                                                              "removedFields": upd.get("removedFields") or [], "truncatedArrays": [],
+                                                              "disambiguatedPaths": None},
+               "clusterTime": text(c.get("clusterTime")), "wallTime": wall, "txnNumber": c.get("txnNumber"), "lsid": None}
+        out = io.BytesIO()
+        fastavro.schemaless_writer(out, schema, rec)
+        yield key, header + out.getvalue()
+
 
 def scrape(url, stop):
     """GETs `url` every second until `stop` is set (connection errors ignored)."""
@@ -1162,6 +1208,10 @@ def report(bench, argv):
         if e.get("records_per_second"):
             rows.append(("1e", "`resevent run --output-format avro` (at-least-once, registry on loopback)", drained(e), "", ""))
             rows.append(("1", "e / b (Avro vs JSON out)", f"{100 * e['records_per_second'] / rb:.0f}%", "", ""))
+            f = r.get("f", {})
+            if f.get("records_per_second"):
+                rows.append(("1f", "`resevent run` reading the MongoDB connector's Avro (registry on loopback)", drained(f), "", ""))
+                rows.append(("1", "f / b (Avro vs JSON in)", f"{100 * f['records_per_second'] / rb:.0f}%", "", ""))
             eb = r.get("event_bytes", {})
             if eb.get("b", {}).get("mean_bytes") and eb.get("e", {}).get("mean_bytes"):
                 rows.append(("1", "bytes per business event, Avro / JSON",
