@@ -105,6 +105,59 @@ pub fn unwrap_change_stream(value: &mut Json) {
     }
 }
 
+/// A value record as the JSON its connector writes without a schema, written
+/// straight to bytes: what [`to_json`] and [`unwrap_change_stream`] give,
+/// without parsing the Extended JSON strings of a change-stream record
+/// (`fullDocument` is most of a record, and the decoder skips it for an
+/// update) only to print them again: their text goes into the output as it
+/// is. Text that is not JSON makes the record undecodable, which the decoder
+/// then reports as a dead letter.
+pub fn change_stream_json(value: &Avro) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1024);
+    let is_change = matches!(value, Avro::Record(fields) if fields.iter().any(|(k, _)| k == "operationType"));
+    if is_change {
+        write_change(value, &mut out, 0);
+    } else {
+        serde_json::to_writer(&mut out, &to_json(value)).expect("JSON values serialize");
+    }
+    out
+}
+
+/// Fields of a change-stream record (depth 0) and of its
+/// `updateDescription` (depth 1) that hold Extended JSON text.
+fn is_json_text(depth: usize, name: &str) -> bool {
+    match depth {
+        0 => matches!(name, "_id" | "fullDocument" | "fullDocumentBeforeChange" | "documentKey" | "clusterTime"),
+        _ => name == "updatedFields",
+    }
+}
+
+fn write_change(value: &Avro, out: &mut Vec<u8>, depth: usize) {
+    let Avro::Record(fields) = value else {
+        serde_json::to_writer(&mut *out, &to_json(value)).expect("JSON values serialize");
+        return;
+    };
+    out.push(b'{');
+    for (i, (name, v)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut *out, name).expect("a string serializes");
+        out.push(b':');
+        let inner = match v {
+            Avro::Union(_, b) => b.as_ref(),
+            other => other,
+        };
+        match inner {
+            Avro::String(text) if is_json_text(depth, name) && text.trim_start().starts_with(['{', '[']) => out.extend_from_slice(text.as_bytes()),
+            Avro::Long(ms) if depth == 0 && name == "wallTime" => out.extend_from_slice(format!("{{\"$date\":{ms}}}").as_bytes()),
+            Avro::Record(_) if depth == 0 && name == "updateDescription" => write_change(inner, out, 1),
+            other => serde_json::to_writer(&mut *out, &to_json(other)).expect("JSON values serialize"),
+        }
+    }
+    out.push(b'}');
+}
+
 /// A key record the connector wrote as `{"_id": "<Extended JSON>"}`: the id
 /// back as JSON when it is a document (`{"$oid": …}`); a plain string id stays.
 pub fn unwrap_key(value: &mut Json) {
@@ -158,16 +211,16 @@ pub async fn resolve(registry: &registry::Registry, key: Option<&[u8]>, value: O
             }
             Err(e) => return Err(e),
         };
-        let mut json = match read_datum(&schema.parsed, datum) {
-            Ok(v) => to_json(&v),
+        let value = match read_datum(&schema.parsed, datum) {
+            Ok(v) => v,
             Err(reason) => return Ok(Resolved::Rejected(crate::decode::DecodeError::BadAvro { id, reason })),
         };
+        let mut json = if which == 0 { to_json(&value) } else { Json::Null };
         if which == 0 {
             unwrap_key(&mut json);
             out.0 = Some(serde_json::to_vec(&json).expect("JSON values serialize"));
         } else {
-            unwrap_change_stream(&mut json);
-            out.1 = Some(serde_json::to_vec(&json).expect("JSON values serialize"));
+            out.1 = Some(change_stream_json(&value));
         }
     }
     Ok(Resolved::Converted { key: out.0, value: out.1 })
@@ -375,6 +428,35 @@ mod tests {
         let mut plain = serde_json::json!({"_id": "R-1"});
         unwrap_key(&mut plain);
         assert_eq!(plain["_id"], "R-1");
+    }
+
+    #[test]
+    fn the_direct_change_stream_writer_gives_what_parsing_the_strings_gives() {
+        let s = |t: &str| Avro::Union(0, Box::new(Avro::String(t.into())));
+        let null = || Avro::Union(1, Box::new(Avro::Null));
+        let change = Avro::Record(vec![
+            ("_id".into(), Avro::String("{\"_data\": \"8263\"}".into())),
+            ("operationType".into(), s("update")),
+            ("fullDocument".into(), s("{\"_id\": {\"$oid\": \"6502aa\"}, \"roomNumber\": \"305\", \"tags\": [1, {\"b\": 2, \"a\": 1}]}")),
+            ("fullDocumentBeforeChange".into(), null()),
+            ("ns".into(), Avro::Union(0, Box::new(Avro::Record(vec![("db".into(), Avro::String("property".into())), ("coll".into(), s("reservation"))])))),
+            ("documentKey".into(), s("{\"_id\": {\"$oid\": \"6502aa\"}}")),
+            (
+                "updateDescription".into(),
+                Avro::Union(0, Box::new(Avro::Record(vec![("updatedFields".into(), s("{\"roomNumber\": \"305\"}")), ("removedFields".into(), Avro::Union(0, Box::new(Avro::Array(vec![Avro::String("notes".into())]))))]))),
+            ),
+            ("clusterTime".into(), s("{\"$timestamp\": {\"t\": 7, \"i\": 1}}")),
+            ("wallTime".into(), Avro::Union(0, Box::new(Avro::Long(1_700_000_000_000)))),
+            ("txnNumber".into(), null()),
+            ("note".into(), s("{not json but not one of the connector's JSON fields")),
+        ]);
+        let mut two_step = to_json(&change);
+        unwrap_change_stream(&mut two_step);
+        let direct: Json = serde_json::from_slice(&change_stream_json(&change)).unwrap();
+        assert_eq!(direct, two_step);
+        // Not a change-stream record (a Debezium envelope): plain conversion.
+        let envelope = Avro::Record(vec![("op".into(), Avro::String("u".into())), ("after".into(), s("{\"_id\": 1}"))]);
+        assert_eq!(serde_json::from_slice::<Json>(&change_stream_json(&envelope)).unwrap(), to_json(&envelope));
     }
 
     #[test]
