@@ -114,38 +114,13 @@ pub struct CaptureOverrides {
 impl CaptureConfig {
     /// Layers file, environment and flags over the defaults.
     pub fn load(file: Option<&Path>, env: impl Iterator<Item = (String, String)>, flags: CaptureOverrides) -> anyhow::Result<CaptureConfig> {
-        let mut table = toml::Table::try_from(CaptureConfig::default())?;
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
-            let from_file: toml::Table = toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {} is not valid TOML: {e}", path.display()))?;
-            merge(&mut table, from_file);
-        }
-        let mut from_env = toml::Table::new();
-        for (k, v) in env {
-            let Some(name) = k.strip_prefix("RESEVENT_") else { continue };
-            if let Some((section, setting)) = name.split_once("__").filter(|(s, _)| matches!(*s, "KAFKA" | "CONSUMER" | "PRODUCER")) {
-                let key = setting.to_ascii_lowercase().replace('_', ".");
-                let t = from_env.entry(section.to_ascii_lowercase()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                t.as_table_mut().expect("a table").insert(key, toml::Value::String(v));
-                continue;
-            }
-            let key = name.to_ascii_lowercase();
-            // Settings without a default are absent from the defaults table.
-            let kind = match key.as_str() {
-                "topic" | "change_stream_pipeline" => Some(toml::Value::String(String::new())),
-                "partitions" => Some(toml::Value::Integer(0)),
-                _ => table.get(&key).cloned(),
-            };
-            // Others (RESEVENT_LOG, `run`'s settings) belong to other parts.
-            let Some(kind) = kind else { continue };
-            let value = match kind {
-                toml::Value::Integer(_) => toml::Value::Integer(v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not a whole number"))?),
-                toml::Value::Boolean(_) => toml::Value::Boolean(v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not true or false"))?),
-                _ => toml::Value::String(v),
-            };
-            from_env.insert(key, value);
-        }
-        merge(&mut table, from_env);
+        // Settings without a default are absent from the defaults table.
+        let kind_without_default = |key: &str| match key {
+            "topic" | "change_stream_pipeline" => Some(toml::Value::String(String::new())),
+            "partitions" => Some(toml::Value::Integer(0)),
+            _ => None,
+        };
+        let table = crate::service::config::layered(toml::Table::try_from(CaptureConfig::default())?, file, env, kind_without_default, false)?;
         let mut cfg: CaptureConfig = table.try_into().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let f = flags;
         if let Some(v) = f.mongo_uri {
@@ -277,18 +252,6 @@ fn percent_decode(s: &str) -> String {
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Overlays `over` on `base`, merging nested tables (the `kafka` map).
-fn merge(base: &mut toml::Table, over: toml::Table) {
-    for (k, v) in over {
-        match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
-            (_, v) => {
-                base.insert(k, v);
-            }
-        }
-    }
 }
 
 #[cfg(test)]

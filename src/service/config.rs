@@ -175,54 +175,12 @@ pub struct Overrides {
 impl RunConfig {
     /// Layers file, environment and flags over the defaults.
     pub fn load(file: Option<&Path>, env: impl Iterator<Item = (String, String)>, flags: Overrides) -> anyhow::Result<RunConfig> {
-        let mut table = toml::Table::try_from(RunConfig::default())?;
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
-            let from_file: toml::Table = toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {} is not valid TOML: {e}", path.display()))?;
-            merge(&mut table, from_file);
-        }
-        let mut from_env = toml::Table::new();
-        for (k, v) in env {
-            let Some(name) = k.strip_prefix("RESEVENT_") else { continue };
-            if let Some((section, setting)) = name.split_once("__").filter(|(s, _)| matches!(*s, "KAFKA" | "CONSUMER" | "PRODUCER")) {
-                // RESEVENT_CONSUMER__SESSION_TIMEOUT_MS=6000 → consumer."session.timeout.ms"
-                let key = setting.to_ascii_lowercase().replace('_', ".");
-                let table = from_env.entry(section.to_ascii_lowercase()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                table.as_table_mut().expect("a table").insert(key, toml::Value::String(v));
-                continue;
-            }
-            if let Some(setting) = name.strip_prefix("SCHEMA_REGISTRY__") {
-                // RESEVENT_SCHEMA_REGISTRY__BASIC_AUTH_USER_INFO=u:p → schema_registry.basic_auth_user_info
-                let key = setting.to_ascii_lowercase();
-                let value = match key.as_str() {
-                    "auto_register" => toml::Value::Boolean(v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not true or false"))?),
-                    "timeout_ms" => toml::Value::Integer(v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not a whole number"))?),
-                    _ => toml::Value::String(v),
-                };
-                let table = from_env.entry("schema_registry").or_insert_with(|| toml::Value::Table(toml::Table::new()));
-                table.as_table_mut().expect("a table").insert(key, value);
-                continue;
-            }
-            let key = name.to_ascii_lowercase();
-            // Settings without a default are absent from the defaults table.
-            let optional = match key.as_str() {
-                "pipeline" => Some(toml::Value::String(String::new())),
-                "idle_exit_secs" | "commit_interval_ms" => Some(toml::Value::Integer(0)),
-                "dead_letter_topic" => Some(toml::Value::String(String::new())),
-                _ => None,
-            };
-            let Some(kind) = table.get(&key).cloned().or(optional) else {
-                continue; // RESEVENT_LOG and friends belong to other parts
-            };
-            let value = match Some(&kind) {
-                Some(toml::Value::Array(_)) => toml::Value::Array(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect()),
-                Some(toml::Value::Integer(_)) => toml::Value::Integer(v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not a whole number"))?),
-                Some(toml::Value::Boolean(_)) => toml::Value::Boolean(v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not true or false"))?),
-                _ => toml::Value::String(v),
-            };
-            from_env.insert(key, value);
-        }
-        merge(&mut table, from_env);
+        let kind_without_default = |key: &str| match key {
+            "pipeline" | "dead_letter_topic" => Some(toml::Value::String(String::new())),
+            "idle_exit_secs" | "commit_interval_ms" => Some(toml::Value::Integer(0)),
+            _ => None,
+        };
+        let table = layered(toml::Table::try_from(RunConfig::default())?, file, env, kind_without_default, true)?;
         let mut cfg: RunConfig = table.try_into().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         if let Some(v) = flags.bootstrap_servers {
             cfg.bootstrap_servers = v;
@@ -342,6 +300,64 @@ impl RunConfig {
         }
         crate::secrets::scrub(&serde_json::to_string(&shown).unwrap_or_default())
     }
+}
+
+/// The settings table of a config: `defaults` with the config file (TOML)
+/// and then the `RESEVENT_*` environment laid over it. `RESEVENT_KAFKA__`,
+/// `CONSUMER__` and `PRODUCER__` fill those librdkafka maps (underscores
+/// become dots); with `schema_registry`, `RESEVENT_SCHEMA_REGISTRY__<KEY>`
+/// fills `[schema_registry]`. Any other `RESEVENT_<KEY>` sets `<key>` when
+/// the defaults have it, or `kind_without_default` gives its kind (settings
+/// without a default are absent from `defaults`); the rest (RESEVENT_LOG, a
+/// setting of another command) is left alone. Shared by `run` and `capture`.
+pub(crate) fn layered(
+    mut table: toml::Table,
+    file: Option<&Path>,
+    env: impl Iterator<Item = (String, String)>,
+    kind_without_default: impl Fn(&str) -> Option<toml::Value>,
+    schema_registry: bool,
+) -> anyhow::Result<toml::Table> {
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        let from_file: toml::Table = toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {} is not valid TOML: {e}", path.display()))?;
+        merge(&mut table, from_file);
+    }
+    let mut from_env = toml::Table::new();
+    for (k, v) in env {
+        let Some(name) = k.strip_prefix("RESEVENT_") else { continue };
+        if let Some((section, setting)) = name.split_once("__").filter(|(s, _)| matches!(*s, "KAFKA" | "CONSUMER" | "PRODUCER")) {
+            // RESEVENT_CONSUMER__SESSION_TIMEOUT_MS=6000 → consumer."session.timeout.ms"
+            let key = setting.to_ascii_lowercase().replace('_', ".");
+            let table = from_env.entry(section.to_ascii_lowercase()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table.as_table_mut().expect("a table").insert(key, toml::Value::String(v));
+            continue;
+        }
+        if let Some(setting) = name.strip_prefix("SCHEMA_REGISTRY__").filter(|_| schema_registry) {
+            // RESEVENT_SCHEMA_REGISTRY__BASIC_AUTH_USER_INFO=u:p → schema_registry.basic_auth_user_info
+            let key = setting.to_ascii_lowercase();
+            let value = match key.as_str() {
+                "auto_register" => toml::Value::Boolean(v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not true or false"))?),
+                "timeout_ms" => toml::Value::Integer(v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not a whole number"))?),
+                _ => toml::Value::String(v),
+            };
+            let table = from_env.entry("schema_registry").or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table.as_table_mut().expect("a table").insert(key, value);
+            continue;
+        }
+        let key = name.to_ascii_lowercase();
+        let Some(kind) = table.get(&key).cloned().or_else(|| kind_without_default(&key)) else {
+            continue; // RESEVENT_LOG and friends belong to other parts
+        };
+        let value = match kind {
+            toml::Value::Array(_) => toml::Value::Array(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect()),
+            toml::Value::Integer(_) => toml::Value::Integer(v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not a whole number"))?),
+            toml::Value::Boolean(_) => toml::Value::Boolean(v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not true or false"))?),
+            _ => toml::Value::String(v),
+        };
+        from_env.insert(key, value);
+    }
+    merge(&mut table, from_env);
+    Ok(table)
 }
 
 /// Overlays `over` on `base`, merging nested tables (the `kafka` map).
