@@ -16,7 +16,7 @@ pub mod registry;
 
 use apache_avro::Schema;
 use apache_avro::types::Value as Avro;
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 
 use crate::machine::BusinessEvent;
 
@@ -81,37 +81,17 @@ pub fn to_json(value: &Avro) -> Json {
     }
 }
 
-/// The MongoDB connector's default change-stream schema (`ChangeStream`)
-/// keeps the parts whose shape varies as Extended JSON strings: `_id` (the
-/// resume token), `fullDocument`, `fullDocumentBeforeChange`, `documentKey`,
-/// `clusterTime` and `updateDescription.updatedFields`; `wallTime` is epoch
-/// milliseconds. This puts them back as the JSON the connector writes without
-/// a schema, so the Avro record and its JSON twin decode alike. A value that
-/// is not a change-stream record (no `operationType`) is left as it is.
-pub fn unwrap_change_stream(value: &mut Json) {
-    let Some(doc) = value.as_object_mut() else { return };
-    if !doc.contains_key("operationType") {
-        return;
-    }
-    for name in ["_id", "fullDocument", "fullDocumentBeforeChange", "documentKey", "clusterTime"] {
-        unwrap_string(doc, name);
-    }
-    if let Some(Json::Object(update)) = doc.get_mut("updateDescription") {
-        unwrap_string(update, "updatedFields");
-    }
-    if let Some(Json::Number(ms)) = doc.get("wallTime") {
-        let date = serde_json::json!({ "$date": ms });
-        doc.insert("wallTime".into(), date);
-    }
-}
-
-/// A value record as the JSON its connector writes without a schema, written
-/// straight to bytes: what [`to_json`] and [`unwrap_change_stream`] give,
-/// without parsing the Extended JSON strings of a change-stream record
-/// (`fullDocument` is most of a record, and the decoder skips it for an
-/// update) only to print them again: their text goes into the output as it
-/// is. Text that is not JSON makes the record undecodable, which the decoder
-/// then reports as a dead letter.
+/// A value record as the JSON its connector writes without a schema. The
+/// MongoDB connector's default change-stream schema (`ChangeStream`) keeps
+/// the parts whose shape varies as Extended JSON strings — `_id` (the resume
+/// token), `fullDocument`, `fullDocumentBeforeChange`, `documentKey`,
+/// `clusterTime`, `updateDescription.updatedFields` — and `wallTime` as epoch
+/// ms; here their text goes into the output as it is (never parsed only to be
+/// printed again: `fullDocument` is most of a record, and the decoder skips it
+/// for an update), and `wallTime` becomes `{"$date": ms}`, so the Avro record
+/// and its JSON twin decode alike. Text that is not JSON makes the record
+/// undecodable, which the decoder reports as a dead letter. A value that is
+/// not a change-stream record (no `operationType`) is converted as it is.
 pub fn change_stream_json(value: &Avro) -> Vec<u8> {
     let mut out = Vec::with_capacity(1024);
     let is_change = matches!(value, Avro::Record(fields) if fields.iter().any(|(k, _)| k == "operationType"));
@@ -172,14 +152,6 @@ pub fn unwrap_key(value: &mut Json) {
     }
 }
 
-fn unwrap_string(doc: &mut Map<String, Json>, name: &str) {
-    if let Some(Json::String(s)) = doc.get(name) {
-        if let Ok(parsed @ (Json::Object(_) | Json::Array(_))) = serde_json::from_str::<Json>(s) {
-            doc.insert(name.into(), parsed);
-        }
-    }
-}
-
 /// A Kafka record's key and value with their Avro parts, if any, as JSON.
 /// Short-lived (one batch), so the large `Rejected` variant is not boxed.
 #[derive(Debug)]
@@ -215,8 +187,8 @@ pub async fn resolve(registry: &registry::Registry, key: Option<&[u8]>, value: O
             Ok(v) => v,
             Err(reason) => return Ok(Resolved::Rejected(crate::decode::DecodeError::BadAvro { id, reason })),
         };
-        let mut json = if which == 0 { to_json(&value) } else { Json::Null };
         if which == 0 {
+            let mut json = to_json(&value);
             unwrap_key(&mut json);
             out.0 = Some(serde_json::to_vec(&json).expect("JSON values serialize"));
         } else {
@@ -232,7 +204,6 @@ pub async fn resolve(registry: &registry::Registry, key: Option<&[u8]>, value: O
 pub enum EventCodec {
     Json,
     Avro {
-        schema: Schema,
         /// The schema id for each topic events go to (one subject per topic
         /// under TopicNameStrategy; all the same under RecordNameStrategy).
         ids: std::collections::HashMap<String, u32>,
@@ -252,7 +223,7 @@ impl EventCodec {
     pub fn payload<'a>(&self, encoded: &'a Encoded, topic: &str) -> Result<std::borrow::Cow<'a, [u8]>, String> {
         Ok(match (self, encoded) {
             (_, Encoded::Json(b)) => std::borrow::Cow::Borrowed(b.as_slice()),
-            (EventCodec::Avro { ids, .. }, Encoded::Avro(datum)) => {
+            (EventCodec::Avro { ids }, Encoded::Avro(datum)) => {
                 let id = ids.get(topic).ok_or_else(|| format!("no schema id registered for topic {topic}"))?;
                 std::borrow::Cow::Owned(frame(*id, datum))
             }
@@ -303,11 +274,6 @@ pub fn encode_event(e: &BusinessEvent) -> Vec<u8> {
     out
 }
 
-/// The business event's schema, parsed.
-pub fn business_event_schema() -> Schema {
-    Schema::parse_str(BUSINESS_EVENT_SCHEMA).expect("schemas/business-event.avsc is valid Avro (tested)")
-}
-
 /// The index of an event type among the schema's enum symbols.
 fn event_type_index(name: &str) -> u32 {
     // Symbol 0 is UNKNOWN; the rest follow EventType::ALL's order (tested).
@@ -343,6 +309,39 @@ pub fn event_to_avro(e: &BusinessEvent) -> Avro {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Map;
+
+    fn business_event_schema() -> Schema {
+        Schema::parse_str(BUSINESS_EVENT_SCHEMA).expect("schemas/business-event.avsc is valid Avro")
+    }
+
+    /// The plain reading of [`change_stream_json`]'s rule on a value tree:
+    /// each Extended JSON string parsed back into JSON, `wallTime` as a
+    /// `$date`. The reference the direct writer is held to.
+    fn unwrap_change_stream(value: &mut Json) {
+        let Some(doc) = value.as_object_mut() else { return };
+        if !doc.contains_key("operationType") {
+            return;
+        }
+        for name in ["_id", "fullDocument", "fullDocumentBeforeChange", "documentKey", "clusterTime"] {
+            unwrap_string(doc, name);
+        }
+        if let Some(Json::Object(update)) = doc.get_mut("updateDescription") {
+            unwrap_string(update, "updatedFields");
+        }
+        if let Some(Json::Number(ms)) = doc.get("wallTime") {
+            let date = serde_json::json!({ "$date": ms });
+            doc.insert("wallTime".into(), date);
+        }
+    }
+
+    fn unwrap_string(doc: &mut Map<String, Json>, name: &str) {
+        if let Some(Json::String(s)) = doc.get(name) {
+            if let Ok(parsed @ (Json::Object(_) | Json::Array(_))) = serde_json::from_str::<Json>(s) {
+                doc.insert(name.into(), parsed);
+            }
+        }
+    }
 
     fn event() -> BusinessEvent {
         BusinessEvent {
@@ -384,7 +383,7 @@ mod tests {
     #[test]
     fn an_event_round_trips_through_the_wire_format_and_reads_as_its_json_form() {
         let schema = business_event_schema();
-        let codec = EventCodec::Avro { schema: schema.clone(), ids: [("out".to_string(), 7u32)].into() };
+        let codec = EventCodec::Avro { ids: [("out".to_string(), 7u32)].into() };
         let encoded = codec.encode(&event()).unwrap();
         let payload = codec.payload(&encoded, "out").unwrap();
         assert_eq!(&payload[..5], &[0, 0, 0, 0, 7]);

@@ -646,13 +646,15 @@ impl Service<'_> {
         let tasks = &mut *guard;
         // Group by task, in input order within each; a task still restoring holds its records.
         let mut by_task: BTreeMap<i32, Vec<&OwnedMessage>> = BTreeMap::new();
-        // The batch index of each grouped record, for `resolved_all`.
+        // With a registry: the batch index of each grouped record, into `resolved_all`.
         let mut batch_index: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
         for (i, m) in batch.iter().enumerate() {
             let p = m.partition();
             if tasks.ready.contains(&p) {
                 by_task.entry(p).or_default().push(m);
-                batch_index.entry(p).or_default().push(i);
+                if resolved_all.is_some() {
+                    batch_index.entry(p).or_default().push(i);
+                }
             } else if tasks.assigned.contains_key(&p) {
                 tasks.held.entry(p).or_default().push(m.clone());
             } else {
@@ -669,18 +671,18 @@ impl Service<'_> {
                 Some(r) => Some(r?),
                 None => None,
             };
+            let plain = crate::avro::Resolved::Plain;
             for (&p, msgs) in &by_task {
-                let plain = crate::avro::Resolved::Plain;
-                let resolved: Vec<&crate::avro::Resolved> = match &resolved_all {
-                    Some(all) => batch_index[&p].iter().map(|&i| &all[i]).collect(),
-                    None => vec![&plain; msgs.len()],
-                };
                 // `records[i]` is `msgs[index_of[i]]`; records the registry rejected are not decoded.
                 let mut records: Vec<InputRecord> = Vec::with_capacity(msgs.len());
                 let mut index_of: Vec<usize> = Vec::with_capacity(msgs.len());
                 let mut rejected_early: Vec<(usize, crate::decode::DecodeError)> = Vec::new();
-                for (i, (m, r)) in msgs.iter().zip(resolved.iter()).enumerate() {
-                    let (key, value) = match *r {
+                for (i, m) in msgs.iter().enumerate() {
+                    let r = match &resolved_all {
+                        Some(all) => &all[batch_index[&p][i]],
+                        None => &plain,
+                    };
+                    let (key, value) = match r {
                         crate::avro::Resolved::Plain => (m.key(), m.payload()),
                         crate::avro::Resolved::Converted { key, value } => (key.as_deref().or(m.key()), value.as_deref().or(m.payload())),
                         crate::avro::Resolved::Rejected(e) => {
@@ -888,7 +890,7 @@ async fn event_codec(cfg: &RunConfig, registry: &crate::avro::registry::Registry
         tracing::info!(registry = %registry.url(), subject = %subject, schema_id = id, topic = %topic, "business events written as Avro");
         ids.insert(topic.clone(), id);
     }
-    Ok(Some(crate::avro::EventCodec::Avro { schema: crate::avro::business_event_schema(), ids }))
+    Ok(Some(crate::avro::EventCodec::Avro { ids }))
 }
 
 /// This instance's stable id, kept in the state dir.
