@@ -197,7 +197,7 @@ fn avro_out_reads_back_through_tail_and_confluents_python_client_as_replay_emits
     let example = |name: &str| {
         let bin = std::path::Path::new(env!("CARGO_BIN_EXE_resevent")).parent().unwrap().join("examples").join(name);
         let run = Command::new(&bin)
-            .args(["--bootstrap-servers", &broker.bootstrap, "--topic", &out, "--group", &broker.name(name), "--schema-registry-url", &registry.url(), "--idle-exit-secs", "8", "--kafka", "session.timeout.ms=6000"])
+            .args(["--bootstrap-servers", &broker.bootstrap, "--topic", &out, "--group", &broker.name(name), "--schema-registry-url", &registry.url(), "--idle-exit-secs", "15", "--kafka", "session.timeout.ms=6000"])
             .output()
             .unwrap_or_else(|e| panic!("{}: {e} (cargo test builds the examples)", bin.display()));
         assert!(run.status.success(), "{name}: {}", String::from_utf8_lossy(&run.stderr));

@@ -189,7 +189,9 @@ fn watch_truth(mongo: &Mongo, done: Arc<AtomicBool>) -> std::thread::JoinHandle<
                     }
                     Ok(Some(Err(e))) => panic!("truth stream: {e}"),
                     Ok(None) => break,
-                    Err(_) if done.load(Ordering::SeqCst) && quiet_since.elapsed() > Duration::from_secs(1) => break,
+                    // Quiet for 3 s after the last write: SecantusDB can lag
+                    // a second or more behind a writer on a loaded machine.
+                    Err(_) if done.load(Ordering::SeqCst) && quiet_since.elapsed() > Duration::from_secs(3) => break,
                     Err(_) => {}
                 }
             }
@@ -471,7 +473,8 @@ fn a_standby_takes_over_from_the_stored_token() {
     let truth = truth.join().unwrap();
     let got = wait_count(&broker, &topic, truth.len(), Duration::from_secs(60));
     eprintln!("takeover after {takeover:?}; {} changes", truth.len());
-    assert!(takeover < Duration::from_secs(10), "the standby took {takeover:?} to take over");
+    // Seconds here (a 1.5 s lease); the bound leaves room for a loaded machine.
+    assert!(takeover < Duration::from_secs(30), "the standby took {takeover:?} to take over");
     assert!(second.text().contains("resume after"), "the standby resumed from the stored token:\n{}", second.text());
     assert_exactly_once(&got, &truth);
     assert_eq!(common::http_get(&standby_addr, "/readyz").0, 200);

@@ -25,9 +25,16 @@ fn kill_9_mid_stream_leaves_no_repeat_for_read_committed_consumers() {
     // instance takes its own place back at once, as a StatefulSet pod would) work.
     let env = [("RESEVENT_CONSUMER__PARTITION_ASSIGNMENT_STRATEGY", "range"), ("RESEVENT_CONSUMER__GROUP_INSTANCE_ID", "eos-instance-0")];
 
+    // The feeder holds the second half back until the kill, so the kill lands
+    // mid-stream however fast the first instance is.
+    let (killed, kill_seen) = std::sync::mpsc::channel::<()>();
     std::thread::scope(|s| {
-        s.spawn(|| {
-            for chunk in records.chunks(1000) {
+        let (broker, input, records) = (&broker, &input, &records);
+        s.spawn(move || {
+            for (n, chunk) in records.chunks(1000).enumerate() {
+                if n == records.len() / 2000 {
+                    let _ = kill_seen.recv();
+                }
                 broker.produce(&input, chunk);
                 std::thread::sleep(Duration::from_millis(400));
             }
@@ -37,6 +44,7 @@ fn kill_9_mid_stream_leaves_no_repeat_for_read_committed_consumers() {
         wait_for(&broker, &out, Duration::from_secs(60), |e| !e.is_empty());
         std::thread::sleep(Duration::from_millis(1500));
         first.kill9();
+        killed.send(()).unwrap();
     });
     let before_restart = broker.read_all(&out).len();
     assert!(before_restart < expected.len(), "the kill must land mid-stream ({before_restart} of {} events out)", expected.len());

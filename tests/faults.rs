@@ -169,9 +169,18 @@ fn broker_gone_for_30_seconds_mid_stream_loses_nothing() {
 
     let app = broker.name("app");
     let state = tempfile::tempdir().unwrap();
-    // Small batches keep the stream flowing for a while; a 10 s delivery
-    // timeout makes the outage fail deliveries, so the retry path runs.
-    let env = [("RESEVENT_MAX_BATCH_RECORDS", "20"), ("RESEVENT_PRODUCER__MESSAGE_TIMEOUT_MS", "10000"), ("RESEVENT_RETRY_MAX_BACKOFF_MS", "4000")];
+    // A 10 s delivery timeout makes the outage fail deliveries. The commit
+    // interval is as long as the outage, so an interval falls due while the
+    // broker is gone whenever the cut comes: the retry path runs even on a
+    // machine fast enough to have drained `rest` before the cut (a shorter
+    // interval let that machine commit everything first, and the outage
+    // then found nothing to fail).
+    let env = [
+        ("RESEVENT_MAX_BATCH_RECORDS", "20"),
+        ("RESEVENT_PRODUCER__MESSAGE_TIMEOUT_MS", "10000"),
+        ("RESEVENT_RETRY_MAX_BACKOFF_MS", "4000"),
+        ("RESEVENT_COMMIT_INTERVAL_MS", "30000"),
+    ];
     let mut instance = Instance::start_with(&broker, &input, &app, state.path(), "a", &[], &env);
     let out = format!("{app}-events");
     wait_for(&broker, &out, Duration::from_secs(60), |e| !e.is_empty());

@@ -462,6 +462,11 @@ impl Instance {
         }
     }
 
+    /// How often the log holds `pattern` so far.
+    pub fn log_count(&self, pattern: &str) -> usize {
+        std::fs::read_to_string(&self.log).unwrap_or_default().matches(pattern).count()
+    }
+
     /// Waits until the log holds `pattern` at least `count` times.
     pub fn wait_log(&self, pattern: &str, count: usize, within: Duration) {
         let deadline = Instant::now() + within;
