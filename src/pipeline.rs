@@ -59,16 +59,24 @@ pub enum EventType {
     CheckedOut,
     AccidentalCheckout,
     CheckinReversed,
+    /// Fired by a timer: the guest did not arrive (`[[timer]]` rows).
+    NoShow,
+    /// Fired by a timer: the guest stayed past the departure date.
+    Overstay,
 }
 
 impl EventType {
-    pub const ALL: [EventType; 6] = [
+    /// In the order of the Avro enum's symbols after UNKNOWN (new types are
+    /// appended, never inserted: the symbols' order is part of the schema).
+    pub const ALL: [EventType; 8] = [
         EventType::CheckedIn,
         EventType::RoomChanged,
         EventType::DepartureChanged,
         EventType::CheckedOut,
         EventType::AccidentalCheckout,
         EventType::CheckinReversed,
+        EventType::NoShow,
+        EventType::Overstay,
     ];
 
     pub fn name(self) -> &'static str {
@@ -79,11 +87,23 @@ impl EventType {
             EventType::CheckedOut => "CHECKED_OUT",
             EventType::AccidentalCheckout => "ACCIDENTAL_CHECKOUT",
             EventType::CheckinReversed => "CHECKIN_REVERSED",
+            EventType::NoShow => "NO_SHOW",
+            EventType::Overstay => "OVERSTAY",
         }
     }
 
     pub fn from_name(name: &str) -> Option<EventType> {
         EventType::ALL.into_iter().find(|e| e.name() == name)
+    }
+
+    /// A stable one-byte code (the position in [`EventType::ALL`]), for
+    /// stored state.
+    pub fn code(self) -> u8 {
+        EventType::ALL.iter().position(|t| *t == self).expect("every type is in ALL") as u8
+    }
+
+    pub fn from_code(code: u8) -> Option<EventType> {
+        EventType::ALL.get(usize::from(code)).copied()
     }
 }
 
@@ -168,9 +188,28 @@ pub struct Route {
     pub events: Vec<EventType>,
 }
 
+/// A timer row: `event` fires once stream time reaches the stored date
+/// `field` plus `after`, while the reservation is in `state`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TimerRow {
+    /// 1-based position among the `[[timer]]` rows, for messages.
+    pub row: usize,
+    pub event: EventType,
+    pub state: State,
+    /// A date field: arrival or departure.
+    pub field: Field,
+    /// Milliseconds after the date (negative: before it).
+    pub after_ms: i64,
+}
+
 /// The checked pipeline.
 #[derive(Clone, Debug)]
 pub struct Pipeline {
+    /// Timer rows in file order; each event type at most once.
+    pub timers: Vec<TimerRow>,
+    /// A departed or deleted reservation is removed from state this long
+    /// (stream time) after the change that departed or deleted it.
+    pub retention_ms: Option<i64>,
     /// Extra topics for some event types, in file order.
     pub routes: Vec<Route>,
     pub paths: FieldPaths,
@@ -187,6 +226,33 @@ impl Pipeline {
     /// The first rule for this transition whose `changed` fields all changed.
     pub fn rule_for(&self, from: State, to: State, changed: FieldSet) -> Option<&Rule> {
         self.by_transition[from as usize][to as usize].iter().map(|&i| &self.rules[i]).find(|r| r.changed.is_subset(changed))
+    }
+
+    /// Whether anything runs on stream time (timers or retention).
+    pub fn has_timers(&self) -> bool {
+        !self.timers.is_empty() || self.retention_ms.is_some()
+    }
+
+    /// What the due-time index depends on, as one number: the index built for
+    /// one signature is rebuilt when the pipeline in force has another.
+    pub fn timer_signature(&self) -> u64 {
+        Self::signature_of(&self.timers, self.retention_ms)
+    }
+
+    /// The signature of a pipeline without timer rows or retention: what a
+    /// store that never had timers was (implicitly) built for.
+    pub fn untimed_signature() -> u64 {
+        Self::signature_of(&[], None)
+    }
+
+    fn signature_of(timers: &[TimerRow], retention_ms: Option<i64>) -> u64 {
+        let mut text = String::new();
+        for t in timers {
+            let _ = write!(text, "{}:{}:{}:{};", t.event.name(), t.state.name(), t.field.name(), t.after_ms);
+        }
+        let _ = write!(text, "retention:{retention_ms:?}");
+        let digest = <sha2::Sha256 as sha2::Digest>::digest(text.as_bytes());
+        u64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
     }
 
     pub fn builtin() -> Pipeline {
@@ -226,6 +292,12 @@ impl Pipeline {
         for r in &self.routes {
             let _ = writeln!(out, "Also to topic {}: {}", r.topic, r.events.iter().map(|e| e.name()).collect::<Vec<_>>().join(", "));
         }
+        for t in &self.timers {
+            let _ = writeln!(out, "Timer {}: {} while {}, when stream time reaches {} {}", t.row, t.event.name(), t.state.name(), t.field.name(), format_offset(t.after_ms));
+        }
+        if let Some(r) = self.retention_ms {
+            let _ = writeln!(out, "Retention: a departed or deleted reservation leaves state {} after that change (stream time)", format_duration(r));
+        }
         out
     }
 }
@@ -252,6 +324,79 @@ struct PipelineFile {
     rules: Vec<RuleRow>,
     #[serde(default, rename = "route")]
     routes: Vec<RouteRow>,
+    #[serde(default, rename = "timer")]
+    timers: Vec<TimerRowFile>,
+    #[serde(default)]
+    retention: Option<RetentionSection>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TimerRowFile {
+    event: String,
+    state: String,
+    field: String,
+    after: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionSection {
+    after: String,
+}
+
+/// A duration as the pipeline file writes it: `1d`, `12h`, `1d12h`, `90m`,
+/// `30s`, `0s`, optionally negative (`-2h`). In milliseconds.
+pub fn parse_duration(text: &str) -> Option<i64> {
+    let t = text.trim();
+    let (negative, mut rest) = match t.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, t),
+    };
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total: i64 = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let n: i64 = rest[..digits].parse().ok()?;
+        let unit = match rest[digits..].chars().next()? {
+            'd' => 86_400_000,
+            'h' => 3_600_000,
+            'm' => 60_000,
+            's' => 1_000,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(unit)?)?;
+        rest = &rest[digits + 1..];
+    }
+    Some(if negative { -total } else { total })
+}
+
+/// Milliseconds as the file writes them (`1d12h`, `0s`).
+pub fn format_duration(ms: i64) -> String {
+    let mut out = String::new();
+    if ms < 0 {
+        out.push('-');
+    }
+    let mut rest = ms.unsigned_abs();
+    for (unit, size) in [('d', 86_400_000u64), ('h', 3_600_000), ('m', 60_000), ('s', 1_000)] {
+        if rest >= size {
+            let _ = write!(out, "{}{unit}", rest / size);
+            rest %= size;
+        }
+    }
+    if out.is_empty() || out == "-" {
+        out = "0s".into();
+    }
+    out
+}
+
+fn format_offset(ms: i64) -> String {
+    if ms < 0 { format!("- {}", &format_duration(ms)[1..]) } else { format!("+ {}", format_duration(ms)) }
 }
 
 #[derive(Deserialize)]
@@ -483,7 +628,54 @@ fn compile(file: PipelineFile) -> Result<Pipeline, Vec<String>> {
         routes.push(Route { topic: row.topic, events });
     }
 
-    if problems.is_empty() { Ok(Pipeline { routes, paths, statuses, allowlist, rules, by_transition }) } else { Err(problems) }
+    let mut timers: Vec<TimerRow> = Vec::new();
+    for (i, row) in file.timers.into_iter().enumerate() {
+        let n = i + 1;
+        let event = EventType::from_name(&row.event);
+        match event {
+            None => {
+                let known: Vec<_> = EventType::ALL.iter().map(|e| e.name()).collect();
+                problems.push(format!("timer {n}: event type {:?} is unknown; use one of {}", row.event, known.join(", ")));
+            }
+            Some(e) if timers.iter().any(|t| t.event == e) => {
+                problems.push(format!("timer {n}: {} has a timer already; one timer row per event type (its eventIds are made from it)", e.name()));
+            }
+            Some(_) => {}
+        }
+        let state = match State::from_name(&row.state) {
+            Some(State::None) | None => {
+                problems.push(format!("timer {n}: state = {:?}: a timer runs while the reservation is NOT_ARRIVED, IN_HOUSE or DEPARTED", row.state));
+                None
+            }
+            s => s,
+        };
+        let field = match Field::from_name(&row.field) {
+            Some(f) if f.is_date() => Some(f),
+            _ => {
+                problems.push(format!("timer {n}: field = {:?} is not a date; use arrival or departure", row.field));
+                None
+            }
+        };
+        let after_ms = parse_duration(&row.after);
+        if after_ms.is_none() {
+            problems.push(format!("timer {n}: after = {:?} is not a duration; write it like \"1d\", \"12h\", \"1d12h\", \"30m\" or \"-2h\"", row.after));
+        }
+        if let (Some(event), Some(state), Some(field), Some(after_ms)) = (event, state, field, after_ms) {
+            timers.push(TimerRow { row: n, event, state, field, after_ms });
+        }
+    }
+    let retention_ms = match file.retention {
+        None => None,
+        Some(r) => match parse_duration(&r.after) {
+            Some(ms) if ms > 0 => Some(ms),
+            _ => {
+                problems.push(format!("[retention] after = {:?} is not a positive duration; write it like \"30d\"", r.after));
+                None
+            }
+        },
+    };
+
+    if problems.is_empty() { Ok(Pipeline { routes, paths, statuses, allowlist, rules, by_transition, timers, retention_ms }) } else { Err(problems) }
 }
 
 #[cfg(test)]
@@ -580,6 +772,35 @@ mod tests {
         assert!(e.contains("route 1: event type \"CHECKOUT\" is unknown"), "{e}");
         assert!(e.contains("route 2: topic \"purge\" is routed twice"), "{e}");
         assert!(e.contains("route 2: events is empty"), "{e}");
+    }
+
+    #[test]
+    fn timers_and_retention_are_checked() {
+        let ok = with_rules("[[timer]]\nevent = \"NO_SHOW\"\nstate = \"NOT_ARRIVED\"\nfield = \"arrival\"\nafter = \"1d\"\n[retention]\nafter = \"30d\"\n").unwrap();
+        assert_eq!(ok.timers, vec![TimerRow { row: 1, event: EventType::NoShow, state: State::NotArrived, field: Field::Arrival, after_ms: 86_400_000 }]);
+        assert_eq!(ok.retention_ms, Some(30 * 86_400_000));
+        assert!(ok.describe().contains("Timer 1: NO_SHOW while NOT_ARRIVED, when stream time reaches arrival + 1d"), "{}", ok.describe());
+        let e = problems(
+            "[[timer]]\nevent = \"NOSHOW\"\nstate = \"NONE\"\nfield = \"room\"\nafter = \"1 day\"\n\
+             [[timer]]\nevent = \"OVERSTAY\"\nstate = \"IN_HOUSE\"\nfield = \"departure\"\nafter = \"12h\"\n\
+             [[timer]]\nevent = \"OVERSTAY\"\nstate = \"IN_HOUSE\"\nfield = \"departure\"\nafter = \"1d\"\n[retention]\nafter = \"0s\"\n",
+        );
+        for want in ["timer 1: event type \"NOSHOW\" is unknown", "timer 1: state = \"NONE\"", "timer 1: field = \"room\" is not a date", "timer 1: after = \"1 day\"", "timer 3: OVERSTAY has a timer already", "[retention] after = \"0s\""] {
+            assert!(e.contains(want), "{want}: {e}");
+        }
+        assert_ne!(ok.timer_signature(), Pipeline::builtin().timer_signature());
+        assert_eq!(Pipeline::builtin().timer_signature(), Pipeline::untimed_signature());
+    }
+
+    #[test]
+    fn durations_read_and_print_alike() {
+        for (text, ms) in [("1d", 86_400_000), ("12h", 43_200_000), ("1d12h", 129_600_000), ("90m", 5_400_000), ("-2h", -7_200_000), ("0s", 0)] {
+            assert_eq!(parse_duration(text), Some(ms), "{text}");
+            assert_eq!(parse_duration(&format_duration(ms)), Some(ms), "{text}");
+        }
+        for bad in ["", "-", "1", "d", "1w", "1.5h", "h1"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
     }
 
     #[test]
