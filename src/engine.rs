@@ -6,13 +6,14 @@
 //! side effects (produce events and changelog, await acknowledgements, then
 //! commit state with offsets), which is where delivery guarantees are made.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::change::SourcePosition;
 use crate::decode::{DecodeError, Decoded, Decoder};
 use crate::machine::{self, BusinessEvent, Outcome, ReservationState};
 use crate::pipeline::{Pipeline, State};
 use crate::store::{StateBatch, StateSource, StoreError};
+use crate::timers::{self, Fired, Pending, StreamClock};
 #[cfg(test)]
 use crate::store::StateStore;
 
@@ -46,6 +47,10 @@ pub struct Counts {
     pub ignored: u64,
     pub rejected: u64,
     pub events: u64,
+    /// Timers that fired (their events are counted in `events` too).
+    pub timers: u64,
+    /// Reservations removed by retention.
+    pub retired: u64,
 }
 
 impl Counts {
@@ -58,6 +63,8 @@ impl Counts {
         self.ignored += o.ignored;
         self.rejected += o.rejected;
         self.events += o.events;
+        self.timers += o.timers;
+        self.retired += o.retired;
     }
 }
 
@@ -70,6 +77,14 @@ pub struct BatchOutput {
     /// The final state of every reservation the batch changed, in the order
     /// they were first touched (what the state batch and the changelog hold).
     pub states: Vec<(String, ReservationState)>,
+    /// Reservations removed by retention (in neither `states` nor the store
+    /// afterwards; the changelog gets a tombstone).
+    pub removed: Vec<String>,
+    /// Due times the batch armed, for the index.
+    pub index: Vec<Pending>,
+    /// Index entries the batch used up (fired, or found stale), to delete
+    /// once the states they changed are committed.
+    pub unindex: Vec<Pending>,
     /// Reservations whose status the pipeline does not map (id, status), for
     /// one log line per batch.
     pub unmapped: Vec<(String, Option<String>)>,
@@ -77,13 +92,60 @@ pub struct BatchOutput {
 }
 
 impl BatchOutput {
-    /// The batch's state changes, ready for [`crate::store::StateStore::commit`].
+    /// The batch's state changes and index entries, ready for
+    /// [`crate::store::StateStore::commit`].
     pub fn state_batch(&self) -> StateBatch {
         let mut batch = StateBatch::default();
         for (id, state) in &self.states {
             batch.put(id, state);
         }
+        for id in &self.removed {
+            batch.put_encoded(id.as_bytes(), None);
+        }
+        for p in &self.index {
+            batch.index(p);
+        }
+        for p in &self.unindex {
+            batch.unindex(p);
+        }
         batch
+    }
+}
+
+/// The reservations a batch works on: their state before the batch (read in
+/// one MultiGet), then as the batch changes them.
+struct Working {
+    slots: HashMap<String, usize>,
+    ids: Vec<String>,
+    current: Vec<Option<ReservationState>>,
+    changed: Vec<bool>,
+}
+
+impl Working {
+    fn new() -> Working {
+        Working { slots: HashMap::new(), ids: Vec::new(), current: Vec::new(), changed: Vec::new() }
+    }
+
+    fn slot(&self, id: &str) -> usize {
+        self.slots[id]
+    }
+
+    /// Reads the reservations not yet in the working set.
+    fn load<S: StateSource + ?Sized>(&mut self, store: &S, partition: &str, ids: &[&str]) -> Result<(), StoreError> {
+        // In first-touched order: the order `states` reports them in.
+        let mut seen = HashSet::new();
+        let missing: Vec<&str> = ids.iter().copied().filter(|id| !self.slots.contains_key(*id) && seen.insert(*id)).collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let states = store.get_many(partition, &missing)?;
+        for (id, state) in missing.into_iter().zip(states) {
+            self.slots.insert(id.to_string(), self.ids.len());
+            self.ids.push(id.to_string());
+            self.current.push(state);
+            self.changed.push(false);
+        }
+        Ok(())
     }
 }
 
@@ -99,8 +161,11 @@ impl Engine {
     }
 
     /// Processes a batch against the partition's stored state. Reads from the
-    /// store (or a cache in front of it); writes nothing.
-    pub fn process<S: StateSource + ?Sized>(&self, store: &S, partition: &str, records: &[InputRecord<'_>]) -> Result<BatchOutput, StoreError> {
+    /// store (or a cache in front of it); writes nothing. `clock` is the
+    /// partition's stream time, moved by the batch's event times; with timer
+    /// rows or retention in the pipeline, what falls due fires on the way
+    /// (see [`crate::timers`]).
+    pub fn process<S: StateSource + ?Sized>(&self, store: &S, partition: &str, records: &[InputRecord<'_>], clock: &mut StreamClock) -> Result<BatchOutput, StoreError> {
         let mut out = BatchOutput::default();
         // Decode everything first, so the stored states can be read in one MultiGet.
         let mut changes = Vec::with_capacity(records.len());
@@ -123,21 +188,24 @@ impl Engine {
 
         // The batch's working set: stored state of each reservation it touches,
         // then updated in input order. `None` = not in the store.
-        let mut slots: HashMap<&str, usize> = HashMap::with_capacity(changes.len());
-        let mut ids: Vec<&str> = Vec::new();
-        for (_, c) in &changes {
-            slots.entry(c.reservation_id.as_str()).or_insert_with(|| {
-                ids.push(c.reservation_id.as_str());
-                ids.len() - 1
-            });
-        }
-        let mut current: Vec<Option<ReservationState>> = store.get_many(partition, &ids)?;
-        let mut changed = vec![false; ids.len()];
+        let mut w = Working::new();
+        let touched: Vec<&str> = changes.iter().map(|(_, c)| c.reservation_id.as_str()).collect();
+        w.load(store, partition, &touched)?;
+        let timed = self.pipeline.has_timers();
+        // Due times armed by this batch, not yet in the store's index.
+        let mut armed_here: Vec<Pending> = Vec::new();
 
         for (index, change) in &changes {
-            let slot = slots[change.reservation_id.as_str()];
+            if timed {
+                if let Some(t) = change.occurred_at_ms {
+                    if clock.advance(t) {
+                        self.fire_due(store, partition, t, *index, &mut w, &mut armed_here, &mut out)?;
+                    }
+                }
+            }
+            let slot = w.slot(&change.reservation_id);
             let read_in_full;
-            let change = if change.lookup_deferred && current[slot].as_ref().is_none_or(|s| s.state == State::None) {
+            let change = if change.lookup_deferred && w.current[slot].as_ref().is_none_or(|s| s.state == State::None) {
                 // First seen: the looked-up document seeds it, so read it now.
                 let rec = &records[*index];
                 read_in_full = match self.decoder.decode(rec.key, rec.value) {
@@ -151,7 +219,7 @@ impl Engine {
             } else {
                 change
             };
-            match machine::apply(&self.pipeline, current[slot].as_ref(), change) {
+            match machine::apply(&self.pipeline, w.current[slot].as_ref(), change) {
                 Outcome::Stale => out.counts.stale += 1,
                 Outcome::Duplicate => out.counts.duplicates += 1,
                 Outcome::Unmapped { status, state } => {
@@ -159,24 +227,108 @@ impl Engine {
                     if out.unmapped.len() < 10 {
                         out.unmapped.push((change.reservation_id.clone(), status));
                     }
-                    current[slot] = Some(state);
-                    changed[slot] = true;
+                    w.current[slot] = Some(state);
+                    w.changed[slot] = true;
                 }
-                Outcome::Applied { state, events } => {
+                Outcome::Applied { mut state, events } => {
                     out.counts.events += events.len() as u64;
                     out.events.extend(events.into_iter().map(|e| (*index, e)));
-                    current[slot] = Some(state);
-                    changed[slot] = true;
+                    let mut due_now = Vec::new();
+                    if timed {
+                        for p in timers::armed(&self.pipeline, &change.reservation_id, &state) {
+                            if clock.0.is_some_and(|now| p.due <= now) {
+                                // A snapshot seeds: the timers its past already
+                                // ran out count as fired, silently, as its own
+                                // transitions emit nothing.
+                                if let (true, timers::Due::Timer(t)) = (change.snapshot, p.what) {
+                                    state.fired.push((t, p.due));
+                                } else {
+                                    due_now.push(p);
+                                }
+                            } else {
+                                out.index.push(p.clone());
+                                armed_here.push(p);
+                            }
+                        }
+                    }
+                    w.current[slot] = Some(state);
+                    w.changed[slot] = true;
+                    // Armed by this change and due already: it fires right after it.
+                    due_now.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+                    for p in due_now {
+                        self.fire_one(&p, slot, *index, &mut w, &mut out);
+                    }
                 }
             }
         }
-        out.states = ids
-            .iter()
-            .zip(current)
-            .zip(changed)
-            .filter_map(|((id, state), changed)| if changed { state.map(|s| (id.to_string(), s)) } else { None })
-            .collect();
-        Ok(out)
+        Ok(self.finish(w, out))
+    }
+
+    /// Moves stream time to `until` after the input (`replay --until`), firing
+    /// what falls due; the events carry record index 0.
+    pub fn advance<S: StateSource + ?Sized>(&self, store: &S, partition: &str, clock: &mut StreamClock, until: i64) -> Result<BatchOutput, StoreError> {
+        let mut out = BatchOutput::default();
+        let mut w = Working::new();
+        if self.pipeline.has_timers() && clock.advance(until) {
+            self.fire_due(store, partition, until, 0, &mut w, &mut Vec::new(), &mut out)?;
+        }
+        Ok(self.finish(w, out))
+    }
+
+    fn finish(&self, w: Working, mut out: BatchOutput) -> BatchOutput {
+        for ((id, state), changed) in w.ids.into_iter().zip(w.current).zip(w.changed) {
+            match (changed, state) {
+                (true, Some(s)) => out.states.push((id, s)),
+                (true, None) => out.removed.push(id),
+                (false, _) => {}
+            }
+        }
+        out
+    }
+
+    /// Fires, in order, everything due by `now`: the store's index entries
+    /// and what this batch armed. `cause` is the index of the record whose
+    /// event time moved stream time.
+    #[allow(clippy::too_many_arguments)]
+    fn fire_due<S: StateSource + ?Sized>(&self, store: &S, partition: &str, now: i64, cause: usize, w: &mut Working, armed_here: &mut Vec<Pending>, out: &mut BatchOutput) -> Result<(), StoreError> {
+        let mut due: Vec<Pending> = store.due(partition, now)?;
+        let (ready, later): (Vec<Pending>, Vec<Pending>) = std::mem::take(armed_here).into_iter().partition(|p| p.due <= now);
+        *armed_here = later;
+        due.extend(ready);
+        let mut seen = HashSet::new();
+        due.retain(|p| seen.insert(p.clone()));
+        if due.is_empty() {
+            return Ok(());
+        }
+        due.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        let ids: Vec<&str> = due.iter().map(|p| p.id.as_str()).collect();
+        w.load(store, partition, &ids)?;
+        for p in due {
+            let slot = w.slot(&p.id);
+            self.fire_one(&p, slot, cause, w, out);
+            out.unindex.push(p);
+        }
+        Ok(())
+    }
+
+    fn fire_one(&self, p: &Pending, slot: usize, cause: usize, w: &mut Working, out: &mut BatchOutput) {
+        match timers::fire(&self.pipeline, p, w.current[slot].as_ref()) {
+            Fired::Stale => {}
+            Fired::Timer { state, event } => {
+                out.counts.timers += 1;
+                if let Some(e) = event {
+                    out.counts.events += 1;
+                    out.events.push((cause, e));
+                }
+                w.current[slot] = Some(state);
+                w.changed[slot] = true;
+            }
+            Fired::Remove => {
+                out.counts.retired += 1;
+                w.current[slot] = None;
+                w.changed[slot] = true;
+            }
+        }
     }
 }
 
@@ -194,9 +346,25 @@ mod tests {
         Engine::new(p.clone(), Decoder::new(Format::Auto, p.paths.clone()))
     }
 
+    /// The default table with timers that fire within the workload's short
+    /// span: a no-show at the arrival date itself, an overstay a day before
+    /// departure (so an extension re-arms it), and a one-second retention.
+    fn timed_engine() -> Engine {
+        let text = crate::pipeline::DEFAULT_PIPELINE.to_string()
+            + "\n[[timer]]\nevent = \"NO_SHOW\"\nstate = \"NOT_ARRIVED\"\nfield = \"arrival\"\nafter = \"0s\"\n\
+               [[timer]]\nevent = \"OVERSTAY\"\nstate = \"IN_HOUSE\"\nfield = \"departure\"\nafter = \"-1d\"\n\
+               [retention]\nafter = \"1s\"\n";
+        let p = Pipeline::parse(&text, "timed").unwrap();
+        Engine::new(p.clone(), Decoder::new(Format::Auto, p.paths.clone()))
+    }
+
     /// Runs `lines` through the engine and a fresh store, cut into batches at
     /// `cuts`; returns the events and the final state of every reservation.
     fn run(lines: &[String], cuts: &[usize], store: Option<&mut StateStore>) -> (Vec<BusinessEvent>, Vec<(String, ReservationState)>) {
+        run_with(&engine(), lines, cuts, store)
+    }
+
+    fn run_with(e: &Engine, lines: &[String], cuts: &[usize], store: Option<&mut StateStore>) -> (Vec<BusinessEvent>, Vec<(String, ReservationState)>) {
         let dir = tempfile::tempdir().unwrap();
         let mut own;
         let store = match store {
@@ -207,8 +375,9 @@ mod tests {
             }
         };
         store.open_partition(PART).unwrap();
-        let e = engine();
+        store.ensure_index(PART, &e.pipeline).unwrap();
         let mut events = Vec::new();
+        let mut clock = StreamClock::default();
         let mut start = 0;
         let mut bounds: Vec<usize> = cuts.iter().map(|c| c % (lines.len() + 1)).collect();
         bounds.push(lines.len());
@@ -219,7 +388,7 @@ mod tests {
                 .enumerate()
                 .map(|(i, l)| InputRecord { key: None, value: Some(l.as_bytes()), offset: (start + i) as u64 })
                 .collect();
-            let out = e.process(store, PART, &records).unwrap();
+            let out = e.process(store, PART, &records, &mut clock).unwrap();
             events.extend(out.events.iter().map(|(_, ev)| ev.clone()));
             store.commit(PART, out.state_batch()).unwrap();
             start = end;
@@ -249,6 +418,27 @@ mod tests {
             let whole = run(&lines, &[], None);
             let cut = run(&lines, &cuts, None);
             prop_assert_eq!(whole, cut);
+        }
+
+        #[test]
+        fn timers_do_not_depend_on_how_input_is_cut_into_batches(n in 0usize..400, repeats in prop::collection::vec(any::<usize>(), 0..20), cuts in prop::collection::vec(any::<usize>(), 0..12)) {
+            let lines = stream(n, &repeats);
+            let e = timed_engine();
+            let whole = run_with(&e, &lines, &[], None);
+            let cut = run_with(&e, &lines, &cuts, None);
+            prop_assert_eq!(whole, cut);
+        }
+
+        #[test]
+        fn replaying_timers_into_the_same_store_fires_nothing_again(n in 0usize..400, cuts in prop::collection::vec(any::<usize>(), 0..6)) {
+            let lines = stream(n, &[]);
+            let e = timed_engine();
+            let dir = tempfile::tempdir().unwrap();
+            let mut store = StateStore::open(dir.path()).unwrap();
+            let (_, first) = run_with(&e, &lines, &cuts, Some(&mut store));
+            let (again, second) = run_with(&e, &lines, &[], Some(&mut store));
+            prop_assert!(again.is_empty(), "{:?}", again.iter().map(|e| e.event_type).collect::<Vec<_>>());
+            prop_assert_eq!(first, second);
         }
 
         #[test]
@@ -290,6 +480,35 @@ mod tests {
         assert!(expected.iter().any(|ev| ev.event_type == "ROOM_CHANGED"));
         assert_eq!(events, expected);
         assert_eq!(states, reference.into_iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn timers_fire_in_the_workload_and_retention_removes_departed_reservations() {
+        // 3000 events over 12 reservations: three seconds of stream time.
+        let lines = stream(3000, &[]);
+        let (events, states) = run_with(&timed_engine(), &lines, &[700, 1900], None);
+        let count = |t: &str| events.iter().filter(|e| e.event_type == t).count();
+        assert!(count("NO_SHOW") > 0 && count("OVERSTAY") > 0, "no-shows {}, overstays {}", count("NO_SHOW"), count("OVERSTAY"));
+        // Each timer event once per (reservation, type, due): its id says so.
+        let ids: HashSet<&str> = events.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids.len(), events.len(), "no event twice");
+        assert_eq!(states.len(), 12, "no reservation departed for a second at a time");
+        // Stream time moved a minute on (`replay --until`): every departed
+        // reservation is a second past its departure, and leaves the state.
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(dir.path()).unwrap();
+        let e = timed_engine();
+        let (_, before) = run_with(&e, &lines, &[], Some(&mut store));
+        let departed = before.iter().filter(|(_, s)| s.state == State::Departed).count();
+        assert!(departed > 0 && departed < before.len(), "{departed} departed");
+        let last = before.iter().filter_map(|(_, s)| s.changed_at_ms).max().unwrap();
+        let out = e.advance(&store, PART, &mut StreamClock::default(), last + 60_000).unwrap();
+        assert_eq!((out.counts.retired as usize, out.removed.len()), (departed, departed));
+        store.commit(PART, out.state_batch()).unwrap();
+        let after = store.reservations(PART).unwrap();
+        assert_eq!(after.len(), before.len() - departed);
+        assert!(after.iter().all(|(_, s)| s.state != State::Departed));
+        assert!(store.due(PART, last + 60_000).unwrap().iter().all(|p| p.what != timers::Due::Retention), "used entries leave the index");
     }
 
     #[test]

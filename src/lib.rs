@@ -24,4 +24,5 @@ pub mod service;
 pub mod store;
 pub mod tail;
 pub mod time;
+pub mod timers;
 pub mod workload;

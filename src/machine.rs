@@ -39,6 +39,13 @@ pub struct ReservationState {
     /// the changelog with the state, so a restart in the middle of a
     /// transaction still tells its applied changes from the rest.
     pub applied: Vec<ChangeId>,
+    /// The event time (ms) of the last change applied, when it had one:
+    /// where retention counts from.
+    pub changed_at_ms: Option<i64>,
+    /// The timers fired for this reservation: (event type, due time), the
+    /// newest 16 kept, so a timer fires once per due time even when a state
+    /// or a date comes back to one that fired.
+    pub fired: Vec<(EventType, i64)>,
 }
 
 impl ReservationState {
@@ -146,14 +153,16 @@ pub fn apply(pipeline: &Pipeline, prev: Option<&ReservationState>, change: &Chan
     };
 
     let position = change.position.or(prev.and_then(|p| p.position));
+    let changed_at_ms = change.occurred_at_ms.or(prev.and_then(|p| p.changed_at_ms));
+    let fired = prev.map(|p| p.fired.clone()).unwrap_or_default();
     let new = match values {
-        None => ReservationState { state: State::None, status: None, fields: Default::default(), position, applied },
+        None => ReservationState { state: State::None, status: None, fields: Default::default(), position, applied, changed_at_ms, fired },
         Some(v) => {
             let Some(state) = v.status.as_deref().and_then(|s| pipeline.statuses.get(s)).copied() else {
                 let kept = ReservationState { position, applied, ..prev.cloned().unwrap_or_default() };
                 return Outcome::Unmapped { status: v.status, state: kept };
             };
-            ReservationState { state, status: v.status, fields: v.fields, position, applied }
+            ReservationState { state, status: v.status, fields: v.fields, position, applied, changed_at_ms, fired }
         }
     };
     if change.snapshot {

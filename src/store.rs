@@ -25,18 +25,29 @@ use rocksdb::{BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, Options, Wri
 
 use crate::change::{ChangeId, SourcePosition};
 use crate::machine::ReservationState;
-use crate::pipeline::State;
+use crate::pipeline::{EventType, Pipeline, State};
+use crate::timers::{self, Due, Pending};
 
 const PARTITION_PREFIX: &str = "partition/";
 /// Key prefixes inside a partition's column family.
 const RESERVATION: u8 = b'r';
 const MARKER: u8 = b'm';
+/// The due-time index of timers and retention: `t`, the due time (8 bytes,
+/// big-endian with the sign bit flipped, so keys sort by time), what is due
+/// (one byte) and the reservation id. Empty values. An entry is a hint: the
+/// state decides whether it still holds ([`crate::timers::fire`]), so an
+/// entry left behind by a change or a rewound interval only costs a look.
+const TIMER: u8 = b't';
+/// The marker naming the timer rows the index was built for.
+const TIMER_SIGNATURE: &str = "timer-signature";
 /// Record layout versions, first byte of every reservation record. v2 adds
 /// the identities applied at the stored position; v1 records still decode
 /// (with none, which the state machine reads as "any change at this
 /// position was applied", as v1 did).
 const RECORD_V1: u8 = 1;
 const RECORD_V2: u8 = 2;
+/// v3 adds the event time of the last change and the timers fired.
+const RECORD_V3: u8 = 3;
 
 /// Why the store failed, and whether trying again can help.
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +107,34 @@ impl StateBatch {
     pub fn mark(&mut self, name: &str, value: u64) {
         self.puts.push((marker_key(name), Some(value.to_be_bytes().to_vec())));
     }
+
+    /// Adds a due time to the partition's index.
+    pub fn index(&mut self, p: &Pending) {
+        self.puts.push((timer_key(p), Some(Vec::new())));
+    }
+
+    /// Removes a due time from the index (fired, or found stale).
+    pub fn unindex(&mut self, p: &Pending) {
+        self.puts.push((timer_key(p), None));
+    }
+}
+
+fn timer_key(p: &Pending) -> Vec<u8> {
+    let mut key = Vec::with_capacity(10 + p.id.len());
+    key.push(TIMER);
+    key.extend_from_slice(&((p.due as u64) ^ (1 << 63)).to_be_bytes());
+    key.push(p.what.code());
+    key.extend_from_slice(p.id.as_bytes());
+    key
+}
+
+fn parse_timer_key(k: &[u8]) -> Option<Pending> {
+    if k.len() < 10 || k[0] != TIMER {
+        return None;
+    }
+    let due = (u64::from_be_bytes(k[1..9].try_into().ok()?) ^ (1 << 63)) as i64;
+    let what = Due::from_code(k[9])?;
+    Some(Pending { due, what, id: String::from_utf8_lossy(&k[10..]).into_owned() })
 }
 
 fn reservation_key(id: &[u8]) -> Vec<u8> {
@@ -135,11 +174,17 @@ impl Default for StoreOptions {
 /// the store itself, or a cache in front of it.
 pub trait StateSource {
     fn get_many(&self, partition: &str, ids: &[&str]) -> Result<Vec<Option<ReservationState>>, StoreError>;
+    /// The due-time index entries due by `up_to` (ms), earliest first.
+    fn due(&self, partition: &str, up_to: i64) -> Result<Vec<Pending>, StoreError>;
 }
 
 impl StateSource for StateStore {
     fn get_many(&self, partition: &str, ids: &[&str]) -> Result<Vec<Option<ReservationState>>, StoreError> {
         StateStore::get_many(self, partition, ids)
+    }
+
+    fn due(&self, partition: &str, up_to: i64) -> Result<Vec<Pending>, StoreError> {
+        StateStore::due(self, partition, up_to)
     }
 }
 
@@ -332,6 +377,62 @@ impl StateStore {
         Ok(())
     }
 
+    /// The index entries due by `up_to` (ms), earliest first.
+    pub fn due(&self, partition: &str, up_to: i64) -> Result<Vec<Pending>, StoreError> {
+        let cf = self.cf(partition)?;
+        let mut out = Vec::new();
+        for item in self.db()?.iterator_cf(cf, rocksdb::IteratorMode::From(&[TIMER], rocksdb::Direction::Forward)) {
+            let (k, _) = item.map_err(|e| self.rocks(e))?;
+            let Some(p) = parse_timer_key(&k) else { break };
+            if p.due > up_to {
+                break;
+            }
+            out.push(p);
+        }
+        Ok(out)
+    }
+
+    /// Makes the partition's due-time index match `pipeline`'s timer rows:
+    /// when it was built for other rows (or none, or before timers existed),
+    /// it is built again from every stored reservation — once per pipeline
+    /// change, so that firing never has to scan. `Some(n)`: rebuilt, with `n`
+    /// entries. Run when a task becomes ready, and when a reload changes the
+    /// rows.
+    pub fn ensure_index(&self, partition: &str, pipeline: &Pipeline) -> Result<Option<usize>, StoreError> {
+        let signature = pipeline.timer_signature();
+        let stored = self.marker(partition, TIMER_SIGNATURE)?;
+        // A store that never had timers holds no entries: nothing to rebuild.
+        if stored == Some(signature) || (stored.is_none() && signature == Pipeline::untimed_signature()) {
+            return Ok(None);
+        }
+        let cf = self.cf(partition)?;
+        let db = self.db()?;
+        let mut write = WriteBatch::default();
+        write.delete_range_cf(cf, [TIMER], [TIMER + 1]);
+        let mut entries = 0;
+        for (id, state) in self.reservations(partition)? {
+            for p in timers::armed(pipeline, &id, &state) {
+                write.put_cf(cf, timer_key(&p), []);
+                entries += 1;
+            }
+        }
+        write.put_cf(cf, marker_key(TIMER_SIGNATURE), signature.to_be_bytes());
+        let mut opts = WriteOptions::default();
+        opts.disable_wal(self.disable_wal);
+        db.write_opt(write, &opts).map_err(|e| self.rocks(e))?;
+        Ok(Some(entries))
+    }
+
+    /// Marks the partition's index as built for no rows, so that the next
+    /// [`StateStore::ensure_index`] builds it again (after states were
+    /// written without their entries, as a restore writes them).
+    pub fn forget_index(&self, partition: &str) -> Result<(), StoreError> {
+        let cf = self.cf(partition)?;
+        let mut opts = WriteOptions::default();
+        opts.disable_wal(self.disable_wal);
+        self.db()?.put_cf_opt(cf, marker_key(TIMER_SIGNATURE), 0u64.to_be_bytes(), &opts).map_err(|e| self.rocks(e))
+    }
+
     /// Every reservation of a partition, in key order (for inspection and tests).
     pub fn reservations(&self, partition: &str) -> Result<Vec<(String, ReservationState)>, StoreError> {
         let cf = self.cf(partition)?;
@@ -349,14 +450,19 @@ impl StateStore {
     }
 }
 
-/// Record layout v2: version, state, position kind (0 none, 1 cluster,
+/// Record layout v3: version, state, position kind (0 none, 1 cluster,
 /// 2 input) and 8 bytes of position when present, then status and the four
 /// fields, each as a u32 length (u32::MAX = absent) and UTF-8 bytes, then the
-/// applied identities as a u32 count and 8 bytes each. (v1 ends before the
-/// identities.) The changelog carries the same bytes.
+/// applied identities as a u32 count and 8 bytes each, then the event time of
+/// the last change (a byte 0 or 1, then 8 bytes when 1) and the timers fired
+/// (a u32 count, then an event type code byte and 8 bytes of due time each).
+/// v2 ends after the identities; v1 before them. The changelog carries the
+/// same bytes. A state without the v3 parts is written as v2, so an instance
+/// without timers writes what the previous release reads.
 pub fn encode(s: &ReservationState) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + 8 * s.applied.len());
-    out.push(RECORD_V2);
+    let v3 = s.changed_at_ms.is_some() || !s.fired.is_empty();
+    let mut out = Vec::with_capacity(64 + 8 * s.applied.len() + 9 * s.fired.len());
+    out.push(if v3 { RECORD_V3 } else { RECORD_V2 });
     out.push(s.state as u8);
     match s.position {
         None => out.push(0),
@@ -382,6 +488,20 @@ pub fn encode(s: &ReservationState) -> Vec<u8> {
     for id in &s.applied {
         out.extend_from_slice(&id.0.to_le_bytes());
     }
+    if v3 {
+        match s.changed_at_ms {
+            None => out.push(0),
+            Some(ms) => {
+                out.push(1);
+                out.extend_from_slice(&ms.to_le_bytes());
+            }
+        }
+        out.extend_from_slice(&(s.fired.len() as u32).to_le_bytes());
+        for (t, due) in &s.fired {
+            out.push(t.code());
+            out.extend_from_slice(&due.to_le_bytes());
+        }
+    }
     out
 }
 
@@ -395,7 +515,7 @@ pub fn decode(mut b: &[u8]) -> Result<ReservationState, &'static str> {
         Ok(head)
     };
     let version = take(1)?[0];
-    if version != RECORD_V1 && version != RECORD_V2 {
+    if !matches!(version, RECORD_V1 | RECORD_V2 | RECORD_V3) {
         return Err("unknown record version");
     }
     let state = State::from_u8(take(1)?[0]).ok_or("unknown state byte")?;
@@ -420,7 +540,7 @@ pub fn decode(mut b: &[u8]) -> Result<ReservationState, &'static str> {
     let fields = [text()?, text()?, text()?, text()?];
     drop(text);
     let mut applied = Vec::new();
-    if version == RECORD_V2 {
+    if version >= RECORD_V2 {
         let n = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
         // Checked entry by entry by `take`: a count beyond the record fails
         // at the first missing identity, before it can allocate much.
@@ -428,10 +548,24 @@ pub fn decode(mut b: &[u8]) -> Result<ReservationState, &'static str> {
             applied.push(ChangeId(u64::from_le_bytes(take(8)?.try_into().expect("8 bytes"))));
         }
     }
+    let mut changed_at_ms = None;
+    let mut fired = Vec::new();
+    if version == RECORD_V3 {
+        changed_at_ms = match take(1)?[0] {
+            0 => None,
+            1 => Some(i64::from_le_bytes(take(8)?.try_into().expect("8 bytes"))),
+            _ => return Err("unknown event time flag"),
+        };
+        let n = u32::from_le_bytes(take(4)?.try_into().expect("4 bytes"));
+        for _ in 0..n.min(256) {
+            let t = EventType::from_code(take(1)?[0]).ok_or("unknown event type code")?;
+            fired.push((t, i64::from_le_bytes(take(8)?.try_into().expect("8 bytes"))));
+        }
+    }
     if !b.is_empty() {
         return Err("trailing bytes after the record");
     }
-    Ok(ReservationState { state, status, fields, position, applied })
+    Ok(ReservationState { state, status, fields, position, applied, changed_at_ms, fired })
 }
 
 #[cfg(test)]
@@ -445,6 +579,8 @@ mod tests {
             fields: [Some("P-OSL-01".into()), Some("305".into()), None, Some("2026-11-24T00:00:00Z".into())],
             position: Some(SourcePosition::Cluster { t: 1_795_300_000, i: 7 }),
             applied: vec![ChangeId(7), ChangeId(u64::MAX)],
+            changed_at_ms: Some(-5),
+            fired: vec![(EventType::Overstay, 1_795_300_000_000)],
         }
     }
 
@@ -454,6 +590,7 @@ mod tests {
         assert_eq!(decode(&encode(&s)).unwrap(), s);
         let tomb = ReservationState { position: Some(SourcePosition::Input(9)), ..Default::default() };
         assert_eq!(decode(&encode(&tomb)).unwrap(), tomb);
+        assert_eq!(encode(&tomb)[0], RECORD_V2, "without timer parts, what the previous release reads");
         let bytes = encode(&s);
         for cut in 0..bytes.len() {
             assert!(decode(&bytes[..cut]).is_err(), "truncated at {cut} must not decode");
@@ -462,12 +599,39 @@ mod tests {
 
     #[test]
     fn v1_records_still_decode_with_no_identities() {
-        let s = sample();
+        let s = ReservationState { changed_at_ms: None, fired: Vec::new(), ..sample() };
         let v2 = encode(&s);
+        assert_eq!(v2[0], RECORD_V2);
         // v1 is v2 without the identity list at the end.
         let mut v1 = v2[..v2.len() - 4 - 8 * s.applied.len()].to_vec();
         v1[0] = RECORD_V1;
         assert_eq!(decode(&v1).unwrap(), ReservationState { applied: Vec::new(), ..s });
+    }
+
+    #[test]
+    fn the_due_index_lists_what_is_due_in_time_order_and_is_rebuilt_for_new_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = StateStore::open(dir.path()).unwrap();
+        store.open_partition("raw/0").unwrap();
+        let mut batch = StateBatch::default();
+        for (due, id) in [(5, "b"), (-3, "a"), (5, "a"), (9, "c")] {
+            batch.index(&Pending { due, id: id.into(), what: Due::Timer(EventType::NoShow) });
+        }
+        store.commit("raw/0", batch).unwrap();
+        let due: Vec<(i64, String)> = store.due("raw/0", 5).unwrap().into_iter().map(|p| (p.due, p.id)).collect();
+        assert_eq!(due, vec![(-3, "a".into()), (5, "a".into()), (5, "b".into())]);
+        // Rows in force that the index was not built for: rebuilt from the state.
+        let text = crate::pipeline::DEFAULT_PIPELINE.to_string() + "\n[[timer]]\nevent = \"OVERSTAY\"\nstate = \"IN_HOUSE\"\nfield = \"departure\"\nafter = \"12h\"\n";
+        let p = Pipeline::parse(&text, "t").unwrap();
+        let mut batch = StateBatch::default();
+        batch.put("r1", &sample());
+        store.commit("raw/0", batch).unwrap();
+        assert_eq!(store.ensure_index("raw/0", &p).unwrap(), Some(1));
+        assert_eq!(store.ensure_index("raw/0", &p).unwrap(), None, "built for these rows already");
+        let due = store.due("raw/0", i64::MAX).unwrap();
+        let expected = crate::time::parse_millis("2026-11-24T12:00:00Z").unwrap();
+        assert_eq!(due, vec![Pending { due: expected, id: "r1".into(), what: Due::Timer(EventType::Overstay) }]);
+        assert_eq!(store.reservations("raw/0").unwrap().len(), 1, "index entries are not reservations");
     }
 
     #[test]

@@ -20,7 +20,7 @@ fn doc(status: &str, room: &str, departure: &str) -> DocumentValues {
 fn state(status: &str, room: &str, departure: &str, t: u32) -> ReservationState {
     let d = doc(status, room, departure);
     let st = Pipeline::builtin().statuses[status];
-    ReservationState { state: st, status: d.status, fields: d.fields, position: Some(SourcePosition::Cluster { t, i: 0 }), applied: vec![ChangeId(u64::from(t))] }
+    ReservationState { state: st, status: d.status, fields: d.fields, position: Some(SourcePosition::Cluster { t, i: 0 }), applied: vec![ChangeId(u64::from(t))], changed_at_ms: Some(i64::from(t) * 1000), ..Default::default() }
 }
 
 /// A change known by what it does (as Debezium's are), outside any transaction.
@@ -428,7 +428,7 @@ proptest! {
     fn an_update_reports_exactly_what_its_delta_changed(stored in arb_values(), delta in arb_delta(), lookup in prop::option::of(arb_values())) {
         let p = Pipeline::builtin();
         let Some(st) = stored.status.as_deref().map(|s| p.statuses[s]) else { return Ok(()) };
-        let prev = ReservationState { state: st, status: stored.status.clone(), fields: stored.fields.clone(), position: Some(SourcePosition::Cluster { t: 1, i: 0 }), applied: vec![ChangeId(1)] };
+        let prev = ReservationState { state: st, status: stored.status.clone(), fields: stored.fields.clone(), position: Some(SourcePosition::Cluster { t: 1, i: 0 }), applied: vec![ChangeId(1)], ..Default::default() };
         let c = change(Operation::Update { delta: delta.clone(), lookup }, 2);
         let expect = |before: &Option<String>, e: &Edit| match e {
             Edit::Keep => before.clone(),
