@@ -39,6 +39,7 @@ struct Bench {
     since_commit: usize,
     workload: Workload,
     offset: u64,
+    clock: resevent::timers::StreamClock,
     _dir: tempfile::TempDir,
 }
 
@@ -50,7 +51,7 @@ impl Bench {
         store.open_partition(PARTITION).unwrap();
         let pipeline = Pipeline::builtin();
         let engine = Engine::new(pipeline.clone(), Decoder::new(Format::Auto, pipeline.paths.clone()));
-        let mut b = Bench { engine, store, cache: WriteBackCache::new(32 << 20), since_commit: 0, workload: Workload::new(reservations, 7), offset: 0, _dir: dir };
+        let mut b = Bench { engine, store, cache: WriteBackCache::new(32 << 20), since_commit: 0, workload: Workload::new(reservations, 7), offset: 0, clock: Default::default(), _dir: dir };
         let started = Instant::now();
         let mut loaded = 0;
         while loaded < reservations {
@@ -80,7 +81,7 @@ impl Bench {
                 InputRecord { key: None, value: Some(l.as_bytes()), offset: self.offset }
             })
             .collect();
-        let out = self.engine.process(&CachedState { cache: &self.cache, task: 0, store: &self.store }, PARTITION, &records).unwrap();
+        let out = self.engine.process(&CachedState { cache: &self.cache, task: 0, store: &self.store }, PARTITION, &records, &mut self.clock).unwrap();
         assert_eq!(out.counts.rejected, 0);
         let n = out.events.len();
         for (id, state) in out.states {
@@ -92,7 +93,7 @@ impl Bench {
             let mut batch = StateBatch::default();
             for (_, states) in self.cache.dirty_encoded() {
                 for (id, record) in states {
-                    batch.put_encoded(id.as_bytes(), Some(record));
+                    batch.put_encoded(id.as_bytes(), record);
                 }
             }
             self.store.commit(PARTITION, batch).unwrap();

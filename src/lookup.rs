@@ -27,6 +27,8 @@ pub fn reservation_json(id: &str, partition: &str, s: &ReservationState) -> serd
         "departureDate": s.fields[crate::change::Field::Departure as usize],
         "sourcePosition": s.position.map(|p| p.to_string()),
         "changesAtPosition": s.applied.len(),
+        "lastChangeAt": s.changed_at_ms.map(crate::time::format_millis),
+        "timersFired": s.fired.iter().map(|(t, due)| json!({"eventType": t.name(), "due": crate::time::format_millis(*due)})).collect::<Vec<_>>(),
     })
 }
 

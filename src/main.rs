@@ -89,6 +89,11 @@ resevent replay --state-dir ./state day1.jsonl && resevent replay --state-dir ./
         /// Also write each rejected line, with its reason, as JSON Lines to this file.
         #[arg(long, value_name = "FILE")]
         dead_letters: Option<PathBuf>,
+        /// After the input, move stream time to this moment (RFC 3339, e.g.
+        /// 2026-11-25T00:00:00Z) and fire the pipeline's timers due by then.
+        /// Stream time is otherwise the latest event time in the input.
+        #[arg(long, value_name = "TIME", value_parser = parse_until)]
+        until: Option<i64>,
         /// JSON Lines files of record values; none or "-" reads stdin.
         #[arg(value_name = "FILE")]
         files: Vec<PathBuf>,
@@ -397,7 +402,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
             }
         }
-        Command::Replay { pipeline, format, keyed, allow_properties, state_dir, dead_letters, files } => {
+        Command::Replay { pipeline, format, keyed, allow_properties, state_dir, dead_letters, until, files } => {
             let (mut pipeline, origin) = load_pipeline(pipeline.as_deref())?;
             if let Some(list) = allow_properties {
                 pipeline.allowlist = Allowlist::parse_list(&list);
@@ -420,7 +425,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let engine = Engine::new(pipeline.clone(), Decoder::new(format, pipeline.paths.clone()));
             let stdout = io::stdout();
             let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
-            let opts = ReplayOptions { keyed, dead_letters, progress_every: Duration::from_secs(5) };
+            let opts = ReplayOptions { keyed, dead_letters, progress_every: Duration::from_secs(5), until };
             let counts = replay::replay(&engine, &mut store, inputs, &mut out, opts)?;
             tracing::info!(
                 records = counts.records,
@@ -431,6 +436,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 unmapped = counts.unmapped,
                 ignored = counts.ignored,
                 rejected = counts.rejected,
+                timers = counts.timers,
+                retired = counts.retired,
                 "replay finished"
             );
             if counts.rejected > 0 {
@@ -440,6 +447,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `--until`: an RFC 3339 moment, as epoch ms.
+fn parse_until(text: &str) -> Result<i64, String> {
+    resevent::time::parse_millis(text).ok_or_else(|| format!("{text:?} is not an RFC 3339 time; write it like 2026-11-25T00:00:00Z"))
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

@@ -14,13 +14,16 @@ use anyhow::Context;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::engine::{Counts, Engine, InputRecord};
+use crate::engine::{BatchOutput, Counts, Engine, InputRecord};
 use crate::store::StateStore;
+use crate::timers::StreamClock;
 
 /// The partition name replay keeps its state under.
 pub const REPLAY_PARTITION: &str = "replay";
 /// Lines per batch: one RocksDB WriteBatch each.
 const BATCH_LINES: usize = 2048;
+/// The marker keeping replay's stream time between runs on one state dir.
+const STREAM_TIME: &str = "stream-time";
 
 /// Options of one replay run.
 pub struct ReplayOptions {
@@ -30,6 +33,9 @@ pub struct ReplayOptions {
     pub dead_letters: Option<Box<dyn Write>>,
     /// Print a progress line to stderr at this interval.
     pub progress_every: Duration,
+    /// After the input, move stream time to this moment (ms) and fire the
+    /// timers due by then (`--until`).
+    pub until: Option<i64>,
 }
 
 /// One input: a name for messages and a reader.
@@ -52,6 +58,11 @@ struct KeyedLine<'a> {
 /// same state dir emits nothing new.
 pub fn replay(engine: &Engine, store: &mut StateStore, inputs: Vec<Input>, out: &mut dyn Write, mut opts: ReplayOptions) -> anyhow::Result<Counts> {
     store.open_partition(REPLAY_PARTITION)?;
+    if let Some(n) = store.ensure_index(REPLAY_PARTITION, &engine.pipeline)?.filter(|n| *n > 0) {
+        eprintln!("replay: the timer index was built again for the pipeline's timer rows ({n} due times)");
+    }
+    // Stream time goes on from where the last replay into this state dir left it.
+    let mut clock = StreamClock(store.marker(REPLAY_PARTITION, STREAM_TIME)?.map(|v| (v ^ (1 << 63)) as i64));
     let mut total = Counts::default();
     let started = Instant::now();
     let mut last_report = started;
@@ -82,7 +93,7 @@ pub fn replay(engine: &Engine, store: &mut StateStore, inputs: Vec<Input>, out: 
             if batch.is_empty() {
                 continue;
             }
-            let counts = run_batch(engine, store, &input.name, first_in_input, &batch, out, &mut opts)?;
+            let counts = run_batch(engine, store, &input.name, first_in_input, &batch, out, &mut opts, &mut clock)?;
             total.add(&counts);
             if last_report.elapsed() >= opts.progress_every {
                 last_report = Instant::now();
@@ -100,6 +111,13 @@ pub fn replay(engine: &Engine, store: &mut StateStore, inputs: Vec<Input>, out: 
             }
         }
     }
+    if let Some(until) = opts.until {
+        let output = engine.advance(store, REPLAY_PARTITION, &mut clock, until)?;
+        let counts = output.counts;
+        write_events(&output, out)?;
+        commit(store, output, clock)?;
+        total.add(&counts);
+    }
     out.flush()?;
     if reported {
         eprintln!("replay: done, {} lines in {:.1}s", line_no, started.elapsed().as_secs_f64());
@@ -107,7 +125,27 @@ pub fn replay(engine: &Engine, store: &mut StateStore, inputs: Vec<Input>, out: 
     Ok(total)
 }
 
-fn run_batch(engine: &Engine, store: &StateStore, name: &str, first_line: u64, batch: &[(u64, String)], out: &mut dyn Write, opts: &mut ReplayOptions) -> anyhow::Result<Counts> {
+fn write_events(output: &BatchOutput, out: &mut dyn Write) -> anyhow::Result<()> {
+    for (_, event) in &output.events {
+        serde_json::to_writer(&mut *out, event)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Commits a batch's state with the stream time it reached, in one WriteBatch.
+fn commit(store: &StateStore, output: BatchOutput, clock: StreamClock) -> anyhow::Result<()> {
+    let mut batch = output.state_batch();
+    if let Some(t) = clock.0 {
+        batch.mark(STREAM_TIME, (t as u64) ^ (1 << 63));
+    }
+    store.commit(REPLAY_PARTITION, batch)?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_batch(engine: &Engine, store: &StateStore, name: &str, first_line: u64, batch: &[(u64, String)], out: &mut dyn Write, opts: &mut ReplayOptions, clock: &mut StreamClock) -> anyhow::Result<Counts> {
     let mut records = Vec::with_capacity(batch.len());
     // Lines that are not even a {key, value} pair are rejected here, by line.
     let mut framing_errors: Vec<(u64, String)> = Vec::new();
@@ -125,12 +163,8 @@ fn run_batch(engine: &Engine, store: &StateStore, name: &str, first_line: u64, b
             records.push(InputRecord { key: None, value: Some(line.as_bytes()), offset: *n });
         }
     }
-    let output = engine.process(store, REPLAY_PARTITION, &records)?;
-    for (_, event) in &output.events {
-        serde_json::to_writer(&mut *out, event)?;
-        out.write_all(b"\n")?;
-    }
-    out.flush()?;
+    let output = engine.process(store, REPLAY_PARTITION, &records, clock)?;
+    write_events(&output, out)?;
 
     let mut rejects: Vec<(u64, &'static str, String)> = framing_errors.into_iter().map(|(n, msg)| (n, "not-keyed", msg)).collect();
     rejects.extend(output.rejected.iter().map(|r| (r.offset, r.error.kind(), r.error.to_string())));
@@ -152,9 +186,9 @@ fn run_batch(engine: &Engine, store: &StateStore, name: &str, first_line: u64, b
         tracing::warn!(more = output.counts.unmapped - output.unmapped.len() as u64, "more changes with unmapped status in this batch");
     }
 
-    store.commit(REPLAY_PARTITION, output.state_batch())?;
     let mut counts = output.counts;
     counts.records += rejects.len() as u64 - output.rejected.len() as u64;
+    commit(store, output, *clock)?;
     counts.rejected = rejects.len() as u64;
     Ok(counts)
 }

@@ -30,8 +30,8 @@ impl StateSource for CachedState<'_> {
         let mut out: Vec<Option<ReservationState>> = Vec::with_capacity(ids.len());
         let mut missing: Vec<(usize, &str)> = Vec::new();
         for (i, id) in ids.iter().enumerate() {
-            match self.cache.get(self.task, id) {
-                Some(s) => out.push(Some(s.clone())),
+            match self.cache.lookup(self.task, id) {
+                Some(s) => out.push(s.cloned()),
                 None => {
                     out.push(None);
                     missing.push((i, id));
@@ -46,11 +46,19 @@ impl StateSource for CachedState<'_> {
         }
         Ok(out)
     }
+
+    /// The store's index: what this interval used up is still listed there
+    /// until the commit, and [`crate::timers::fire`] finds it stale.
+    fn due(&self, partition: &str, up_to: i64) -> Result<Vec<crate::timers::Pending>, StoreError> {
+        self.store.due(partition, up_to)
+    }
 }
 
 /// One cached reservation.
 struct Entry {
-    state: ReservationState,
+    /// `None`: removed (retention); the commit deletes it from the store and
+    /// writes a tombstone to the changelog.
+    state: Option<ReservationState>,
     /// Changed since the last commit: must reach the changelog and the store.
     dirty: bool,
     /// Estimated memory of the entry, for the bound.
@@ -81,12 +89,27 @@ impl WriteBackCache {
 
     /// The cached state of a reservation, dirty or clean.
     pub fn get(&self, task: i32, id: &str) -> Option<&ReservationState> {
-        self.tasks.get(&task)?.get(id).map(|e| &e.state)
+        self.lookup(task, id).flatten()
+    }
+
+    /// What the cache knows of a reservation: `Some(None)` when it was
+    /// removed in this interval (the store may still hold it).
+    pub fn lookup(&self, task: i32, id: &str) -> Option<Option<&ReservationState>> {
+        self.tasks.get(&task)?.get(id).map(|e| e.state.as_ref())
+    }
+
+    /// Removes a reservation at the next commit (retention).
+    pub fn remove(&mut self, task: i32, id: &str) {
+        self.set(task, id, None);
     }
 
     /// A reservation's new state, to be written at the next commit.
     pub fn put(&mut self, task: i32, id: &str, state: ReservationState) {
-        let bytes = estimate(id, &state);
+        self.set(task, id, Some(state));
+    }
+
+    fn set(&mut self, task: i32, id: &str, state: Option<ReservationState>) {
+        let bytes = state.as_ref().map_or(96 + id.len(), |s| estimate(id, s));
         let entries = self.tasks.entry(task).or_default();
         match entries.get_mut(id) {
             Some(e) => {
@@ -120,11 +143,12 @@ impl WriteBackCache {
     /// The dirty entries per task, encoded for the changelog and the store
     /// (the same bytes go to both). The entries stay dirty until
     /// [`WriteBackCache::mark_clean`] or [`WriteBackCache::drop_dirty`].
-    pub fn dirty_encoded(&self) -> Vec<(i32, Vec<(String, Vec<u8>)>)> {
-        let mut out: Vec<(i32, Vec<(String, Vec<u8>)>)> = self
+    /// A removed reservation is `None` (a tombstone).
+    pub fn dirty_encoded(&self) -> super::commit::DirtyStates {
+        let mut out: super::commit::DirtyStates = self
             .tasks
             .iter()
-            .map(|(&task, entries)| (task, entries.iter().filter(|(_, e)| e.dirty).map(|(id, e)| (id.clone(), crate::store::encode(&e.state))).collect::<Vec<_>>()))
+            .map(|(&task, entries)| (task, entries.iter().filter(|(_, e)| e.dirty).map(|(id, e)| (id.clone(), e.state.as_ref().map(crate::store::encode))).collect::<Vec<_>>()))
             .filter(|(_, states)| !states.is_empty())
             .collect();
         out.sort_by_key(|(task, _)| *task);
@@ -179,7 +203,7 @@ mod tests {
     use crate::pipeline::State;
 
     fn state(room: &str) -> ReservationState {
-        ReservationState { state: State::InHouse, status: Some("Arrived".into()), fields: [None, Some(room.into()), None, None], position: None, applied: Vec::new() }
+        ReservationState { state: State::InHouse, status: Some("Arrived".into()), fields: [None, Some(room.into()), None, None], ..Default::default() }
     }
 
     #[test]
@@ -191,7 +215,7 @@ mod tests {
         assert_eq!(c.dirty_count(), 2);
         let dirty = c.dirty_encoded();
         assert_eq!(dirty.len(), 2);
-        assert_eq!(dirty[0].1, vec![("r1".to_string(), crate::store::encode(&state("202")))]);
+        assert_eq!(dirty[0].1, vec![("r1".to_string(), Some(crate::store::encode(&state("202"))))]);
         c.mark_clean();
         assert_eq!(c.dirty_count(), 0);
         assert!(c.dirty_encoded().is_empty());

@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use super::cache::WriteBackCache;
 use super::fault::Fault;
+use crate::timers::{Pending, StreamClock};
 
 /// An input partition: (topic, partition).
 pub type InputPartition = (String, i32);
@@ -71,7 +72,8 @@ impl Progress {
 }
 
 /// Encoded states per task, as the changelog and the store take them.
-pub type DirtyStates = Vec<(i32, Vec<(String, Vec<u8>)>)>;
+/// Per task, each dirty reservation's record (`None`: removed, a tombstone).
+pub type DirtyStates = Vec<(i32, Vec<(String, Option<Vec<u8>>)>)>;
 
 /// The I/O a commit needs, one method a step. Blocking: a commit also runs
 /// inside the rebalance callback (revocation), which cannot await; the
@@ -86,7 +88,7 @@ pub trait CommitIo {
     /// Returns, per task, the changelog offset its state is complete up to.
     fn finish(&mut self, offsets: &BTreeMap<InputPartition, i64>) -> Result<BTreeMap<i32, u64>, Fault>;
     /// Step 3: one task's states and changelog checkpoint, in one WriteBatch.
-    fn write_state(&mut self, task: i32, states: &[(String, Vec<u8>)], changelog_next: Option<u64>) -> Result<(), Fault>;
+    fn write_state(&mut self, task: i32, states: &[(String, Option<Vec<u8>>)], changelog_next: Option<u64>) -> Result<(), Fault>;
     /// At-least-once step 4.
     fn commit_offsets(&mut self, offsets: &BTreeMap<InputPartition, i64>) -> Result<(), Fault>;
     /// After a failure: abandon what was sent (abort the transaction) and
@@ -107,6 +109,14 @@ pub struct Committed {
 pub struct Coordinator {
     pub cache: WriteBackCache,
     pub progress: Progress,
+    /// Stream time of each task, as this interval moved it; a rewind puts
+    /// back what the last commit saw, since the same records move it again.
+    pub clocks: BTreeMap<i32, StreamClock>,
+    committed_clocks: BTreeMap<i32, StreamClock>,
+    /// Due-time index entries this interval used up: deleted once its
+    /// states are committed ([`Coordinator::take_used`]), kept on a rewind
+    /// (the timers fire again when the interval is processed again).
+    used: Vec<(i32, Pending)>,
     interval: Duration,
     exactly_once: bool,
     last_commit: Instant,
@@ -114,7 +124,34 @@ pub struct Coordinator {
 
 impl Coordinator {
     pub fn new(cache: WriteBackCache, interval: Duration, exactly_once: bool) -> Coordinator {
-        Coordinator { cache, progress: Progress::default(), interval, exactly_once, last_commit: Instant::now() }
+        Coordinator {
+            cache,
+            progress: Progress::default(),
+            clocks: BTreeMap::new(),
+            committed_clocks: BTreeMap::new(),
+            used: Vec::new(),
+            interval,
+            exactly_once,
+            last_commit: Instant::now(),
+        }
+    }
+
+    /// Index entries a batch of task `task` used up.
+    pub fn used(&mut self, task: i32, entries: Vec<Pending>) {
+        self.used.extend(entries.into_iter().map(|p| (task, p)));
+    }
+
+    /// The used entries of the intervals committed so far, to delete.
+    pub fn take_used(&mut self) -> Vec<(i32, Pending)> {
+        std::mem::take(&mut self.used)
+    }
+
+    /// A task moved away: its stream time goes with it.
+    pub fn drop_task(&mut self, task: i32) {
+        self.cache.drop_task(task);
+        self.clocks.remove(&task);
+        self.committed_clocks.remove(&task);
+        self.used.retain(|(t, _)| *t != task);
     }
 
     /// Whether the interval should end now: its time is up (and there is
@@ -140,6 +177,7 @@ impl Coordinator {
         match self.make_durable(io, &dirty) {
             Ok(()) => {
                 self.cache.mark_clean();
+                self.committed_clocks = self.clocks.clone();
                 let done = Committed { states: dirty.iter().map(|(_, s)| s.len()).sum(), partitions: self.progress.next.len(), took: started.elapsed() };
                 self.progress = Progress::default();
                 self.last_commit = Instant::now();
@@ -157,6 +195,10 @@ impl Coordinator {
     pub fn abandon(&mut self, io: &mut impl CommitIo, fault: Fault) -> Fault {
         let rewound = io.rewind(&self.progress.start);
         self.cache.drop_dirty();
+        self.clocks = self.committed_clocks.clone();
+        // Entries used since the last commit are still needed: the rewound
+        // records fire their timers again.
+        self.used.clear();
         self.progress = Progress::default();
         self.last_commit = Instant::now();
         match rewound {
@@ -214,7 +256,7 @@ mod tests {
             self.step(format!("finish {offsets:?}"), "finish")?;
             Ok([(0, 17)].into())
         }
-        fn write_state(&mut self, task: i32, states: &[(String, Vec<u8>)], next: Option<u64>) -> Result<(), Fault> {
+        fn write_state(&mut self, task: i32, states: &[(String, Option<Vec<u8>>)], next: Option<u64>) -> Result<(), Fault> {
             self.step(format!("state {task} {} {next:?}", states.len()), "state")
         }
         fn commit_offsets(&mut self, offsets: &BTreeMap<InputPartition, i64>) -> Result<(), Fault> {

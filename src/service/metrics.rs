@@ -53,6 +53,8 @@ pub struct Metrics {
     business_events: Family<Labels, Counter>,
     dead_letters: Family<Labels, Counter>,
     changes_suppressed: Family<Labels, Counter>,
+    timers_fired: Counter,
+    reservations_retired: Counter,
     consumer_lag: Family<Labels, Gauge>,
     restore_remaining: Family<Labels, Gauge>,
     restored_records: Counter,
@@ -105,6 +107,8 @@ impl Metrics {
             business_events: Family::default(),
             dead_letters: Family::default(),
             changes_suppressed: Family::default(),
+            timers_fired: Counter::default(),
+            reservations_retired: Counter::default(),
             consumer_lag: Family::default(),
             restore_remaining: Family::default(),
             restored_records: Counter::default(),
@@ -118,6 +122,8 @@ impl Metrics {
         registry.register("business_events", "Business events sent, by type", m.business_events.clone());
         registry.register("dead_letters", "Records sent to the dead-letter topic, by error kind", m.dead_letters.clone());
         registry.register("changes_suppressed", "Changes that did nothing: stale (older than the stored position) or duplicate (already applied)", m.changes_suppressed.clone());
+        registry.register("timers_fired", "Timers ([[timer]] rows) that fired on stream time; their events count in business_events too", m.timers_fired.clone());
+        registry.register("reservations_retired", "Reservations removed from state by retention", m.reservations_retired.clone());
         registry.register("consumer_lag", "Input records not yet committed, per partition (librdkafka statistics)", m.consumer_lag.clone());
         registry.register("restore_remaining_records", "Changelog records a restoring partition still has to read", m.restore_remaining.clone());
         registry.register("restored_records", "Changelog records restored", m.restored_records.clone());
@@ -147,6 +153,8 @@ impl Metrics {
         if c.duplicates > 0 {
             self.changes_suppressed.get_or_create(&label("reason", "duplicate")).inc_by(c.duplicates);
         }
+        self.timers_fired.inc_by(c.timers);
+        self.reservations_retired.inc_by(c.retired);
         let mut b = self.board.lock().expect("board lock");
         b.records += c.records;
         for (t, n) in events_by_type {

@@ -194,7 +194,7 @@ impl ConsumerContext for ServiceContext {
         for &p in &gone {
             tasks.ready.remove(&p);
             tasks.held.remove(&p);
-            tasks.coordinator.cache.drop_task(p);
+            tasks.coordinator.drop_task(p);
             tasks.coordinator.progress.forget_task(p);
             self.restores.cancel(p);
         }
@@ -269,7 +269,7 @@ impl<C: Consumer<ServiceContext>> CommitIo for ServiceIo<'_, C> {
     fn send_changelog(&mut self, dirty: &DirtyStates) -> Result<(), Fault> {
         for (task, states) in dirty {
             for (id, record) in states {
-                self.collector.send_changelog(*task, id, record)?;
+                self.collector.send_changelog(*task, id, record.as_deref())?;
             }
         }
         Ok(())
@@ -285,10 +285,10 @@ impl<C: Consumer<ServiceContext>> CommitIo for ServiceIo<'_, C> {
         Ok(self.collector.take_changelog_next())
     }
 
-    fn write_state(&mut self, task: i32, states: &[(String, Vec<u8>)], changelog_next: Option<u64>) -> Result<(), Fault> {
+    fn write_state(&mut self, task: i32, states: &[(String, Option<Vec<u8>>)], changelog_next: Option<u64>) -> Result<(), Fault> {
         let mut batch = StateBatch::default();
         for (id, record) in states {
-            batch.put_encoded(id.as_bytes(), Some(record.clone()));
+            batch.put_encoded(id.as_bytes(), record.clone());
         }
         if let Some(next) = changelog_next {
             batch.mark(CHANGELOG_NEXT, next);
@@ -578,6 +578,18 @@ impl Service<'_> {
                     tracing::info!(trigger = why, file = %path, "pipeline re-read: nothing changed");
                     return;
                 }
+                if new.timer_signature() != self.engine.pipeline.timer_signature() {
+                    // The index must list what the new rows arm: committed
+                    // first, so that every state is in the store it is built from.
+                    if let Err(e) = self.commit(false) {
+                        tracing::error!(trigger = why, file = %path, error = %e, "pipeline reload refused: the interval could not be committed before the timer index is rebuilt; the pipeline in force is kept");
+                        return;
+                    }
+                    if let Err(e) = self.rebuild_indexes(&new) {
+                        tracing::error!(trigger = why, file = %path, error = %e, "pipeline reload refused: the timer index could not be rebuilt; the pipeline in force is kept");
+                        return;
+                    }
+                }
                 let decoder = if new.paths == self.engine.pipeline.paths {
                     self.engine.decoder.clone()
                 } else {
@@ -588,6 +600,19 @@ impl Service<'_> {
                 tracing::info!(trigger = why, file = %path, changes = %differences.join("; "), "pipeline reloaded; in force from the next change");
             }
         }
+    }
+
+    /// Builds every ready task's due-time index for `pipeline`'s timer rows.
+    fn rebuild_indexes(&self, pipeline: &crate::pipeline::Pipeline) -> Result<(), store::StoreError> {
+        let ctx = self.consumer.context();
+        let tasks = ctx.tasks.lock().expect("tasks lock");
+        let store = ctx.store.lock().expect("store lock");
+        for &p in &tasks.ready {
+            if let Some(n) = store.ensure_index(&task_name(p), pipeline)? {
+                tracing::info!(partition = p, due_times = n, "timer index built for the pipeline's timer rows");
+            }
+        }
+        Ok(())
     }
 
     fn is_due(&self) -> bool {
@@ -605,6 +630,19 @@ impl Service<'_> {
         let tasks = &mut *tasks;
         let mut io = ServiceIo { collector: &mut tasks.collector, store: &ctx.store, consumer: self.consumer, sync_offsets };
         let done = tokio::task::block_in_place(|| tasks.coordinator.commit(&mut io))?;
+        // The index entries the committed intervals used up (a crash before
+        // this write leaves them as hints the state finds stale).
+        let used = tasks.coordinator.take_used();
+        if !used.is_empty() {
+            let store = ctx.store.lock().expect("store lock");
+            let mut by_task: BTreeMap<i32, StateBatch> = BTreeMap::new();
+            for (task, p) in used.iter().filter(|(t, _)| tasks.ready.contains(t)) {
+                by_task.entry(*task).or_default().unindex(p);
+            }
+            for (task, batch) in by_task {
+                store.commit(&task_name(task), batch)?;
+            }
+        }
         if let Some(done) = done {
             self.summary.acknowledged();
             ctx.metrics.committed(done.took.as_secs_f64());
@@ -695,8 +733,21 @@ impl Service<'_> {
                 }
                 let mut out = {
                     let store = ctx.store.lock().expect("store lock");
-                    self.engine.process(&CachedState { cache: &tasks.coordinator.cache, task: p, store: &store }, &task_name(p), &records)?
+                    let clock = tasks.coordinator.clocks.entry(p).or_default();
+                    let out = self.engine.process(&CachedState { cache: &tasks.coordinator.cache, task: p, store: &store }, &task_name(p), &records, clock)?;
+                    // New due times go to the index at once, ahead of the
+                    // states that armed them (which wait in the cache): an
+                    // entry whose state is never committed is a stale hint.
+                    if !out.index.is_empty() {
+                        let mut batch = StateBatch::default();
+                        for e in &out.index {
+                            batch.index(e);
+                        }
+                        store.commit(&task_name(p), batch)?;
+                    }
+                    out
                 };
+                tasks.coordinator.used(p, std::mem::take(&mut out.unindex));
                 for (index, _) in out.events.iter_mut() {
                     *index = index_of[*index];
                 }
@@ -745,6 +796,9 @@ impl Service<'_> {
                 }
                 for (id, state) in out.states {
                     tasks.coordinator.cache.put(p, &id, state);
+                }
+                for id in out.removed {
+                    tasks.coordinator.cache.remove(p, &id);
                 }
                 for m in msgs {
                     tasks.coordinator.progress.record(m.topic(), p, m.offset());
@@ -799,7 +853,7 @@ impl Service<'_> {
             let ready: Vec<i32> = tasks.assigned.keys().copied().collect();
             let mut pause = TopicPartitionList::new();
             for &p in &ready {
-                tasks.coordinator.cache.drop_task(p);
+                tasks.coordinator.drop_task(p);
                 for topic in tasks.assigned.get(&p).into_iter().flatten() {
                     let _ = pause.add_partition(topic, p);
                 }
@@ -829,6 +883,17 @@ impl Service<'_> {
         }
         match result {
             Ok(r) => {
+                // The restore wrote states without index entries: the index
+                // is rebuilt when it did, or when it was built for other rows.
+                if self.engine.pipeline.has_timers() {
+                    let store = ctx.store.lock().expect("store lock");
+                    if r.records > 0 {
+                        store.forget_index(&task_name(p))?;
+                    }
+                    if let Some(n) = store.ensure_index(&task_name(p), &self.engine.pipeline)? {
+                        tracing::info!(partition = p, due_times = n, "timer index built for the pipeline's timer rows");
+                    }
+                }
                 tasks.ready.insert(p);
                 let mut resume = TopicPartitionList::new();
                 for topic in &tasks.assigned[&p] {

@@ -180,9 +180,13 @@ impl RecordCollector {
     /// A reservation's state to its task's changelog partition. Blocking:
     /// it runs inside a commit, where a full queue is waited out by letting
     /// the producer deliver (the outputs before it are acknowledged already).
-    pub fn send_changelog(&mut self, partition: i32, id: &str, record: &[u8]) -> Result<(), Fault> {
+    /// `None` writes a tombstone: the reservation left the state (retention).
+    pub fn send_changelog(&mut self, partition: i32, id: &str, record: Option<&[u8]>) -> Result<(), Fault> {
         self.ensure_transaction()?;
-        let mut r = BaseRecord::with_opaque_to(&self.changelog, CHANGELOG).partition(partition).key(id.as_bytes()).payload(record);
+        let mut r: BaseRecord<'_, [u8], [u8], _> = BaseRecord::with_opaque_to(&self.changelog, CHANGELOG).partition(partition).key(id.as_bytes());
+        if let Some(record) = record {
+            r = r.payload(record);
+        }
         loop {
             match self.producer.send(r) {
                 Ok(()) => return Ok(()),
