@@ -54,6 +54,13 @@ fn args_for(input: &Path) -> Vec<String> {
     if name.contains(".keyed.") {
         args.push("--keyed".to_string());
     }
+    // `<stem>.args`: more replay arguments, one per line (a pipeline with
+    // timers, `--until`); a path under fixtures/ is taken from the repository.
+    if let Ok(extra) = std::fs::read_to_string(input.with_file_name(name.replace(".jsonl", ".args"))) {
+        for a in extra.lines().map(str::trim).filter(|a| !a.is_empty()) {
+            args.push(if a.starts_with("fixtures/") { root().join(a).to_string_lossy().to_string() } else { a.to_string() });
+        }
+    }
     args.push(input.to_string_lossy().to_string());
     args
 }

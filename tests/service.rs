@@ -176,6 +176,85 @@ fn crash_loop_with_kill_9_converges_to_replay_and_the_changelog_rebuilds_replays
     assert!(from_changelog == from_replay, "state rebuilt from the changelog differs from replay's");
 }
 
+/// The default table with timers that fall due within the workload's span
+/// (its clock moves one second per thousand changes): a no-show at the
+/// arrival date itself, an overstay a day before departure, and an hour's
+/// retention, which only the records moving stream time two days on reach.
+fn timed_pipeline(dir: &std::path::Path) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/reservations.toml")).unwrap()
+        + "\n[[timer]]\nevent = \"NO_SHOW\"\nstate = \"NOT_ARRIVED\"\nfield = \"arrival\"\nafter = \"0s\"\n\
+           [[timer]]\nevent = \"OVERSTAY\"\nstate = \"IN_HOUSE\"\nfield = \"departure\"\nafter = \"-1d\"\n\
+           [retention]\nafter = \"1h\"\n";
+    let path = dir.join("timed.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn timers_fire_on_each_partitions_stream_time_as_replay_fires_them_through_a_kill_and_a_lost_state_dir() {
+    let broker = Broker::start("timers");
+    let input = broker.name("raw");
+    broker.create_topic(&input, 2, &[]);
+    let records = workload(300, 12_000, 17);
+    let app = broker.name("app");
+    let out = format!("{app}-events");
+    let state = tempfile::tempdir().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let pipeline = timed_pipeline(files.path());
+    let args = ["--pipeline", pipeline.to_str().unwrap()];
+
+    broker.produce(&input, &records[..6000]);
+    let a = Instance::start_with(&broker, &input, &app, state.path(), "a", &args, &[]);
+    wait_for(&broker, &out, Duration::from_secs(120), |e| e.iter().any(|e| e["eventType"] == "NO_SHOW"));
+    a.kill9();
+    // The rest, into an instance that lost its disk: state and the timer
+    // index come back from the changelog.
+    broker.produce(&input, &records[6000..]);
+    // Then, on each partition, a new reservation two days later: stream time
+    // jumps, the timers due by then fire, and the departed leave the state.
+    let t = 1_795_300_000u64 + 2 * 86_400;
+    for p in 0..2 {
+        let id = format!("clock-{p}");
+        let insert = format!(
+            r#"{{"_id": {{"_data": "82{t:08X}00000001{p:02}"}}, "operationType": "insert", "clusterTime": {{"$timestamp": {{"t": {t}, "i": 1}}}}, "wallTime": {{"$date": {ms}}}, "fullDocument": {{"_id": "{id}", "propertyId": "P-000", "bookingStatus": "Not Arrived", "roomNumber": "1", "arrivalDate": {{"$date": {later}}}, "departureDate": {{"$date": {later}}}}}, "ns": {{"db": "property", "coll": "reservation"}}, "documentKey": {{"_id": "{id}"}}}}"#,
+            ms = t * 1000,
+            later = (t + 30 * 86_400) * 1000
+        );
+        broker.produce_to(&input, Some(p), &[(Some(id.into_bytes()), Some(insert.into_bytes()))]);
+    }
+    std::fs::remove_dir_all(state.path()).unwrap();
+    let b = Instance::start_with(&broker, &input, &app, state.path(), "b", &args, &[]);
+
+    // Stream time is per input partition: replay each partition's records
+    // alone, as the service sees them.
+    let mut by_partition: std::collections::BTreeMap<i32, Vec<String>> = Default::default();
+    for r in broker.read_all(&input) {
+        by_partition.entry(r.partition).or_default().push(String::from_utf8(r.value.unwrap()).unwrap());
+    }
+    let mut expected = Vec::new();
+    for values in by_partition.values() {
+        let file = files.path().join("part.jsonl");
+        std::fs::write(&file, values.iter().map(|v| format!("{v}\n")).collect::<String>()).unwrap();
+        let run = std::process::Command::new(env!("CARGO_BIN_EXE_resevent")).args(["replay", "--pipeline", pipeline.to_str().unwrap()]).arg(&file).env("RESEVENT_LOG", "warn").output().unwrap();
+        assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+        expected.extend(String::from_utf8(run.stdout).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()));
+    }
+    let count = |events: &[serde_json::Value], t: &str| events.iter().filter(|e| e["eventType"] == t).count();
+    assert!(count(&expected, "NO_SHOW") > 10 && count(&expected, "OVERSTAY") > 10, "the workload arms timers that fall due");
+
+    let got = wait_for(&broker, &out, Duration::from_secs(180), |e| dedup(e).len() >= expected.len());
+    let log = std::fs::read_to_string(&b.log).unwrap();
+    assert_eq!(b.terminate(), Some(0));
+    let unique = dedup(&got);
+    assert_eq!(unique.len(), expected.len(), "no eventId replay does not emit");
+    assert_same_per_reservation(&unique, &expected);
+    assert!(log.contains("timer index built"), "the restored partitions' index was built from their state");
+    // Retention tombstoned departed reservations in the changelog.
+    let changelog = broker.read_all(&format!("{app}-reservation-state-changelog"));
+    let tombstones = changelog.iter().filter(|r| r.value.is_none()).count();
+    assert!(tombstones > 0, "retention writes tombstones ({} changelog records)", changelog.len());
+}
+
 #[test]
 fn a_lost_state_dir_is_rebuilt_from_the_changelog() {
     let broker = Broker::start("lostdisk");
@@ -340,6 +419,7 @@ fn a_restore_longer_than_the_poll_interval_keeps_membership_while_other_partitio
         fields: [Some("P-OSL-01".into()), Some("101".into()), None, None],
         position: Some(SourcePosition::Cluster { t: 1_795_000_000, i: 1 }),
         applied: vec![ChangeId(1)],
+        ..Default::default()
     };
     let value = resevent::store::encode(&in_house);
     let states: Vec<RawRecord> = (0..N).map(|i| (Some(format!("bulk-{i}").into_bytes()), Some(value.clone()))).collect();
