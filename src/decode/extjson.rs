@@ -133,13 +133,26 @@ pub fn scalar_text(v: &Value) -> Option<String> {
 pub struct BadId(pub String);
 
 /// A document `_id` as the text PRODUCT.md fixes: an ObjectId as its 24 hex
-/// digits, a string as itself, a number in decimal. Other documents (compound
-/// ids, UUIDs in binary) become their compact JSON with keys sorted, so the
-/// text does not depend on the order a writer put them in. (Sorted by hand:
-/// `serde_json::Map` keeps insertion order in this build, because the
-/// `mongodb` crate's `bson` turns on serde_json's `preserve_order`.)
+/// digits, a string as itself, a number in decimal. A UUID (binary subtype 4,
+/// or `$uuid`) is its lowercase hyphenated form, whichever of the dialects
+/// wrote it: Debezium writes the same id as `{"$binary": "…", "$type": "04"}`
+/// in `after` and as `{"$binary": {"base64": "…", "subType": "04"}}` in the
+/// key, and both must name one reservation. Other binary ids take the second
+/// form. Other documents (compound ids) become their compact JSON with keys
+/// sorted, so the text does not depend on the order a writer put them in.
+/// (Sorted by hand: `serde_json::Map` keeps insertion order in this build,
+/// because the `mongodb` crate's `bson` turns on serde_json's `preserve_order`.)
+/// A string holding an Extended JSON id (`"{\"$oid\": …}"`, as the MongoDB
+/// connector's inferred schemas write ObjectIds) is read as that id.
 pub fn id_text(v: &Value) -> Result<String, BadId> {
+    if let Some(text) = binary_id_text(v) {
+        return Ok(text);
+    }
     match v {
+        Value::String(s) if s.starts_with("{\"$") => match serde_json::from_str::<Value>(s) {
+            Ok(inner @ Value::Object(_)) => id_text(&inner),
+            _ => Ok(s.clone()),
+        },
         Value::String(s) if !s.is_empty() => Ok(s.clone()),
         Value::String(_) => Err(BadId("the id is an empty string".into())),
         Value::Number(n) => Ok(number_text(n)),
@@ -148,7 +161,7 @@ pub fn id_text(v: &Value) -> Result<String, BadId> {
             Some(("$oid", Value::String(s))) if s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(s.to_ascii_lowercase()),
             Some(("$oid", other)) => Err(BadId(format!("{{\"$oid\": {other}}} is not 24 hex digits"))),
             Some(("$numberInt" | "$numberLong" | "$numberDouble" | "$numberDecimal", Value::String(s))) => Ok(numeric_string_text(s)),
-            Some(("$uuid", Value::String(s))) => Ok(s.clone()),
+            Some(("$uuid", Value::String(s))) => Ok(s.to_ascii_lowercase()),
             Some(("$date", _)) => date_text(v).ok_or_else(|| BadId("the id is an unreadable date".into())),
             _ => Ok(canonical_text(v)),
         },
@@ -156,6 +169,26 @@ pub fn id_text(v: &Value) -> Result<String, BadId> {
         Value::Bool(_) => Err(BadId("the id is a boolean".into())),
         Value::Array(_) => Err(BadId("the id is an array (MongoDB forbids array ids)".into())),
     }
+}
+
+/// A binary id in either Extended JSON shape (v2 `{"$binary": {"base64",
+/// "subType"}}`, or legacy `{"$binary": "…", "$type": "…"}`): a UUID (subtype
+/// 4, 16 bytes) as `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, any other as the v2
+/// shape with a two-digit subtype. `None` when `v` is no binary value.
+fn binary_id_text(v: &Value) -> Option<String> {
+    let Value::Object(m) = v else { return None };
+    let (base64, subtype) = match (m.len(), m.get("$binary")?) {
+        (1, Value::Object(b)) => (b.get("base64")?.as_str()?, b.get("subType")?.as_str()?),
+        (2, Value::String(b64)) => (b64.as_str(), m.get("$type")?.as_str()?),
+        _ => return None,
+    };
+    let subtype = u8::from_str_radix(subtype, 16).ok()?;
+    let bytes = mongodb::bson::Binary::from_base64(base64, None).ok()?.bytes;
+    if subtype == 4 && bytes.len() == 16 {
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        return Some(format!("{}-{}-{}-{}-{}", &hex[..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..]));
+    }
+    Some(format!("{{\"$binary\":{{\"base64\":{},\"subType\":\"{subtype:02x}\"}}}}", Value::String(base64.to_string())))
 }
 
 /// The value at a dotted path (`stay.room`) inside a document.
@@ -243,6 +276,23 @@ mod tests {
         assert_eq!(id_text(&json!(42)).unwrap(), "42");
         assert_eq!(id_text(&json!({"$numberLong": "42"})).unwrap(), "42");
         assert_eq!(id_text(&json!({"b": 1, "a": 2})).unwrap(), r#"{"a":2,"b":1}"#);
+        // One UUID in every shape the dialects write it in (Python's
+        // uuid.UUID("550e8400-e29b-41d4-a716-446655440000").bytes, base64).
+        let uuid = "550e8400-e29b-41d4-a716-446655440000";
+        for shape in [
+            json!({"$binary": {"base64": "VQ6EAOKbQdSnFkRmVUQAAA==", "subType": "04"}}),
+            json!({"$binary": "VQ6EAOKbQdSnFkRmVUQAAA==", "$type": "04"}),
+            json!({"$binary": "VQ6EAOKbQdSnFkRmVUQAAA==", "$type": "4"}),
+            json!({"$uuid": "550E8400-E29B-41D4-A716-446655440000"}),
+        ] {
+            assert_eq!(id_text(&shape).unwrap(), uuid, "{shape}");
+        }
+        // Other binary subtypes: one text for both shapes.
+        let legacy = id_text(&json!({"$binary": "AAEC", "$type": "00"})).unwrap();
+        assert_eq!(legacy, r#"{"$binary":{"base64":"AAEC","subType":"00"}}"#);
+        assert_eq!(id_text(&json!({"$binary": {"base64": "AAEC", "subType": "0"}})).unwrap(), legacy);
+        // An inferred schema's ObjectId: Extended JSON inside a string.
+        assert_eq!(id_text(&json!("{\"$oid\": \"6502AAAAAAAAAAAAAAAAAAAA\"}")).unwrap(), "6502aaaaaaaaaaaaaaaaaaaa");
         for bad in [json!(null), json!(true), json!([1]), json!(""), json!({}), json!({"$oid": "xyz"})] {
             assert!(id_text(&bad).is_err(), "{bad}");
         }

@@ -290,7 +290,7 @@ pub(super) fn scalar_text(v: &Lv) -> Option<String> {
 /// [`extjson::id_text`].
 pub(super) fn id_text(v: &Lv) -> Result<String, BadId> {
     match v {
-        Lv::Str(s) if !s.is_empty() => Ok(s.as_ref().to_owned()),
+        Lv::Str(s) if !s.is_empty() && !s.starts_with("{\"$") => Ok(s.as_ref().to_owned()),
         Lv::Number(n) => Ok(extjson::number_text(n)),
         _ => match v.single() {
             Some(("$oid", Lv::Str(s))) if s.len() == 24 && s.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(s.to_ascii_lowercase()),
