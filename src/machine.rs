@@ -152,7 +152,19 @@ pub fn apply(pipeline: &Pipeline, prev: Option<&ReservationState>, change: &Chan
         Operation::Delete => None,
     };
 
-    let position = change.position.or(prev.and_then(|p| p.position));
+    let mut position = change.position.or(prev.and_then(|p| p.position));
+    // A delete known only by its input position (a tombstone) over a state
+    // that has a source position keeps that position, with the delete among
+    // the changes applied at it: an input offset cannot be ordered against a
+    // cluster time, so storing it would let a replay of the changes before the
+    // delete apply again.
+    if let (Operation::Delete, Some(SourcePosition::Input(_)), Some(stored @ SourcePosition::Cluster { .. })) = (&change.operation, change.position, prev.and_then(|p| p.position)) {
+        position = Some(stored);
+        applied = prev.map(|p| p.applied.clone()).unwrap_or_default();
+        if !applied.contains(&change.identity) {
+            applied.push(change.identity);
+        }
+    }
     let changed_at_ms = change.occurred_at_ms.or(prev.and_then(|p| p.changed_at_ms));
     let fired = prev.map(|p| p.fired.clone()).unwrap_or_default();
     let new = match values {

@@ -273,31 +273,47 @@ impl Decoder {
         self.decode_text(key, text, 0, defer)
     }
 
-    /// A record with a null value. The MongoDB source connector with
-    /// `publish.full.document.only.tombstone.on.delete=true` publishes a delete
-    /// this way, keyed by the document key `{"_id": …}`
-    /// (`change.stream.document.key.as.key=true`, its default): that tombstone
-    /// is the delete. Debezium's tombstones are keyed `{"id": …}` and follow
-    /// their own delete event, so they mean nothing more; with `--format
-    /// debezium` every tombstone is taken as Debezium's. A tombstone carries
-    /// no source position; the caller orders it by its input position, as it
-    /// does the full-document-only values around it.
+    /// A record with a null value, judged by its key:
+    /// - `{"_id": …}`: the MongoDB source connector with
+    ///   `publish.full.document.only.tombstone.on.delete=true` publishes a
+    ///   delete this way, keyed by the document key
+    ///   (`change.stream.document.key.as.key=true`, its default): that
+    ///   tombstone is the delete. Keyed by a resume token (`{"_id": {"_data":
+    ///   …}}`, as `output.format.key=schema` or a key that is not the document
+    ///   key gives), it names no reservation and is ignored.
+    /// - `{"id": "<Extended JSON>"}`: Debezium's tombstone after its delete
+    ///   event (the envelope form). It means nothing more.
+    /// - `{"id": <plain value>}` (hex text, a string that is not JSON, a
+    ///   number): Debezium's key after `ExtractNewDocumentState`, which
+    ///   rewrites the key to the plain id. With its default
+    ///   `delete.tombstone.handling.mode=tombstone` (Debezium 2.5+; 1.x
+    ///   `drop.tombstones=false` with `delete.handling.mode=none`) that
+    ///   tombstone is all that is left of the delete, so it is the delete. A
+    ///   string id that is itself valid JSON (`"42"`) cannot be told from the
+    ///   envelope form and is taken as it.
+    ///
+    /// With `--format debezium` a `{"_id"}` key is not expected and is ignored;
+    /// with `--format mongo` an `{"id"}` key is. A tombstone carries no source
+    /// position; the caller orders it by its input position, as it does the
+    /// full-document-only and flattened values around it.
     fn tombstone(&self, key: Option<&[u8]>) -> Result<Decoded, DecodeError> {
         const DEBEZIUM: &str = "tombstone after a delete (null value; Debezium's, keyed {\"id\": …})";
-        if self.format == Format::Debezium {
-            return Ok(Decoded::Ignored(DEBEZIUM));
-        }
         let Some(key) = key.filter(|k| !k.is_empty()) else { return Ok(Decoded::Ignored("tombstone (null value) without a record key")) };
         let text = std::str::from_utf8(key).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?;
         let Some(document_key) = document_key(text) else {
             return Ok(Decoded::Ignored("tombstone (null value) whose key is not a document key {\"_id\": …}"));
         };
         let Value::Object(m) = &document_key else { unreachable!("document_key returns objects") };
-        if !m.contains_key("_id") && m.contains_key("id") {
-            return Ok(Decoded::Ignored(DEBEZIUM));
-        }
-        let Some(id) = m.get("_id") else {
-            return Ok(Decoded::Ignored("tombstone (null value) whose key holds no _id"));
+        let id = match (m.get("_id"), m.get("id")) {
+            (Some(_), _) if self.format == Format::Debezium => return Ok(Decoded::Ignored(DEBEZIUM)),
+            (Some(id), _) if is_resume_token(id) => {
+                return Ok(Decoded::Ignored("tombstone (null value) keyed by a change's resume token, not by the document key: it names no reservation"));
+            }
+            (Some(id), _) => id,
+            (None, Some(_)) if self.format == Format::Mongo => return Ok(Decoded::Ignored(DEBEZIUM)),
+            (None, Some(Value::String(s))) if serde_json::from_str::<serde::de::IgnoredAny>(s).is_ok() => return Ok(Decoded::Ignored(DEBEZIUM)),
+            (None, Some(id)) => id,
+            (None, None) => return Ok(Decoded::Ignored("tombstone (null value) whose key holds no _id")),
         };
         let reservation_id = extjson::id_text(id).map_err(|e| DecodeError::InvalidId(format!("tombstone key: {}", e.0)))?;
         Ok(Decoded::Change(Change {
@@ -332,6 +348,18 @@ impl Decoder {
                 return Err(DecodeError::NotAChange(format!("the value is a JSON {}, not a document", kind_of(&v))));
             }
         }
+        match self.decode_object(key, trimmed, unwrapped, defer) {
+            Err(e) if unwrapped < 3 => match stringly_change_stream(trimmed) {
+                Some(Ok(fixed)) => self.decode_text(key, &fixed, 3, defer),
+                Some(Err(split)) => Err(split),
+                None => Err(e),
+            },
+            other => other,
+        }
+    }
+
+    /// [`Decoder::decode_text`] for text that starts as a JSON object.
+    fn decode_object(&self, key: Option<&str>, trimmed: &str, unwrapped: u8, defer: bool) -> Result<Decoded, DecodeError> {
         let mut de = serde_json::Deserializer::from_str(trimmed);
         let top = TopSeed(&self.paths, defer).deserialize(&mut de).map_err(json_error)?;
         de.end().map_err(json_error)?;
@@ -362,6 +390,62 @@ impl Decoder {
             return Err(DecodeError::Malformed("a Debezium envelope (after or patch) without op".into()));
         }
         debezium::decode_document(top, key, &self.paths, self.format)
+    }
+}
+
+/// The MongoDB connector with `output.format.value=schema` (its default
+/// `ChangeStream` schema) writes `_id`, `fullDocument`,
+/// `fullDocumentBeforeChange`, `documentKey`, `clusterTime` and
+/// `updateDescription.updatedFields` as Extended JSON strings and `wallTime`
+/// as epoch ms; through the JsonConverter that reaches Kafka as JSON. Read only
+/// after the usual reading failed, so it costs nothing on the common path:
+/// `Some(Ok(text))` is the record as the connector writes it without a
+/// schema, `None` when `text` is no such record. A fragment of a change split
+/// by `$changeStreamSplitLargeEvent` is `Some(Err(..))`: resevent does not
+/// join fragments, and says so instead of a puzzling "malformed".
+fn stringly_change_stream(text: &str) -> Option<Result<String, DecodeError>> {
+    let Ok(Value::Object(mut doc)) = serde_json::from_str::<Value>(text) else { return None };
+    if !doc.contains_key("operationType") {
+        return None;
+    }
+    if let Some(split) = doc.get("splitEvent") {
+        return Some(Err(DecodeError::NotAChange(format!(
+            "a fragment ({split}) of a change split by $changeStreamSplitLargeEvent; resevent does not join fragments: \
+             keep reservation changes under 16 MB, or project fields away in the connector's pipeline instead of splitting"
+        ))));
+    }
+    let mut changed = false;
+    let mut unwrap = |m: &mut serde_json::Map<String, Value>, name: &str| {
+        if let Some(Value::String(s)) = m.get(name) {
+            if let Ok(parsed @ (Value::Object(_) | Value::Array(_))) = serde_json::from_str::<Value>(s) {
+                m.insert(name.into(), parsed);
+                changed = true;
+            }
+        }
+    };
+    for name in ["_id", "fullDocument", "fullDocumentBeforeChange", "documentKey", "clusterTime"] {
+        unwrap(&mut doc, name);
+    }
+    if let Some(Value::Object(update)) = doc.get_mut("updateDescription") {
+        unwrap(update, "updatedFields");
+    }
+    if !changed {
+        return None;
+    }
+    if let Some(Value::Number(ms)) = doc.get("wallTime") {
+        let date = serde_json::json!({ "$date": ms });
+        doc.insert("wallTime".into(), date);
+    }
+    Some(Ok(Value::Object(doc).to_string()))
+}
+
+/// A resume token `{"_data": …}`, or a string holding one (the connector's
+/// key schema keeps `_id` as Extended JSON text).
+fn is_resume_token(v: &Value) -> bool {
+    match v {
+        Value::Object(m) => m.contains_key("_data"),
+        Value::String(s) => s.trim_start().starts_with('{') && serde_json::from_str::<Value>(s).is_ok_and(|t| t.get("_data").is_some()),
+        _ => false,
     }
 }
 

@@ -378,9 +378,29 @@ fn a_tombstone_keyed_by_the_document_key_is_a_delete() {
         // --format debezium takes every tombstone as Debezium's.
         assert!(matches!(delete(&key, Format::Debezium), Ok(Decoded::Ignored(_))), "{key}");
     }
-    // Debezium's tombstone follows its own delete event: nothing more.
-    assert!(matches!(delete(r#"{"id": "{\"$oid\": \"6502a1f0c3b7e41d9a200001\"}"}"#, Format::Auto), Ok(Decoded::Ignored(_))));
-    assert!(matches!(delete(r#"{"schema": {}, "payload": {"id": "R-1"}}"#, Format::Auto), Ok(Decoded::Ignored(_))));
+    // Debezium's tombstone follows its own delete event: nothing more. Its
+    // key holds the id as Extended JSON text.
+    for key in [r#"{"id": "{\"$oid\": \"6502a1f0c3b7e41d9a200001\"}"}"#, r#"{"schema": {}, "payload": {"id": "\"R-1\""}}"#, r#"{"id": "42"}"#] {
+        for format in [Format::Auto, Format::Debezium, Format::Mongo] {
+            assert!(matches!(delete(key, format), Ok(Decoded::Ignored(_))), "{key} {format:?}");
+        }
+    }
+    // After ExtractNewDocumentState the key holds the plain id, and with its
+    // default delete.tombstone.handling.mode the tombstone is the delete.
+    for (key, id) in [(format!(r#"{{"id": "{OID}"}}"#), OID), (r#"{"schema": {}, "payload": {"id": "R-1"}}"#.to_string(), "R-1"), (r#"{"id": 42}"#.to_string(), "42")] {
+        for format in [Format::Auto, Format::Debezium] {
+            match delete(&key, format) {
+                Ok(Decoded::Change(c)) => assert_eq!((c.reservation_id.as_str(), &c.operation), (id, &Operation::Delete), "{key}"),
+                other => panic!("{key} {format:?}: expected a delete, got {other:?}"),
+            }
+        }
+        assert!(matches!(delete(&key, Format::Mongo), Ok(Decoded::Ignored(_))), "{key}");
+    }
+    // Keyed by a resume token (the connector's key schema, or a key that is
+    // not the document key): no reservation to delete.
+    for key in [r#"{"_id": {"_data": "826B036B02000000012B022C0100296E5A1004"}}"#, r#"{"_id": "{\"_data\": \"826B036B02000000012B022C0100296E5A1004\"}"}"#] {
+        assert!(matches!(delete(key, Format::Auto), Ok(Decoded::Ignored(_))), "{key}");
+    }
     // A null value written as text, with its key, is the same tombstone.
     let key = format!(r#"{{"_id": {{"$oid": "{OID}"}}}}"#);
     assert!(matches!(dec().decode(Some(key.as_bytes()), Some(b"null")), Ok(Decoded::Change(Change { operation: Operation::Delete, .. }))));

@@ -474,3 +474,21 @@ proptest! {
         prop_assert_eq!(states, before);
     }
 }
+
+#[test]
+fn a_tombstone_delete_keeps_the_source_position_so_earlier_changes_stay_stale() {
+    let p = Pipeline::builtin();
+    let insert = token_change(Operation::Insert(doc(IN, "412", "2026-11-23T00:00:00Z")), 5, "a");
+    let Outcome::Applied { state: seated, .. } = apply(&p, None, &insert) else { panic!("applies") };
+    // A tombstone: known only by its input offset.
+    let tombstone = Change { position: Some(SourcePosition::Input(2)), occurred_at_ms: None, ..change(Operation::Delete, 0) };
+    let Outcome::Applied { state: deleted, events } = apply(&p, Some(&seated), &tombstone) else { panic!("applies") };
+    assert_eq!(events.iter().map(|e| e.event_type).collect::<Vec<_>>(), vec!["CHECKED_OUT"]);
+    assert_eq!(deleted.position, Some(SourcePosition::Cluster { t: 5, i: 0 }), "the cluster position stays");
+    // The insert, read again (a replay, a connector restart): a duplicate, not a new guest.
+    assert_eq!(apply(&p, Some(&deleted), &insert), Outcome::Duplicate);
+    assert_eq!(apply(&p, Some(&deleted), &token_change(Operation::Insert(doc(IN, "412", "2026-11-23T00:00:00Z")), 4, "b")), Outcome::Stale);
+    // A new insert after the delete applies.
+    let again = token_change(Operation::Insert(doc(IN, "415", "2026-11-23T00:00:00Z")), 6, "c");
+    assert!(matches!(apply(&p, Some(&deleted), &again), Outcome::Applied { events, .. } if events[0].event_type == "CHECKED_IN"));
+}
