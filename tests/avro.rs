@@ -369,7 +369,7 @@ fn a_registry_outage_at_start_and_mid_stream_holds_records_and_loses_none() {
 fn next_version() -> String {
     let mut v: Value = serde_json::from_str(include_str!("../schemas/business-event.avsc")).unwrap();
     v["fields"].as_array_mut().unwrap().push(json!({"name": "bookingChannel", "type": ["null", "string"], "default": null}));
-    v["fields"][1]["type"]["symbols"].as_array_mut().unwrap().push(json!("NO_SHOW"));
+    v["fields"][1]["type"]["symbols"].as_array_mut().unwrap().push(json!("LATE_CHECKOUT"));
     v.to_string()
 }
 
@@ -394,7 +394,7 @@ fn schemas_evolve_both_ways_and_the_rules_are_enforced() {
     // A reader with the current schema reads what the next version writes, and the reverse.
     let next = Schema::parse_str(&next_version()).unwrap();
     SchemaCompatibility::mutual_read(&current, &next).unwrap();
-    let written_by_next = av(json!({"eventId": "e9", "eventType": "NO_SHOW", "reservationId": "r9", "propertyId": "P-1", "bookingChannel": "web"}));
+    let written_by_next = av(json!({"eventId": "e9", "eventType": "LATE_CHECKOUT", "reservationId": "r9", "propertyId": "P-1", "bookingChannel": "web"}));
     let got = read(&next, &current, &write(&next, written_by_next));
     assert_eq!(got["eventType"], "UNKNOWN", "an unknown type reads as the enum's default");
     assert_eq!(got["propertyId"], "P-1");
