@@ -132,19 +132,21 @@ impl Working {
 
     /// Reads the reservations not yet in the working set.
     fn load<S: StateSource + ?Sized>(&mut self, store: &S, partition: &str, ids: &[&str]) -> Result<(), StoreError> {
-        // In first-touched order: the order `states` reports them in.
-        let mut seen = HashSet::new();
-        let missing: Vec<&str> = ids.iter().copied().filter(|id| !self.slots.contains_key(*id) && seen.insert(*id)).collect();
-        if missing.is_empty() {
+        // Slots in first-touched order: the order `states` reports them in.
+        let first = self.ids.len();
+        for &id in ids {
+            if !self.slots.contains_key(id) {
+                self.slots.insert(id.to_string(), self.ids.len());
+                self.ids.push(id.to_string());
+            }
+        }
+        if self.ids.len() == first {
             return Ok(());
         }
+        let missing: Vec<&str> = self.ids[first..].iter().map(String::as_str).collect();
         let states = store.get_many(partition, &missing)?;
-        for (id, state) in missing.into_iter().zip(states) {
-            self.slots.insert(id.to_string(), self.ids.len());
-            self.ids.push(id.to_string());
-            self.current.push(state);
-            self.changed.push(false);
-        }
+        self.current.extend(states);
+        self.changed.resize(self.ids.len(), false);
         Ok(())
     }
 }

@@ -608,9 +608,7 @@ impl Service<'_> {
         let tasks = ctx.tasks.lock().expect("tasks lock");
         let store = ctx.store.lock().expect("store lock");
         for &p in &tasks.ready {
-            if let Some(n) = store.ensure_index(&task_name(p), pipeline)? {
-                tracing::info!(partition = p, due_times = n, "timer index built for the pipeline's timer rows");
-            }
+            ensure_task_index(&store, p, pipeline)?;
         }
         Ok(())
     }
@@ -890,9 +888,7 @@ impl Service<'_> {
                     if r.records > 0 {
                         store.forget_index(&task_name(p))?;
                     }
-                    if let Some(n) = store.ensure_index(&task_name(p), &self.engine.pipeline)? {
-                        tracing::info!(partition = p, due_times = n, "timer index built for the pipeline's timer rows");
-                    }
+                    ensure_task_index(&store, p, &self.engine.pipeline)?;
                 }
                 tasks.ready.insert(p);
                 let mut resume = TopicPartitionList::new();
@@ -956,6 +952,15 @@ async fn event_codec(cfg: &RunConfig, registry: &crate::avro::registry::Registry
         ids.insert(topic.clone(), id);
     }
     Ok(Some(crate::avro::EventCodec::Avro { ids }))
+}
+
+/// Builds task `p`'s due-time index for `pipeline`'s timer rows if it was
+/// built for others, and says so.
+fn ensure_task_index(store: &StateStore, p: i32, pipeline: &crate::pipeline::Pipeline) -> Result<(), store::StoreError> {
+    if let Some(n) = store.ensure_index(&task_name(p), pipeline)? {
+        tracing::info!(partition = p, due_times = n, "timer index built for the pipeline's timer rows");
+    }
+    Ok(())
 }
 
 /// This instance's stable id, kept in the state dir.
