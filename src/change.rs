@@ -76,6 +76,44 @@ pub struct Delta {
     pub fields: [Edit; 4],
 }
 
+/// A mapped field holding a value that is not of its type: a date that is
+/// not a date MongoDB can store and RFC 3339 can write, a room or property
+/// that is a document, an array or a boolean. Such a value must never reach a
+/// business event, so the change that carries it is rejected (dead-lettered,
+/// kind `invalid-value`) and the stored state stays as it was.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidValue {
+    pub field: Field,
+    /// The field's path in the document (`stay.room`), as the pipeline maps it.
+    pub path: String,
+    /// Which part of the record held it: `document`, `fullDocument`,
+    /// `updatedFields`, …
+    pub place: &'static str,
+    /// The value as compact JSON, shortened to [`InvalidValue::SHOWN`] characters.
+    pub value: String,
+    /// What the field accepts, for the message.
+    pub expected: &'static str,
+}
+
+impl InvalidValue {
+    /// How much of a bad value a message quotes.
+    pub const SHOWN: usize = 80;
+
+    /// `text` cut to [`InvalidValue::SHOWN`] characters, marked when cut.
+    pub fn shorten(text: &str) -> String {
+        match text.char_indices().nth(Self::SHOWN) {
+            Some((at, _)) => format!("{}…", &text[..at]),
+            None => text.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for InvalidValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({} in {}) is {}, not {}", self.field.name(), self.path, self.place, self.value, self.expected)
+    }
+}
+
 /// What happened to the document.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Operation {
@@ -84,8 +122,10 @@ pub enum Operation {
     /// The whole document replaced, as it was at the change.
     Replace(DocumentValues),
     /// A delta; `lookup` is the full document looked up later (updateLookup,
-    /// Debezium `after`), which may be newer than the change.
-    Update { delta: Delta, lookup: Option<DocumentValues> },
+    /// Debezium `after`), which may be newer than the change. It is read only
+    /// to seed a reservation seen for the first time, so a bad value in it is
+    /// kept as the error it is (`Err`) and rejects the change only then.
+    Update { delta: Delta, lookup: Option<Result<DocumentValues, InvalidValue>> },
     /// The document is gone.
     Delete,
 }

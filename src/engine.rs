@@ -224,6 +224,12 @@ impl Engine {
             match machine::apply(&self.pipeline, w.current[slot].as_ref(), change) {
                 Outcome::Stale => out.counts.stale += 1,
                 Outcome::Duplicate => out.counts.duplicates += 1,
+                Outcome::Invalid(bad) => {
+                    // Rejected as a decode error is: dead-lettered, state untouched.
+                    out.counts.changes -= 1;
+                    out.counts.rejected += 1;
+                    out.rejected.push(Rejected { index: *index, offset: records[*index].offset, error: DecodeError::InvalidValue(bad) });
+                }
                 Outcome::Unmapped { status, state } => {
                     out.counts.unmapped += 1;
                     if out.unmapped.len() < 10 {
@@ -278,6 +284,8 @@ impl Engine {
     }
 
     fn finish(&self, w: Working, mut out: BatchOutput) -> BatchOutput {
+        // Rejected at decode, or later when an unread lookup was needed: in input order.
+        out.rejected.sort_by_key(|r| r.index);
         for ((id, state), changed) in w.ids.into_iter().zip(w.current).zip(w.changed) {
             match (changed, state) {
                 (true, Some(s)) => out.states.push((id, s)),
@@ -476,7 +484,7 @@ mod tests {
                 Outcome::Unmapped { state, .. } => {
                     reference.insert(c.reservation_id.clone(), state);
                 }
-                Outcome::Stale | Outcome::Duplicate => {}
+                Outcome::Stale | Outcome::Duplicate | Outcome::Invalid(_) => {}
             }
         }
         assert!(expected.iter().any(|ev| ev.event_type == "ROOM_CHANGED"));

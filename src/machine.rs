@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use std::cmp::Ordering;
 
-use crate::change::{Change, ChangeId, DocumentValues, Edit, Field, Operation, SourcePosition};
+use crate::change::{Change, ChangeId, DocumentValues, Edit, Field, InvalidValue, Operation, SourcePosition};
 use crate::pipeline::{EventType, FieldSet, Pipeline, State};
 use crate::time;
 
@@ -97,6 +97,10 @@ pub enum Outcome {
     Unmapped { status: Option<String>, state: ReservationState },
     /// The new state to store, and the events to emit, in order.
     Applied { state: ReservationState, events: Vec<BusinessEvent> },
+    /// An update of a reservation seen for the first time, whose looked-up
+    /// document (the only seed there is) holds a bad value. Nothing changes;
+    /// callers reject the record as they reject a bad record at decode time.
+    Invalid(InvalidValue),
 }
 
 /// Applies one change to a reservation's stored state.
@@ -141,7 +145,13 @@ pub fn apply(pipeline: &Pipeline, prev: Option<&ReservationState>, change: &Chan
             // that sets it, and put a later moment into this change's events).
             let mut v = match live {
                 Some(p) => p.values(),
-                None => lookup.clone().unwrap_or_default(),
+                None => match lookup {
+                    Some(Ok(doc)) => doc.clone(),
+                    // The seed is needed and holds a bad value: rejected,
+                    // the stored state stays as it was.
+                    Some(Err(bad)) => return Outcome::Invalid(bad.clone()),
+                    None => DocumentValues::default(),
+                },
             };
             edit(&mut v.status, &delta.status);
             for f in Field::ALL {

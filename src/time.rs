@@ -11,6 +11,18 @@ pub fn now_millis() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The earliest instant RFC 3339 can write, 0000-01-01T00:00:00Z, in epoch ms.
+pub const MIN_WRITABLE_MS: i64 = -62_167_219_200_000;
+/// The last instant RFC 3339 can write, 9999-12-31T23:59:59.999Z. BSON's own
+/// range (±292 million years) is wider; a date past this one is a bad value,
+/// since no business event could carry it.
+pub const MAX_WRITABLE_MS: i64 = 253_402_300_799_999;
+
+/// Whether RFC 3339 can write the instant `ms` (years 0000–9999).
+pub fn writable(ms: i64) -> bool {
+    (MIN_WRITABLE_MS..=MAX_WRITABLE_MS).contains(&ms)
+}
+
 /// Formats epoch milliseconds as RFC 3339 UTC: `2026-11-20T00:00:00Z`, with
 /// `.mmm` only when the milliseconds are not zero (the form PRODUCT.md shows).
 pub fn format_millis(ms: i64) -> String {
@@ -135,6 +147,13 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_writable_range_is_years_0000_to_9999() {
+        assert_eq!(format_millis(MIN_WRITABLE_MS), "0000-01-01T00:00:00Z");
+        assert_eq!(format_millis(MAX_WRITABLE_MS), "9999-12-31T23:59:59.999Z");
+        assert!(writable(0) && !writable(MIN_WRITABLE_MS - 1) && !writable(MAX_WRITABLE_MS + 1));
+    }
 
     #[test]
     fn formats_known_instants() {

@@ -83,6 +83,13 @@ fn poison_pills() -> Vec<Pill> {
         text("Debezium after without op", r#"{"after": "{\"_id\": \"r1\"}", "source": {"ts_ms": 1795300000000}}"#, "malformed"),
         text("JsonConverter envelope around a number", r#"{"schema": {"type": "int32"}, "payload": 42}"#, "not-a-change"),
         ("key not UTF-8", Some(vec![0xc3, 0x28]), Some(good.clone().into_bytes()), "not-utf8"),
+        // Values of the wrong type in mapped fields: never in an event.
+        text("a $date that is no number", &insert(r#""bad-date-abc""#, r#""412""#, r#"{"$date": 1795132800000}"#, r#"{"$date": {"$numberLong": "abc"}}"#, t), "invalid-value"),
+        text("a $date past year 9999", &insert(r#""bad-date-big""#, r#""412""#, r#"{"$date": 1795132800000}"#, r#"{"$date": {"$numberLong": "99999999999999999999999"}}"#, t), "invalid-value"),
+        text("a $date of 1e20 ms", &insert(r#""bad-date-1e20""#, r#""412""#, r#"{"$date": 1e20}"#, r#"{"$date": 1795392000000}"#, t), "invalid-value"),
+        text("a room that is a document", &insert(r#""bad-room-doc""#, r#"{"a": 1}"#, r#"{"$date": 1795132800000}"#, r#"{"$date": 1795392000000}"#, t), "invalid-value"),
+        text("a room that is an array", &insert(r#""bad-room-array""#, "[412]", r#"{"$date": 1795132800000}"#, r#"{"$date": 1795392000000}"#, t), "invalid-value"),
+        text("an update setting a boolean date", &format!(r#"{{"operationType": "update", "documentKey": {{"_id": "bad-upd"}}, {ts}, "updateDescription": {{"updatedFields": {{"departureDate": true}}, "removedFields": []}}}}"#), "invalid-value"),
     ]
 }
 
@@ -94,7 +101,7 @@ fn poison_pills_go_to_the_dead_letter_topic_and_valid_records_give_replays_event
     let valid = workload(200, 3000, 21);
     let odd = odd_but_valid();
     let pills = poison_pills();
-    assert!(pills.len() >= 25, "the suite tries at least 25 kinds of bad input");
+    assert!(pills.len() >= 33, "the suite tries at least 33 kinds of bad input");
 
     // The stream: the workload with odd-but-valid and bad records spread through it.
     let mut stream: Vec<RawRecord> = valid.iter().map(|(k, v)| (Some(k.clone().into_bytes()), Some(v.clone().into_bytes()))).collect();

@@ -31,7 +31,7 @@ pub(super) fn decode(top: Top<'_>, key: Option<&str>, paths: &FieldPaths) -> Res
         _ => false,
     });
     let need_after = |what: &str| -> Result<_, DecodeError> {
-        after.as_ref().map(|d| d.values(paths)).ok_or_else(|| DecodeError::Malformed(format!("{what} without an after document")))
+        after.as_ref().ok_or_else(|| DecodeError::Malformed(format!("{what} without an after document")))?.values(paths, "after").map_err(DecodeError::InvalidValue)
     };
     let (operation, snapshot) = match op {
         "c" => (Operation::Insert(need_after("a create (op c)")?), snapshot_flag),
@@ -90,7 +90,7 @@ fn lv_as_i64(v: &Lv) -> Option<i64> {
 }
 
 fn update(top: &Top<'_>, after: Option<&Captured<'_>>, paths: &FieldPaths) -> Result<Operation, DecodeError> {
-    let lookup = after.map(|d| d.values(paths));
+    let lookup = after.map(|d| d.values(paths, "after"));
     if let Some(raw) = top.update_description.filter(|r| r.get() != "null") {
         let ud: Value = serde_json::from_str(raw.get()).map_err(super::json_error)?;
         let Value::Object(ud) = ud else {
@@ -104,14 +104,14 @@ fn update(top: &Top<'_>, after: Option<&Captured<'_>>, paths: &FieldPaths) -> Re
         };
         let removed_raw = ud.get("removedFields").map(|v| serde_json::value::to_raw_value(v).expect("a Value always serializes"));
         let removed = super::mongo::removed_fields(removed_raw.as_deref())?;
-        return Ok(Operation::Update { delta: delta(&updated, &removed, paths), lookup });
+        return Ok(Operation::Update { delta: delta(&updated, &removed, paths)?, lookup });
     }
     if let Some(raw) = top.patch.filter(|r| r.get() != "null") {
         return patch(raw, paths);
     }
     // Change-streams capture of a replace: op u with the whole new document.
     match lookup {
-        Some(doc) => Ok(Operation::Replace(doc)),
+        Some(doc) => Ok(Operation::Replace(doc.map_err(DecodeError::InvalidValue)?)),
         None => Err(DecodeError::Malformed("an update (op u) with neither updateDescription, patch nor after".into())),
     }
 }
@@ -138,17 +138,17 @@ fn patch(raw: &serde_json::value::RawValue, paths: &FieldPaths) -> Result<Operat
         }
     };
     if m.contains_key("$set") || m.contains_key("$unset") {
-        return Ok(Operation::Update { delta: delta(&pick(m.get("$set")), &keys(m.get("$unset")), paths), lookup: None });
+        return Ok(Operation::Update { delta: delta(&pick(m.get("$set")), &keys(m.get("$unset")), paths)?, lookup: None });
     }
     if let Some(Value::Object(diff)) = m.get("diff") {
         let mut set = pick(diff.get("u"));
         set.0.extend(pick(diff.get("i")).0);
-        return Ok(Operation::Update { delta: delta(&set, &keys(diff.get("d")), paths), lookup: None });
+        return Ok(Operation::Update { delta: delta(&set, &keys(diff.get("d")), paths)?, lookup: None });
     }
     if m.keys().any(|k| k.starts_with('$')) {
         return Err(DecodeError::Malformed(format!("patch uses operators resevent does not read: {}", m.keys().cloned().collect::<Vec<_>>().join(", "))));
     }
-    Ok(Operation::Replace(pick(Some(&Value::Object(m))).values(paths)))
+    Ok(Operation::Replace(pick(Some(&Value::Object(m))).values(paths, "patch").map_err(DecodeError::InvalidValue)?))
 }
 
 fn before_or_filter_id(top: &Top<'_>, paths: &FieldPaths) -> Result<Option<String>, DecodeError> {
@@ -216,7 +216,7 @@ pub(super) fn decode_document(top: Top<'_>, key: Option<&str>, paths: &FieldPath
         Some(id) => id?,
         None => key_id(key)?.ok_or_else(|| DecodeError::MissingId(format!("the document has no {:?} and the record no key", paths.id)))?,
     };
-    let operation = if deleted { Operation::Delete } else { Operation::Replace(top.document.values(paths)) };
+    let operation = if deleted { Operation::Delete } else { Operation::Replace(top.document.values(paths, "document").map_err(DecodeError::InvalidValue)?) };
     let ts_ms = flat.get("__source_ts_ms").and_then(as_i64);
     let position = match (ts_ms, flat.get("__source_ord").and_then(as_i64)) {
         (Some(ms), Some(ord)) => cluster_position(ms, ord),

@@ -258,17 +258,6 @@ pub(super) fn date_millis(v: &Lv) -> Option<i64> {
     }
 }
 
-/// [`extjson::date_text`].
-pub(super) fn date_text(v: &Lv) -> Option<String> {
-    if let Lv::Null = v {
-        return None;
-    }
-    match date_millis(v) {
-        Some(ms) => Some(time::format_millis(ms)),
-        None => scalar_text(v),
-    }
-}
-
 /// [`extjson::scalar_text`].
 pub(super) fn scalar_text(v: &Lv) -> Option<String> {
     match v {
@@ -316,4 +305,59 @@ pub(super) fn timestamp(v: &Lv) -> Option<(u32, u32)> {
 /// [`extjson::resume_token_time`].
 pub(super) fn resume_token_time(token: &Lv) -> Option<(u32, u32)> {
     extjson::resume_token_data_time(token.get("_data")?.as_str()?)
+}
+
+/// What a date field accepts, for error messages.
+pub(crate) const DATE_EXPECTED: &str = "a date ({\"$date\": millis}, {\"$date\": {\"$numberLong\": \"…\"}}, epoch millis or RFC 3339 text, in years 0000–9999)";
+/// What a room number accepts.
+pub(crate) const ROOM_EXPECTED: &str = "a room number (a string, or an integer or decimal number)";
+/// What a property id accepts.
+pub(crate) const PROPERTY_EXPECTED: &str = "a property id (a string, a number or an ObjectId)";
+
+/// A date field's value as epoch ms, strictly: the forms a MongoDB date takes
+/// in every dialect (and the bare millis of Debezium's flattened form),
+/// within the range RFC 3339 can write. `None` for anything else.
+pub(crate) fn strict_date_millis(v: &Lv) -> Option<i64> {
+    let ms = match v {
+        Lv::Number(n) => match n.as_i64() {
+            Some(ms) => ms,
+            // A float (`1.5e12`): whole milliseconds, if it is in range at all.
+            None => n.as_f64().filter(|f| f.is_finite() && f.abs() < 1e16).map(|f| f.floor() as i64)?,
+        },
+        Lv::Str(s) => time::parse_millis(s)?,
+        Lv::Object(_) => match v.single()? {
+            ("$date", inner @ (Lv::Number(_) | Lv::Str(_))) => strict_date_millis(inner)?,
+            ("$date", inner @ Lv::Object(_)) => match inner.single()? {
+                ("$numberLong", Lv::Str(s)) => s.parse().ok()?,
+                _ => return None,
+            },
+            ("$numberLong", Lv::Str(s)) => s.parse().ok()?,
+            _ => return None,
+        },
+        Lv::Null | Lv::Bool(_) | Lv::Array(_) => return None,
+    };
+    time::writable(ms).then_some(ms)
+}
+
+/// A room number or property id as text, strictly: a string (one that is
+/// not JSON text: no `{` or `[`), a number in decimal, a `$number…` wrapper
+/// holding a finite decimal; a property may also be an ObjectId, UUID or
+/// symbol. `None` for anything else (documents, arrays, booleans, numbers
+/// only an exponent can write).
+pub(crate) fn strict_text(v: &Lv, property: bool) -> Option<String> {
+    let decimal = |text: String| (!text.contains(['e', 'E'])).then_some(text);
+    match v {
+        Lv::Str(s) => (!s.contains(['{', '['])).then(|| s.as_ref().to_owned()),
+        Lv::Number(n) => decimal(extjson::number_text(n)),
+        Lv::Object(_) => match v.single()? {
+            ("$numberInt" | "$numberLong" | "$numberDouble" | "$numberDecimal", Lv::Str(s)) => {
+                s.parse::<f64>().ok().filter(|f| f.is_finite())?;
+                decimal(extjson::numeric_string_text(s))
+            }
+            ("$symbol", Lv::Str(s)) => (!s.contains(['{', '['])).then(|| s.as_ref().to_owned()),
+            ("$oid" | "$uuid", Lv::Str(s)) if property && !s.contains(['{', '[']) => Some(s.as_ref().to_owned()),
+            _ => None,
+        },
+        Lv::Null | Lv::Bool(_) | Lv::Array(_) => None,
+    }
 }

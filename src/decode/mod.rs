@@ -26,7 +26,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::change::{Change, ChangeId, Delta, DocumentValues, Edit, Field, Operation};
+use crate::change::{Change, ChangeId, Delta, DocumentValues, Edit, Field, InvalidValue, Operation};
 use lean::Lv;
 
 /// Which connector wrote the records. `Auto` tells them apart per record.
@@ -98,6 +98,9 @@ pub enum DecodeError {
     UnknownOperation(String),
     #[error("malformed change event: {0}")]
     Malformed(String),
+    /// A mapped field holds a value of the wrong type (see [`InvalidValue`]).
+    #[error("invalid value: {0}")]
+    InvalidValue(InvalidValue),
     #[error("this is a {found} record but --format {expected} was given; use --format auto or the matching format")]
     WrongFormat { expected: &'static str, found: &'static str },
     #[error("the record is {size} bytes, over the limit of {limit}; raise max_record_bytes if such records are legitimate")]
@@ -129,6 +132,7 @@ impl DecodeError {
             DecodeError::InvalidId(_) => "invalid-id",
             DecodeError::UnknownOperation(_) => "unknown-operation",
             DecodeError::Malformed(_) => "malformed",
+            DecodeError::InvalidValue(_) => "invalid-value",
             DecodeError::WrongFormat { .. } => "wrong-format",
             DecodeError::TooLarge { .. } => "too-large",
             DecodeError::TooDeep { .. } => "too-deep",
@@ -270,7 +274,14 @@ impl Decoder {
             Some(k) => Some(std::str::from_utf8(k).map_err(|e| DecodeError::NotUtf8(e.valid_up_to()))?),
             None => None,
         };
-        self.decode_text(key, text, 0, defer)
+        let mut decoded = self.decode_text(key, text, 0, defer)?;
+        if let Decoded::Change(c) = &mut decoded {
+            // When it happened is metadata (wallTime, ts_ms), not a mapped
+            // field: one that RFC 3339 cannot write is left out, as if absent,
+            // rather than rejecting the change or putting it in an event.
+            c.occurred_at_ms = c.occurred_at_ms.filter(|ms| crate::time::writable(*ms));
+        }
+        Ok(decoded)
     }
 
     /// A record with a null value, judged by its key:
@@ -508,13 +519,21 @@ impl<'de> Captured<'de> {
         Some(lean::id_text(v).map_err(|e| DecodeError::InvalidId(e.0)))
     }
 
-    fn values(&self, paths: &FieldPaths) -> DocumentValues {
+    /// The document's tracked values, each of its type (see [`field_text`]);
+    /// `place` names the part of the record it is, for the error. The status
+    /// is taken as text whatever it is: an unmapped status is the pipeline's
+    /// business (logged and counted), not bad input.
+    fn values(&self, paths: &FieldPaths, place: &'static str) -> Result<DocumentValues, InvalidValue> {
         let status = self.lookup(&paths.status).flatten().and_then(lean::scalar_text);
-        let fields = Field::ALL.map(|f| {
-            let v = self.lookup(&paths.fields[f as usize]).flatten()?;
-            if f.is_date() { lean::date_text(v) } else { lean::scalar_text(v) }
-        });
-        DocumentValues { status, fields }
+        let mut fields: [Option<String>; 4] = Default::default();
+        for f in Field::ALL {
+            let path = &paths.fields[f as usize];
+            fields[f as usize] = match self.lookup(path).flatten() {
+                Some(v) => field_text(f, v, path, place)?,
+                None => None,
+            };
+        }
+        Ok(DocumentValues { status, fields })
     }
 
     /// Detaches the entries from the text they were read from.
@@ -542,21 +561,50 @@ fn operation_identity(operation: &Operation, txn: Option<&(String, String)>) -> 
     ChangeId::of_operation(operation, txn.map(|(l, t)| (l.as_str(), t.as_str())))
 }
 
-/// Builds a delta from `updatedFields` entries and `removedFields` paths.
-fn delta(updated: &Captured, removed: &[String], paths: &FieldPaths) -> Delta {
-    let edit = |path: &str, date: bool| -> Edit {
-        if removed.iter().any(|r| covers(r, path)) {
-            return Edit::Remove;
-        }
-        match updated.lookup(path) {
-            None => Edit::Keep,
-            Some(v) => {
-                let text = v.and_then(|v| if date { lean::date_text(v) } else { lean::scalar_text(v) });
-                text.map_or(Edit::Remove, Edit::Set)
-            }
-        }
+/// A tracked field's value as the text resevent keeps: a date as RFC 3339
+/// UTC, a room or property as text (a number in decimal). `Ok(None)` for a
+/// JSON null. Any other value is an [`InvalidValue`] naming the field, its
+/// path and `place`: it would otherwise reach a business event as JSON text
+/// where a date or a room is promised.
+fn field_text(field: Field, v: &Lv, path: &str, place: &'static str) -> Result<Option<String>, InvalidValue> {
+    if let Lv::Null = v {
+        return Ok(None);
+    }
+    let (text, expected) = match field {
+        Field::Arrival | Field::Departure => (lean::strict_date_millis(v).map(crate::time::format_millis), lean::DATE_EXPECTED),
+        Field::Room => (lean::strict_text(v, false), lean::ROOM_EXPECTED),
+        Field::Property => (lean::strict_text(v, true), lean::PROPERTY_EXPECTED),
     };
-    Delta { status: edit(&paths.status, false), fields: Field::ALL.map(|f| edit(&paths.fields[f as usize], f.is_date())) }
+    match text {
+        Some(t) => Ok(Some(t)),
+        None => Err(InvalidValue { field, path: path.to_owned(), place, value: InvalidValue::shorten(&v.to_string()), expected }),
+    }
+}
+
+/// Builds a delta from `updatedFields` entries and `removedFields` paths. A
+/// tracked field that `updatedFields` sets to a value of the wrong type
+/// rejects the whole change (the delta cannot be applied without either
+/// storing the bad value or silently dropping the edit).
+fn delta(updated: &Captured, removed: &[String], paths: &FieldPaths) -> Result<Delta, DecodeError> {
+    let mut delta = Delta::default();
+    if removed.iter().any(|r| covers(r, &paths.status)) {
+        delta.status = Edit::Remove;
+    } else if let Some(v) = updated.lookup(&paths.status) {
+        delta.status = v.and_then(lean::scalar_text).map_or(Edit::Remove, Edit::Set);
+    }
+    for f in Field::ALL {
+        let path = &paths.fields[f as usize];
+        if removed.iter().any(|r| covers(r, path)) {
+            delta.fields[f as usize] = Edit::Remove;
+        } else if let Some(v) = updated.lookup(path) {
+            let text = match v {
+                Some(v) => field_text(f, v, path, "updatedFields").map_err(DecodeError::InvalidValue)?,
+                None => None,
+            };
+            delta.fields[f as usize] = text.map_or(Edit::Remove, Edit::Set);
+        }
+    }
+    Ok(delta)
 }
 
 /// Parses a document given as text (Debezium's `after`) or as a JSON value

@@ -41,7 +41,7 @@ pub(super) fn decode(top: Top<'_>, paths: &FieldPaths) -> Result<Decoded, Decode
     // An update's looked-up document left unread (decode_deferring_lookups).
     let lookup_deferred = top.full_document_raw.is_some_and(|raw| raw.get() != "null");
     let doc_values = |what: &str| -> Result<_, DecodeError> {
-        full.map(|d| d.values(paths)).ok_or_else(|| DecodeError::Malformed(format!("{what} event without fullDocument")))
+        full.ok_or_else(|| DecodeError::Malformed(format!("{what} event without fullDocument")))?.values(paths, "fullDocument").map_err(DecodeError::InvalidValue)
     };
     let operation = match op {
         "insert" => Operation::Insert(doc_values("an insert")?),
@@ -57,7 +57,7 @@ pub(super) fn decode(top: Top<'_>, paths: &FieldPaths) -> Result<Decoded, Decode
                 None => Captured::default(),
             };
             let removed = removed_fields(ud.removed_fields)?;
-            Operation::Update { delta: delta(&updated, &removed, paths), lookup: full.map(|d| d.values(paths)) }
+            Operation::Update { delta: delta(&updated, &removed, paths)?, lookup: full.map(|d| d.values(paths, "fullDocument")) }
         }
         "delete" => Operation::Delete,
         other => return Err(DecodeError::UnknownOperation(format!("{other:?}"))),

@@ -42,7 +42,7 @@ fn unset(room: bool, departure: bool) -> Operation {
 /// An update as the connector with `updateLookup` writes it: the delta and the looked-up document.
 fn with_lookup(op: Operation, lookup: DocumentValues) -> Operation {
     match op {
-        Operation::Update { delta, .. } => Operation::Update { delta, lookup: Some(lookup) },
+        Operation::Update { delta, .. } => Operation::Update { delta, lookup: Some(Ok(lookup)) },
         other => other,
     }
 }
@@ -59,7 +59,7 @@ fn sequence(prev: Option<ReservationState>, changes: &[Change]) -> (Vec<Business
                 out.extend(events);
             }
             Outcome::Unmapped { state: s, .. } => state = Some(s),
-            Outcome::Stale | Outcome::Duplicate => {}
+            Outcome::Stale | Outcome::Duplicate | Outcome::Invalid(_) => {}
         }
     }
     (out, state)
@@ -195,7 +195,7 @@ fn the_delta_wins_over_a_later_looked_up_document() {
     // morning's checkout: fullDocument already says Departure, room 410.
     let prev = state(IN, "101", D1, 1);
     let later = doc(OUT, "410", D2);
-    let op = Operation::Update { delta: Delta { fields: [Edit::Keep, Edit::Set("305".into()), Edit::Keep, Edit::Keep], ..Default::default() }, lookup: Some(later) };
+    let op = Operation::Update { delta: Delta { fields: [Edit::Keep, Edit::Set("305".into()), Edit::Keep, Edit::Keep], ..Default::default() }, lookup: Some(Ok(later)) };
     let Outcome::Applied { state, events } = apply(&Pipeline::builtin(), Some(&prev), &change(op, 5)) else { panic!() };
     assert_eq!(events.iter().map(|e| e.event_type).collect::<Vec<_>>(), vec!["ROOM_CHANGED"]);
     assert_eq!(state.state, State::InHouse);
@@ -205,7 +205,7 @@ fn the_delta_wins_over_a_later_looked_up_document() {
 
 #[test]
 fn a_looked_up_document_seeds_only_a_first_seen_reservation() {
-    let op = Operation::Update { delta: Delta { fields: [Edit::Keep, Edit::Set("305".into()), Edit::Keep, Edit::Keep], ..Default::default() }, lookup: Some(doc(IN, "410", D2)) };
+    let op = Operation::Update { delta: Delta { fields: [Edit::Keep, Edit::Set("305".into()), Edit::Keep, Edit::Keep], ..Default::default() }, lookup: Some(Ok(doc(IN, "410", D2))) };
     let Outcome::Applied { state, events } = apply(&Pipeline::builtin(), None, &change(op, 5)) else { panic!() };
     assert_eq!(events.iter().map(|e| e.event_type).collect::<Vec<_>>(), vec!["CHECKED_IN"]);
     assert_eq!(state.get(Field::Room), Some("305"));
@@ -214,7 +214,7 @@ fn a_looked_up_document_seeds_only_a_first_seen_reservation() {
     // A known reservation missing its departure does not take it from the
     // lookup: a field the delta does not name keeps its stored value, even empty.
     let prev = state_without_departure();
-    let op = Operation::Update { delta: Delta { fields: [Edit::Keep, Edit::Set("305".into()), Edit::Keep, Edit::Keep], ..Default::default() }, lookup: Some(doc(IN, "999", D2)) };
+    let op = Operation::Update { delta: Delta { fields: [Edit::Keep, Edit::Set("305".into()), Edit::Keep, Edit::Keep], ..Default::default() }, lookup: Some(Ok(doc(IN, "999", D2))) };
     let Outcome::Applied { state, events } = apply(&Pipeline::builtin(), Some(&prev), &change(op, 5)) else { panic!() };
     assert_eq!(events.iter().map(|e| e.event_type).collect::<Vec<_>>(), vec!["ROOM_CHANGED"]);
     assert_eq!(state.get(Field::Departure), None);
@@ -360,7 +360,7 @@ fn run(states: &mut std::collections::BTreeMap<String, ReservationState>, change
             Outcome::Unmapped { state, .. } => {
                 states.insert(c.reservation_id.clone(), state);
             }
-            Outcome::Stale | Outcome::Duplicate => {}
+            Outcome::Stale | Outcome::Duplicate | Outcome::Invalid(_) => {}
         }
     }
     out
@@ -429,7 +429,7 @@ proptest! {
         let p = Pipeline::builtin();
         let Some(st) = stored.status.as_deref().map(|s| p.statuses[s]) else { return Ok(()) };
         let prev = ReservationState { state: st, status: stored.status.clone(), fields: stored.fields.clone(), position: Some(SourcePosition::Cluster { t: 1, i: 0 }), applied: vec![ChangeId(1)], ..Default::default() };
-        let c = change(Operation::Update { delta: delta.clone(), lookup }, 2);
+        let c = change(Operation::Update { delta: delta.clone(), lookup: lookup.map(Ok) }, 2);
         let expect = |before: &Option<String>, e: &Edit| match e {
             Edit::Keep => before.clone(),
             Edit::Remove => None,
@@ -491,4 +491,19 @@ fn a_tombstone_delete_keeps_the_source_position_so_earlier_changes_stay_stale() 
     // A new insert after the delete applies.
     let again = token_change(Operation::Insert(doc(IN, "415", "2026-11-23T00:00:00Z")), 6, "c");
     assert!(matches!(apply(&p, Some(&deleted), &again), Outcome::Applied { events, .. } if events[0].event_type == "CHECKED_IN"));
+}
+
+#[test]
+fn a_bad_looked_up_document_rejects_only_the_change_that_needs_it() {
+    use crate::change::InvalidValue;
+    let p = Pipeline::builtin();
+    let bad = InvalidValue { field: Field::Room, path: "roomNumber".into(), place: "fullDocument", value: "{\"a\":1}".into(), expected: "a room number" };
+    let mut c = change(set(Some("Arrived"), None, None), 9);
+    let Operation::Update { lookup, .. } = &mut c.operation else { unreachable!() };
+    *lookup = Some(Err(bad.clone()));
+    // First seen: the looked-up document is the only seed there is.
+    assert_eq!(apply(&p, None, &c), Outcome::Invalid(bad));
+    // Known: the delta alone applies and the lookup is never read.
+    let (_, known) = sequence(None, &[change(Operation::Insert(doc(NA, "101", D1)), 5)]);
+    assert!(matches!(apply(&p, known.as_ref(), &c), Outcome::Applied { .. }));
 }
