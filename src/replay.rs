@@ -14,6 +14,7 @@ use anyhow::Context;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::decode::DecodeError;
 use crate::engine::{BatchOutput, Counts, Engine, InputRecord};
 use crate::store::StateStore;
 use crate::timers::StreamClock;
@@ -69,25 +70,31 @@ pub fn replay(engine: &Engine, store: &mut StateStore, inputs: Vec<Input>, out: 
     let mut line_no: u64 = 0;
     let mut reported = false;
 
-    for input in inputs {
-        let mut lines = input.reader.lines();
+    for mut input in inputs {
         let first_in_input = line_no + 1;
         let mut done = false;
         while !done {
-            let mut batch: Vec<(u64, String)> = Vec::with_capacity(BATCH_LINES);
+            // Lines are bytes, not text: a line that is not UTF-8 is one
+            // rejected record (as the service dead-letters such a record),
+            // never the end of the replay. A last line without its newline
+            // is a line like any other.
+            let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(BATCH_LINES);
             while batch.len() < BATCH_LINES {
-                match lines.next() {
-                    None => {
-                        done = true;
-                        break;
+                let mut line = Vec::new();
+                let n = input.reader.read_until(b'\n', &mut line).with_context(|| format!("reading {} at line {}", input.name, line_no - first_in_input + 2))?;
+                if n == 0 {
+                    done = true;
+                    break;
+                }
+                line_no += 1;
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
                     }
-                    Some(line) => {
-                        line_no += 1;
-                        let line = line.with_context(|| format!("reading {} at line {}", input.name, line_no - first_in_input + 1))?;
-                        if !line.trim().is_empty() {
-                            batch.push((line_no, line));
-                        }
-                    }
+                }
+                if !line.iter().all(u8::is_ascii_whitespace) {
+                    batch.push((line_no, line));
                 }
             }
             if batch.is_empty() {
@@ -145,36 +152,48 @@ fn commit(store: &StateStore, output: BatchOutput, clock: StreamClock) -> anyhow
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_batch(engine: &Engine, store: &StateStore, name: &str, first_line: u64, batch: &[(u64, String)], out: &mut dyn Write, opts: &mut ReplayOptions, clock: &mut StreamClock) -> anyhow::Result<Counts> {
+fn run_batch(engine: &Engine, store: &StateStore, name: &str, first_line: u64, batch: &[(u64, Vec<u8>)], out: &mut dyn Write, opts: &mut ReplayOptions, clock: &mut StreamClock) -> anyhow::Result<Counts> {
     let mut records = Vec::with_capacity(batch.len());
     // Lines that are not even a {key, value} pair are rejected here, by line.
-    let mut framing_errors: Vec<(u64, String)> = Vec::new();
+    let mut framing_errors: Vec<(u64, &'static str, String)> = Vec::new();
     for (n, line) in batch {
         if opts.keyed {
-            match serde_json::from_str::<KeyedLine>(line) {
+            let text = match std::str::from_utf8(line) {
+                Ok(text) => text,
+                Err(e) => {
+                    framing_errors.push((*n, "not-utf8", DecodeError::NotUtf8(e.valid_up_to()).to_string()));
+                    continue;
+                }
+            };
+            match serde_json::from_str::<KeyedLine>(text) {
                 Ok(k) => records.push(InputRecord {
                     key: k.key.map(|r| r.get().as_bytes()).filter(|k| *k != b"null"),
                     value: k.value.map(|r| r.get().as_bytes()).filter(|v| *v != b"null"),
                     offset: *n,
                 }),
-                Err(e) => framing_errors.push((*n, format!("not a {{\"key\": …, \"value\": …}} line (--keyed): {e}"))),
+                Err(e) => framing_errors.push((*n, "not-keyed", format!("not a {{\"key\": …, \"value\": …}} line (--keyed): {e}"))),
             }
         } else {
-            records.push(InputRecord { key: None, value: Some(line.as_bytes()), offset: *n });
+            records.push(InputRecord { key: None, value: Some(line), offset: *n });
         }
     }
     let output = engine.process(store, REPLAY_PARTITION, &records, clock)?;
     write_events(&output, out)?;
 
-    let mut rejects: Vec<(u64, &'static str, String)> = framing_errors.into_iter().map(|(n, msg)| (n, "not-keyed", msg)).collect();
+    let mut rejects = framing_errors;
     rejects.extend(output.rejected.iter().map(|r| (r.offset, r.error.kind(), r.error.to_string())));
     rejects.sort_by_key(|r| r.0);
-    let by_line: std::collections::HashMap<u64, &str> = batch.iter().map(|(n, l)| (*n, l.as_str())).collect();
+    let by_line: std::collections::HashMap<u64, &[u8]> = batch.iter().map(|(n, l)| (*n, l.as_slice())).collect();
     for (n, kind, msg) in &rejects {
         let local = n - first_line + 1;
         eprintln!("{name}:{local}: rejected ({kind}): {msg}");
         if let Some(dl) = opts.dead_letters.as_mut() {
-            let record = serde_json::json!({"input": name, "line": local, "kind": kind, "error": msg, "record": by_line.get(n).copied().unwrap_or_default()});
+            let line = by_line.get(n).copied().unwrap_or_default();
+            // The line byte for byte: as text when it is UTF-8, else in base64.
+            let record = match std::str::from_utf8(line) {
+                Ok(text) => serde_json::json!({"input": name, "line": local, "kind": kind, "error": msg, "record": text}),
+                Err(_) => serde_json::json!({"input": name, "line": local, "kind": kind, "error": msg, "recordBase64": base64(line)}),
+            };
             serde_json::to_writer(&mut *dl, &record)?;
             dl.write_all(b"\n")?;
         }
@@ -191,4 +210,32 @@ fn run_batch(engine: &Engine, store: &StateStore, name: &str, first_line: u64, b
     commit(store, output, *clock)?;
     counts.rejected = rejects.len() as u64;
     Ok(counts)
+}
+
+/// Standard base64 with padding (RFC 4648), for a rejected line that is not
+/// UTF-8 and so cannot be a JSON string.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn base64_is_rfc_4648() {
+        for (raw, coded) in [(&b""[..], ""), (b"f", "Zg=="), (b"fo", "Zm8="), (b"foo", "Zm9v"), (b"foob", "Zm9vYg=="), (b"\xff\xfe\x00", "//4A")] {
+            assert_eq!(super::base64(raw), coded);
+        }
+    }
 }

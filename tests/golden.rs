@@ -116,36 +116,142 @@ fn a_second_replay_into_the_same_state_dir_emits_nothing_and_ids_are_stable() {
     }
 }
 
-#[test]
-fn bad_lines_are_reported_by_number_and_the_rest_goes_on() {
+/// Replays `fixtures/<stem>.jsonl` with a dead-letter file and checks it
+/// against the hand-written `<stem>.rejected` (a line number per rejected
+/// line, optionally followed by the kind it must get) and
+/// `<stem>.expected.jsonl` (the events of the valid lines around them).
+fn assert_rejected_as_listed(stem: &str) {
     let dead = tempfile::NamedTempFile::new().unwrap();
-    let out = replay(&["--dead-letters", dead.path().to_str().unwrap(), "fixtures/bad-lines.jsonl"]);
+    let input_name = format!("fixtures/{stem}.jsonl");
+    let out = replay(&["--dead-letters", dead.path().to_str().unwrap(), &input_name]);
     assert_eq!(out.status.code(), Some(1), "exit status 1 says lines were rejected");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let expected: Vec<u64> = std::fs::read_to_string(root().join("fixtures/bad-lines.rejected")).unwrap().lines().filter(|l| !l.trim().is_empty()).map(|l| l.trim().parse().unwrap()).collect();
+    let expected: Vec<(u64, Option<String>)> = std::fs::read_to_string(root().join(format!("fixtures/{stem}.rejected")))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut parts = l.split_whitespace();
+            (parts.next().unwrap().parse().unwrap(), parts.next().map(String::from))
+        })
+        .collect();
     let mut reported: Vec<u64> = stderr
         .lines()
-        .filter_map(|l| l.strip_prefix("fixtures/bad-lines.jsonl:"))
+        .filter_map(|l| l.strip_prefix(&format!("{input_name}:")))
         .map(|rest| rest.split(':').next().unwrap().parse().unwrap())
         .collect();
     reported.sort();
-    assert_eq!(reported, expected, "stderr:\n{stderr}");
-    // Every rejected line is in the dead-letter file with its original text and reason.
+    assert_eq!(reported, expected.iter().map(|e| e.0).collect::<Vec<_>>(), "stderr:\n{stderr}");
+    // Every rejected line is in the dead-letter file with its original text, kind and reason.
     let dls = lines(&std::fs::read(dead.path()).unwrap());
     assert_eq!(dls.len(), expected.len());
-    let input: Vec<String> = std::fs::read_to_string(root().join("fixtures/bad-lines.jsonl")).unwrap().lines().map(String::from).collect();
-    for dl in dls {
-        let n = dl["line"].as_u64().unwrap() as usize;
-        assert_eq!(dl["record"].as_str().unwrap(), input[n - 1]);
+    let input: Vec<String> = std::fs::read_to_string(root().join(&input_name)).unwrap().lines().map(String::from).collect();
+    for (dl, (n, kind)) in dls.iter().zip(&expected) {
+        assert_eq!(dl["line"].as_u64(), Some(*n));
+        assert_eq!(dl["record"].as_str().unwrap(), input[*n as usize - 1]);
         assert!(!dl["error"].as_str().unwrap().is_empty());
+        if let Some(kind) = kind {
+            assert_eq!(dl["kind"].as_str(), Some(kind.as_str()), "line {n}: {}", dl["error"]);
+        }
     }
     // The valid lines still produced their events.
-    let expected_events = lines(&std::fs::read(root().join("fixtures/bad-lines.expected.jsonl")).expect("fixtures/bad-lines.expected.jsonl"));
+    let expected_events = lines(&std::fs::read(root().join(format!("fixtures/{stem}.expected.jsonl"))).unwrap());
     let mut got = lines(&out.stdout);
     got.iter_mut().for_each(|e| {
         e.as_object_mut().unwrap().remove("eventId");
     });
     assert_eq!(got, expected_events);
+}
+
+#[test]
+fn bad_lines_are_reported_by_number_and_the_rest_goes_on() {
+    assert_rejected_as_listed("bad-lines");
+}
+
+#[test]
+fn bad_values_are_rejected_and_never_reach_an_event() {
+    // Dates that are no date (not a number, past year 9999 or before year 0,
+    // a boolean, a decimal, an ObjectId) and rooms that are a document or an
+    // array, each rejected as invalid-value; the reservation's state stays as
+    // it was (A's later room change is from 101, B's later insert checks in
+    // from nothing).
+    assert_rejected_as_listed("bad-values");
+    let dead = tempfile::NamedTempFile::new().unwrap();
+    let out = replay(&["--dead-letters", dead.path().to_str().unwrap(), "fixtures/bad-values.jsonl"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // The message names the field, its path in the document and the value.
+    assert!(stderr.contains(r#"fixtures/bad-values.jsonl:2: rejected (invalid-value): invalid value: departure (departureDate in fullDocument) is {"$date":{"$numberLong":"abc"}}, not a date"#), "{stderr}");
+    assert!(stderr.contains(r#"fixtures/bad-values.jsonl:7: rejected (invalid-value): invalid value: room (roomNumber in updatedFields) is [305], not a room number"#), "{stderr}");
+}
+
+#[test]
+fn replay_reads_bytes_a_line_that_is_not_utf8_or_too_long_is_one_rejected_line() {
+    let good: Vec<String> = std::fs::read_to_string(root().join("fixtures/bad-lines.jsonl")).unwrap().lines().map(String::from).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bytes.jsonl");
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(b"{\"operationType\": \"insert\", \"x\": \"\xff\xfe\"}\n"); // 1: not UTF-8
+    bytes.extend_from_slice(good[0].as_bytes()); // 2: insert A
+    bytes.extend_from_slice(b"\r\n");
+    bytes.extend_from_slice(format!("{{\"blob\": \"{}\"}}\n", "x".repeat(2 << 20)).as_bytes()); // 3: over max_record_bytes
+    bytes.extend_from_slice(b"\xc3\x28\n"); // 4: not UTF-8 again
+    bytes.extend_from_slice(good[6].as_bytes()); // 5: A checks in, the last line without its newline
+    std::fs::write(&file, &bytes).unwrap();
+    let dead = dir.path().join("dead.jsonl");
+    for keyed in [false, true] {
+        let input = if keyed {
+            // The same lines as {"key", "value"} lines; the broken ones stay broken.
+            let keyed_file = dir.path().join("bytes.keyed.jsonl");
+            let mut k = Vec::new();
+            for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+                let line = line.strip_suffix(b"\r").unwrap_or(line);
+                match std::str::from_utf8(line) {
+                    Ok(text) => k.extend_from_slice(format!("{{\"key\": null, \"value\": {text}}}").as_bytes()),
+                    Err(_) => k.extend_from_slice(line),
+                }
+                if i < 4 {
+                    k.push(b'\n');
+                }
+            }
+            std::fs::write(&keyed_file, &k).unwrap();
+            keyed_file
+        } else {
+            file.clone()
+        };
+        let mut args = vec!["--dead-letters", dead.to_str().unwrap()];
+        if keyed {
+            args.push("--keyed");
+        }
+        args.push(input.to_str().unwrap());
+        let out = replay(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "keyed {keyed}: {stderr}");
+        let events = lines(&out.stdout);
+        assert_eq!(events.iter().map(|e| e["eventType"].as_str().unwrap()).collect::<Vec<_>>(), ["CHECKED_IN"], "keyed {keyed}: {stderr}");
+        let dls = lines(&std::fs::read(&dead).unwrap());
+        let got: Vec<(u64, &str)> = dls.iter().map(|d| (d["line"].as_u64().unwrap(), d["kind"].as_str().unwrap())).collect();
+        assert_eq!(got, [(1, "not-utf8"), (3, "too-large"), (4, "not-utf8")], "keyed {keyed}: {stderr}");
+        // Byte for byte: the lines that are not UTF-8 in base64.
+        let original: Vec<&[u8]> = std::fs::read(&input).unwrap().leak().split(|b| *b == b'\n').collect();
+        for d in &dls {
+            let n = d["line"].as_u64().unwrap() as usize;
+            match d["record"].as_str() {
+                Some(text) => assert_eq!(text.as_bytes(), original[n - 1]),
+                None => assert_eq!(base64_decode(d["recordBase64"].as_str().unwrap()), original[n - 1]),
+            }
+        }
+    }
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    let value = |c: u8| "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".bytes().position(|a| a == c).unwrap() as u32;
+    let mut out = Vec::new();
+    for chunk in text.as_bytes().chunks(4) {
+        let digits: Vec<u32> = chunk.iter().filter(|c| **c != b'=').map(|c| value(*c)).collect();
+        let n = digits.iter().enumerate().fold(0u32, |n, (i, d)| n | d << (18 - 6 * i));
+        out.extend((0..digits.len() - 1).map(|i| (n >> (16 - 8 * i)) as u8));
+    }
+    out
 }
 
 #[test]
