@@ -14,6 +14,7 @@ pub mod deadletter;
 pub mod decode;
 pub mod dlq;
 pub mod engine;
+pub mod invariants;
 pub mod kafka;
 pub mod lookup;
 pub mod machine;
