@@ -98,6 +98,15 @@ resevent replay --state-dir ./state day1.jsonl && resevent replay --state-dir ./
         #[arg(value_name = "FILE")]
         files: Vec<PathBuf>,
     },
+    /// Write the benchmark's workload: MongoDB connector change events as JSON Lines.
+    ///
+    /// Deterministic (the same --seed gives the same bytes): every reservation is
+    /// inserted, then moves through a stay (check-in, room move, extension, notes,
+    /// checkout) one change at a time, ~1 KB each with updateLookup's fullDocument.
+    /// scripts/bench loads the broker with it; `resevent replay` reads it as it is.
+    #[command(after_help = "Examples:\n  resevent workload --events 1000000 > changes.jsonl\n  \
+resevent workload --events 1000 --keyed | resevent replay --keyed")]
+    Workload(WorkloadArgs),
     /// Run the service: consume change events from Kafka, emit business events to Kafka.
     ///
     /// Run N instances with the same --application-id: they share the input partitions as
@@ -255,6 +264,24 @@ Environment: RESEVENT_<KEY>, RESEVENT_KAFKA__<SETTING>, RESEVENT_PRODUCER__<SETT
     },
 }
 
+/// `resevent workload`: the benchmark's change events, from the generator the
+/// core benchmark and the tests use.
+#[derive(clap::Args)]
+struct WorkloadArgs {
+    /// How many change events to write.
+    #[arg(long, default_value_t = 200_000)]
+    events: u64,
+    /// Distinct reservations [default: a quarter of --events, at least 1].
+    #[arg(long)]
+    reservations: Option<u64>,
+    /// The generator's seed; the same seed gives the same events, byte for byte.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Write `{"key": K, "value": V}` lines (K the reservation's ObjectId), as `replay --keyed` reads them.
+    #[arg(long)]
+    keyed: bool,
+}
+
 #[derive(Subcommand)]
 enum StateCommand {
     /// One reservation's stored state as JSON (status, room, dates, property, last source position).
@@ -321,6 +348,21 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Workload(args) => {
+            let reservations = args.reservations.unwrap_or(args.events / 4).max(1);
+            let mut workload = resevent::workload::Workload::new(reservations, args.seed);
+            let mut out = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
+            for _ in 0..args.events {
+                let (id, value) = workload.next_event();
+                if args.keyed {
+                    writeln!(out, "{{\"key\": \"{id}\", \"value\": {value}}}")?;
+                } else {
+                    writeln!(out, "{value}")?;
+                }
+            }
+            out.flush()?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Dlq(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             let outcome = runtime.block_on(resevent::dlq::run(args, std::env::vars(), &mut io::stdout().lock()))?;
