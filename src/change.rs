@@ -40,6 +40,44 @@ impl Field {
     }
 }
 
+/// Where the tracked values live in a reservation document (dotted paths).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldPaths {
+    pub id: String,
+    pub status: String,
+    /// Indexed by `Field as usize`.
+    pub fields: [String; 4],
+}
+
+impl Default for FieldPaths {
+    fn default() -> Self {
+        FieldPaths {
+            id: "_id".into(),
+            status: "bookingStatus".into(),
+            fields: ["propertyId".into(), "roomNumber".into(), "arrivalDate".into(), "departureDate".into()],
+        }
+    }
+}
+
+impl FieldPaths {
+    pub(crate) fn all(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.id.as_str()).chain(std::iter::once(self.status.as_str())).chain(self.fields.iter().map(String::as_str))
+    }
+
+    /// Whether a document key (or an `updatedFields` dotted path) can hold a
+    /// tracked value: it is a tracked path or a prefix of one.
+    pub(crate) fn relevant(&self, key: &str) -> bool {
+        // Asked for every key of every document; a plain loop, not `all()`'s
+        // chained iterator, which did not optimize as well.
+        covers(key, &self.id) || covers(key, &self.status) || self.fields.iter().any(|p| covers(key, p))
+    }
+}
+
+/// Whether `key` is `path` or an ancestor of it (`stay` covers `stay.room`).
+pub(crate) fn covers(key: &str, path: &str) -> bool {
+    path == key || (path.len() > key.len() && path.starts_with(key) && path.as_bytes()[key.len()] == b'.')
+}
+
 /// The reservation's values as a document states them, already normalized to
 /// text (numbers in decimal, dates in RFC 3339 UTC). `None` = absent or null.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

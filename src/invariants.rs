@@ -13,7 +13,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::decode::{Decoder, FieldPaths, Format};
+use crate::change::FieldPaths;
+use crate::decode::{Decoder, Format};
 use crate::engine::{Engine, InputRecord};
 use crate::machine::{BusinessEvent, ReservationState};
 use crate::pipeline::Pipeline;

@@ -13,7 +13,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::change::Field;
-use crate::decode::FieldPaths;
+use crate::change::FieldPaths;
 
 /// The pipeline built into the binary, used when no file is found.
 pub const DEFAULT_PIPELINE: &str = include_str!("../pipelines/reservations.toml");

@@ -11,7 +11,8 @@
 use serde_json::Value;
 
 use super::lean::{self, Lv};
-use super::{Captured, DecodeError, Decoded, FieldPaths, Format, Top, delta, extjson};
+use super::{Captured, DecodeError, Decoded, Format, Top, delta, extjson};
+use crate::change::FieldPaths;
 use crate::change::{Change, Operation, SourcePosition};
 
 pub(super) fn decode(top: Top<'_>, key: Option<&str>, paths: &FieldPaths) -> Result<Decoded, DecodeError> {

@@ -26,7 +26,7 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
-use crate::change::{Change, ChangeId, Delta, DocumentValues, Edit, Field, InvalidValue, Operation};
+use crate::change::{Change, ChangeId, Delta, DocumentValues, Edit, Field, FieldPaths, InvalidValue, Operation, covers};
 use lean::Lv;
 
 /// Which connector wrote the records. `Auto` tells them apart per record.
@@ -39,44 +39,6 @@ pub enum Format {
     Mongo,
     /// Debezium MongoDB connector (envelope, or ExtractNewDocumentState-flattened).
     Debezium,
-}
-
-/// Where the tracked values live in a reservation document (dotted paths).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct FieldPaths {
-    pub id: String,
-    pub status: String,
-    /// Indexed by `Field as usize`.
-    pub fields: [String; 4],
-}
-
-impl Default for FieldPaths {
-    fn default() -> Self {
-        FieldPaths {
-            id: "_id".into(),
-            status: "bookingStatus".into(),
-            fields: ["propertyId".into(), "roomNumber".into(), "arrivalDate".into(), "departureDate".into()],
-        }
-    }
-}
-
-impl FieldPaths {
-    fn all(&self) -> impl Iterator<Item = &str> {
-        std::iter::once(self.id.as_str()).chain(std::iter::once(self.status.as_str())).chain(self.fields.iter().map(String::as_str))
-    }
-
-    /// Whether a document key (or an `updatedFields` dotted path) can hold a
-    /// tracked value: it is a tracked path or a prefix of one.
-    fn relevant(&self, key: &str) -> bool {
-        // Asked for every key of every document; a plain loop, not `all()`'s
-        // chained iterator, which did not optimize as well.
-        covers(key, &self.id) || covers(key, &self.status) || self.fields.iter().any(|p| covers(key, p))
-    }
-}
-
-/// Whether `key` is `path` or an ancestor of it (`stay` covers `stay.room`).
-fn covers(key: &str, path: &str) -> bool {
-    path == key || (path.len() > key.len() && path.starts_with(key) && path.as_bytes()[key.len()] == b'.')
 }
 
 /// Why a record cannot be processed. Every variant is permanent: the same

@@ -9,7 +9,8 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 
 use super::lean::{self, Lv};
-use super::{Captured, DecodeError, Decoded, FieldPaths, Top, delta};
+use super::{Captured, DecodeError, Decoded, Top, delta};
+use crate::change::FieldPaths;
 use crate::change::{Change, ChangeId, Operation, SourcePosition};
 
 /// Change-stream events about the collection or database, not a document.
