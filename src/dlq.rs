@@ -52,7 +52,6 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::deadletter;
-use crate::service::config::{Overrides, RunConfig};
 use crate::kafka::{acknowledged, client_config, group_consumer_config, producer_config, send};
 use crate::time::{format_millis, parse_millis};
 
@@ -241,26 +240,61 @@ pub async fn run(args: DlqArgs, env: impl Iterator<Item = (String, String)>, out
     }
 }
 
+/// What `dlq` takes from `run`'s configuration (its `--config` file and
+/// `RESEVENT_*` environment): how to reach the broker, and which dead-letter
+/// topic `run` writes to. The rest of that configuration is `run`'s.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+struct DlqSettings {
+    bootstrap_servers: String,
+    input_topics: Vec<String>,
+    dead_letter_topic: Option<String>,
+    kafka: BTreeMap<String, String>,
+    consumer: BTreeMap<String, String>,
+    producer: BTreeMap<String, String>,
+}
+
+impl Default for DlqSettings {
+    fn default() -> Self {
+        DlqSettings {
+            bootstrap_servers: crate::config::DEFAULT_BOOTSTRAP_SERVERS.into(),
+            input_topics: Vec::new(),
+            dead_letter_topic: None,
+            kafka: BTreeMap::new(),
+            consumer: BTreeMap::new(),
+            producer: BTreeMap::new(),
+        }
+    }
+}
+
+impl DlqSettings {
+    fn kafka_settings(&self) -> crate::config::KafkaSettings<'_> {
+        crate::config::KafkaSettings { bootstrap_servers: &self.bootstrap_servers, kafka: &self.kafka, consumer: &self.consumer, producer: &self.producer }
+    }
+}
+
 /// The settings `resevent run` would use, and the dead-letter topic.
-fn settings(args: &DlqArgs, env: impl Iterator<Item = (String, String)>) -> anyhow::Result<(RunConfig, String)> {
-    // RunConfig::load insists on an input topic, as `run` needs one. A
-    // dead-letter topic named outright needs none: this stand-in, which no
-    // Kafka topic can be named (spaces, parentheses), fills the slot.
-    const NO_INPUT_TOPIC: &str = "(none: --topic names the dead-letter topic)";
-    let input_topics = match (&args.topic, &args.input_topic) {
-        (Some(_), _) => vec![NO_INPUT_TOPIC.to_string()],
-        (None, Some(input)) => vec![input.clone()],
-        (None, None) => Vec::new(),
-    };
-    let flags = Overrides { bootstrap_servers: args.bootstrap_servers.clone(), input_topics, ..Overrides::default() };
-    let cfg = RunConfig::load(args.config.as_deref(), env, flags)?;
+fn settings(args: &DlqArgs, env: impl Iterator<Item = (String, String)>) -> anyhow::Result<(DlqSettings, String)> {
+    let without_default = |key: &str| (key == "dead_letter_topic").then(|| toml::Value::String(String::new()));
+    let mut cfg: DlqSettings = crate::config::load_part(args.config.as_deref(), env, without_default, false)?;
+    if let Some(servers) = &args.bootstrap_servers {
+        cfg.bootstrap_servers = servers.clone();
+    }
+    if cfg.dead_letter_topic.as_deref() == Some("") {
+        cfg.dead_letter_topic = None;
+    }
+    cfg.kafka_settings().remember_secrets();
     if let Some(topic) = &args.topic {
         return Ok((cfg, topic.clone()));
     }
-    let dead_letter_topics: BTreeSet<String> = cfg.input_topics.iter().map(|t| cfg.dead_letter_topic_for(t)).collect();
+    if let Some(input) = &args.input_topic {
+        cfg.input_topics = vec![input.clone()];
+    }
+    let dead_letter_topics: BTreeSet<String> = cfg.input_topics.iter().map(|t| crate::deadletter::topic_for(t, cfg.dead_letter_topic.as_deref())).collect();
     let mut names = dead_letter_topics.into_iter();
     match (names.next(), names.next()) {
         (Some(only), None) => Ok((cfg, only)),
+        (None, _) => bail!("no dead-letter topic to read: give --topic DEAD_LETTER_TOPIC, or --input-topic TOPIC (input_topics in the config file, or RESEVENT_INPUT_TOPICS)"),
         _ => bail!(
             "the settings name several input topics ({}) with different dead-letter topics; choose one with --input-topic TOPIC or --topic DEAD_LETTER_TOPIC",
             cfg.input_topics.join(", ")
@@ -270,13 +304,13 @@ fn settings(args: &DlqArgs, env: impl Iterator<Item = (String, String)>) -> anyh
 
 /// The dead-letter topic and how to reach it.
 struct DeadLetterTopic {
-    cfg: RunConfig,
+    cfg: DlqSettings,
     name: String,
     partitions: Vec<i32>,
 }
 
 impl DeadLetterTopic {
-    fn open(cfg: RunConfig, name: String) -> anyhow::Result<DeadLetterTopic> {
+    fn open(cfg: DlqSettings, name: String) -> anyhow::Result<DeadLetterTopic> {
         let probe = DeadLetterTopic { cfg, name, partitions: Vec::new() };
         let partitions = partitions(&probe.consumer()?, &probe.name, &probe.cfg.bootstrap_servers)?
             .ok_or_else(|| anyhow::anyhow!("dead-letter topic {:?} does not exist on {}; check --topic or --input-topic (resevent run creates <input>.dlt when it starts)", probe.name, probe.cfg.bootstrap_servers))?;
@@ -286,7 +320,7 @@ impl DeadLetterTopic {
     /// A consumer in the replay-mark group that never subscribes: it reads by
     /// assignment, and only `replay` commits with it.
     fn consumer(&self) -> anyhow::Result<DeadLetterConsumer> {
-        let mut c = group_consumer_config(&self.cfg, &replay_mark_group(&self.name));
+        let mut c = group_consumer_config(&self.cfg.kafka_settings(), &replay_mark_group(&self.name));
         c.set("enable.partition.eof", "true");
         c.create_with_context(EndOfPartitionIsNoError).with_context(|| format!("creating a Kafka consumer for {}", self.cfg.bootstrap_servers))
     }
@@ -758,7 +792,7 @@ async fn replay(topic: &DeadLetterTopic, selection: &Selection, to: Option<&str>
         return Ok(Outcome::Done);
     }
 
-    let producer: FutureProducer = producer_config(&topic.cfg).create().with_context(|| format!("creating a Kafka producer for {}", topic.cfg.bootstrap_servers))?;
+    let producer: FutureProducer = producer_config(&topic.cfg.kafka_settings()).create().with_context(|| format!("creating a Kafka producer for {}", topic.cfg.bootstrap_servers))?;
     let mut done = Tally::default();
     let mut in_flight = Vec::new();
     let mut reader = Reader::start(topic, plan.stops.iter().map(|(&p, &stop)| (p, Offset::Beginning, Some(stop))))?;
@@ -830,7 +864,7 @@ async fn purge(topic: &DeadLetterTopic, yes: bool, out: &mut dyn Write) -> anyho
     for &(p, _, end) in &deletable {
         request.add_partition_offset(&topic.name, p, Offset::Offset(end))?;
     }
-    let admin: AdminClient<DefaultClientContext> = client_config(&topic.cfg).create().with_context(|| format!("creating a Kafka admin client for {}", topic.cfg.bootstrap_servers))?;
+    let admin: AdminClient<DefaultClientContext> = client_config(&topic.cfg.kafka_settings()).create().with_context(|| format!("creating a Kafka admin client for {}", topic.cfg.bootstrap_servers))?;
     let result = admin.delete_records(&request, &AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT))).await;
     let failed: Vec<String> = match &result {
         Err(e) => vec![e.to_string()],

@@ -16,18 +16,18 @@ use rdkafka::error::KafkaError;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
-use crate::service::config::RunConfig;
-use crate::service::fault::Fault;
+use crate::config::KafkaSettings;
+use crate::fault::Fault;
 
 /// Every client: the bootstrap servers and the `[kafka]` settings.
-pub fn client_config(cfg: &RunConfig) -> ClientConfig {
+pub fn client_config(cfg: &KafkaSettings) -> ClientConfig {
     let mut c = ClientConfig::new();
     // rust-rdkafka takes librdkafka's log level from the `log` crate, which
     // resevent does not use (tracing); without this, TLS and login failures
     // would never be reported.
     c.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
-    c.set("bootstrap.servers", &cfg.bootstrap_servers);
-    for (k, v) in &cfg.kafka {
+    c.set("bootstrap.servers", cfg.bootstrap_servers);
+    for (k, v) in cfg.kafka {
         c.set(k, v);
     }
     c
@@ -44,28 +44,28 @@ pub fn with_settings(base: &ClientConfig, extra: &BTreeMap<String, String>) -> C
 
 /// A group consumer: the user's settings, then manual offset handling
 /// (offsets advance only when a commit says the outputs are durable).
-pub fn group_consumer_config(cfg: &RunConfig, group_id: &str) -> ClientConfig {
-    let mut c = with_settings(&client_config(cfg), &cfg.consumer);
+pub fn group_consumer_config(cfg: &KafkaSettings, group_id: &str) -> ClientConfig {
+    let mut c = with_settings(&client_config(cfg), cfg.consumer);
     c.set("group.id", group_id).set("enable.auto.commit", "false").set("enable.auto.offset.store", "false").set("auto.offset.reset", "earliest");
     c
 }
 
 /// An assign-only consumer (no group membership), for restore and for tools
 /// that read a topic without joining anything.
-pub fn reader_config(cfg: &RunConfig, group_id: &str) -> ClientConfig {
-    let mut c = with_settings(&client_config(cfg), &cfg.consumer);
+pub fn reader_config(cfg: &KafkaSettings, group_id: &str) -> ClientConfig {
+    let mut c = with_settings(&client_config(cfg), cfg.consumer);
     c.set("group.id", group_id).set("enable.auto.commit", "false").set("enable.partition.eof", "true");
     c
 }
 
 /// The producer: idempotent (order kept per partition across retries),
 /// acks=all, a short linger; the user's settings win.
-pub fn producer_config(cfg: &RunConfig) -> ClientConfig {
+pub fn producer_config(cfg: &KafkaSettings) -> ClientConfig {
     let mut c = client_config(cfg);
     c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
     // A dead letter carries the original record, however large it was.
     c.set("message.max.bytes", (crate::deadletter::TOPIC_MAX_MESSAGE_BYTES + (1 << 20)).to_string());
-    with_settings(&c, &cfg.producer)
+    with_settings(&c, cfg.producer)
 }
 
 /// Sends a record, waiting (without blocking the thread) for queue space

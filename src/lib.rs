@@ -10,10 +10,12 @@
 pub mod avro;
 pub mod capture;
 pub mod change;
+pub mod config;
 pub mod deadletter;
 pub mod decode;
 pub mod dlq;
 pub mod engine;
+pub mod fault;
 pub mod invariants;
 pub mod kafka;
 pub mod lookup;

@@ -661,3 +661,12 @@ mod tests {
         assert_eq!(store.marker("raw/0", "input-offset").unwrap(), None);
     }
 }
+
+/// How a batch's failure in the store is handled (see [`crate::fault`]): an
+/// I/O error reopens the store and retries; anything else stops the instance.
+impl From<StoreError> for crate::fault::Fault {
+    fn from(e: StoreError) -> Self {
+        use crate::fault::Fault;
+        if e.is_retryable() { Fault::Disk(e.into()) } else { Fault::Fatal(anyhow::Error::new(e).context("the state store is unusable; delete the state directory to rebuild it from the changelog")) }
+    }
+}

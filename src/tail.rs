@@ -17,7 +17,6 @@ use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::avro::registry::Registry;
-use crate::service::config::{Overrides, RunConfig};
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
@@ -60,6 +59,30 @@ pub struct TailArgs {
     pub max_events: Option<u64>,
 }
 
+/// What `tail` takes from `run`'s configuration (its `--config` file and
+/// `RESEVENT_*` environment): how to reach the broker and the registry.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(default)]
+struct TailSettings {
+    bootstrap_servers: String,
+    schema_registry: crate::avro::registry::RegistryConfig,
+    kafka: std::collections::BTreeMap<String, String>,
+    consumer: std::collections::BTreeMap<String, String>,
+    producer: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for TailSettings {
+    fn default() -> Self {
+        TailSettings {
+            bootstrap_servers: crate::config::DEFAULT_BOOTSTRAP_SERVERS.into(),
+            schema_registry: Default::default(),
+            kafka: Default::default(),
+            consumer: Default::default(),
+            producer: Default::default(),
+        }
+    }
+}
+
 /// What `tail` printed and skipped.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct TailCounts {
@@ -70,15 +93,21 @@ pub struct TailCounts {
 
 /// Runs until `--exit-at-end`/`--max-events` says stop, or forever.
 pub async fn run(args: &TailArgs, env: impl Iterator<Item = (String, String)>, out: &mut impl Write) -> anyhow::Result<TailCounts> {
-    // RunConfig::load wants an input topic; tail has none, so the topic it
-    // reads stands in (only the connection and registry settings are used).
-    let flags = Overrides { bootstrap_servers: args.bootstrap_servers.clone(), input_topics: vec![format!("{} (tail)", args.topic)], output_topic: Some(format!("{} (tail output)", args.topic)), schema_registry_url: args.schema_registry_url.clone(), ..Default::default() };
-    let cfg = RunConfig::load(args.config.as_deref(), env, flags)?;
+    let mut cfg: TailSettings = crate::config::load_part(args.config.as_deref(), env, |_| None, true)?;
+    if let Some(servers) = &args.bootstrap_servers {
+        cfg.bootstrap_servers = servers.clone();
+    }
+    if let Some(url) = &args.schema_registry_url {
+        cfg.schema_registry.url = Some(url.clone());
+    }
+    let kafka = crate::config::KafkaSettings { bootstrap_servers: &cfg.bootstrap_servers, kafka: &cfg.kafka, consumer: &cfg.consumer, producer: &cfg.producer };
+    kafka.remember_secrets();
+    cfg.schema_registry.remember_secrets();
     let registry = match &cfg.schema_registry.url {
         Some(_) => Some(Registry::new(&cfg.schema_registry)?),
         None => None,
     };
-    let consumer: BaseConsumer<crate::kafka::ConnectionContext> = crate::kafka::reader_config(&cfg, &format!("resevent-tail-{}", std::process::id()))
+    let consumer: BaseConsumer<crate::kafka::ConnectionContext> = crate::kafka::reader_config(&kafka, &format!("resevent-tail-{}", std::process::id()))
         .set("auto.offset.reset", if args.from_beginning { "earliest" } else { "latest" })
         .create_with_context(crate::kafka::ConnectionContext::default())
         .context("creating the Kafka consumer")?;

@@ -258,3 +258,12 @@ mod tests {
         assert!(matches!(RegistryError::classify(&e("Could not parse schema", false), "x"), RegistryError::Unusable(_)));
     }
 }
+
+/// A registry that cannot be reached is retried like a broker; one that
+/// refuses the settings stops the instance (see [`crate::fault`]).
+impl From<RegistryError> for crate::fault::Fault {
+    fn from(e: RegistryError) -> Self {
+        use crate::fault::Fault;
+        if e.is_transient() { Fault::Registry(e.into()) } else { Fault::Fatal(anyhow::Error::new(e).context("fix the schema registry settings (schema_registry.*) and restart")) }
+    }
+}

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::service::config::RunConfig;
+use crate::config::KafkaSettings;
 
 /// The port `resevent capture` serves HTTP on by default: `run`'s plus one,
 /// so both run on one host without flags.
@@ -81,7 +81,7 @@ impl Default for CaptureConfig {
             partitions: None,
             replication_factor: -1,
             create_topic: true,
-            bootstrap_servers: "127.0.0.1:9092".into(),
+            bootstrap_servers: crate::config::DEFAULT_BOOTSTRAP_SERVERS.into(),
             change_stream_pipeline: None,
             copy_existing: false,
             lease_collection: "resevent_capture_leases".into(),
@@ -120,7 +120,7 @@ impl CaptureConfig {
             "partitions" => Some(toml::Value::Integer(0)),
             _ => None,
         };
-        let table = crate::service::config::layered(toml::Table::try_from(CaptureConfig::default())?, file, env, kind_without_default, false)?;
+        let table = crate::config::layered(toml::Table::try_from(CaptureConfig::default())?, file, env, kind_without_default, false)?;
         let mut cfg: CaptureConfig = table.try_into().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         let f = flags;
         if let Some(v) = f.mongo_uri {
@@ -190,21 +190,16 @@ impl CaptureConfig {
         format!("{}.{}", self.database, self.collection)
     }
 
-    /// The Kafka side as `run`'s configuration, so that capture's clients
-    /// are built by `crate::kafka` like every other client (TLS, SASL, the
-    /// user's librdkafka settings).
-    pub fn kafka_config(&self) -> RunConfig {
-        RunConfig { bootstrap_servers: self.bootstrap_servers.clone(), kafka: self.kafka.clone(), consumer: self.consumer.clone(), producer: self.producer.clone(), ..RunConfig::default() }
+    /// The Kafka client settings, for [`crate::kafka`] (TLS, SASL, the
+    /// user's librdkafka settings), as every command's clients are built.
+    pub fn kafka_settings(&self) -> KafkaSettings<'_> {
+        KafkaSettings { bootstrap_servers: &self.bootstrap_servers, kafka: &self.kafka, consumer: &self.consumer, producer: &self.producer }
     }
 
     /// Secrets go to the log scrubber: the librdkafka ones by name, and the
     /// password in the MongoDB URI (as written and percent-decoded).
     fn remember_secrets(&self) {
-        for (k, v) in self.kafka.iter().chain(self.consumer.iter()).chain(self.producer.iter()) {
-            if crate::secrets::is_secret(k) {
-                crate::secrets::remember(v);
-            }
-        }
+        self.kafka_settings().remember_secrets();
         if let Some(pw) = uri_password(&self.mongo_uri) {
             crate::secrets::remember(&pw);
             crate::secrets::remember(&percent_decode(&pw));
@@ -217,11 +212,7 @@ impl CaptureConfig {
         if let Some(pw) = uri_password(&shown.mongo_uri) {
             shown.mongo_uri = shown.mongo_uri.replacen(&format!(":{pw}@"), ":*****@", 1);
         }
-        for (k, v) in shown.kafka.iter_mut().chain(shown.consumer.iter_mut()).chain(shown.producer.iter_mut()) {
-            if crate::secrets::is_secret(k) {
-                *v = "*****".into();
-            }
-        }
+        crate::config::mask_secrets([&mut shown.kafka, &mut shown.consumer, &mut shown.producer]);
         serde_json::to_string(&shown).unwrap_or_default()
     }
 }

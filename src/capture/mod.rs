@@ -40,7 +40,7 @@ use self::http::{CaptureMetrics, now_ms};
 use self::lease::Lease;
 use self::position::{Checkpoint, LastRecord, Position, Replayed, ResumePlan};
 use crate::kafka::{self, ConnectionContext};
-use crate::service::config::RunConfig;
+use crate::config::KafkaSettings;
 
 /// Kafka metadata and read-back requests.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -115,7 +115,7 @@ pub async fn run(cfg: CaptureConfig, restart_from: Option<RestartFrom>, shutdown
     let client = mongodb::Client::with_uri_str(&cfg.mongo_uri).await.context("reading the MongoDB connection string")?;
     let db = client.database(&cfg.database);
     let coll = db.collection::<Document>(&cfg.collection);
-    let kcfg = cfg.kafka_config();
+    let kcfg = cfg.kafka_settings();
     let topic = cfg.topic();
     let partitions = ensure_topic(&cfg, &kcfg, &topic).await?;
     let producer: FutureProducer = kafka::producer_config(&kcfg).create().context("creating the Kafka producer")?;
@@ -194,8 +194,8 @@ async fn capture(
 ) -> anyhow::Result<()> {
     metrics.set_ready(Err("reading the stored position back from the topic".into()));
     let last = {
-        let (kcfg, topic) = (cfg.kafka_config(), topic.to_string());
-        tokio::task::spawn_blocking(move || read_last_records(&kcfg, &topic, partitions)).await??
+        let (cfg, topic) = (cfg.clone(), topic.to_string());
+        tokio::task::spawn_blocking(move || read_last_records(&cfg.kafka_settings(), &topic, partitions)).await??
     };
     let max_seq = last.iter().map(|r| r.position.seq).max().unwrap_or(0);
     let plan = match restart_from {
@@ -481,9 +481,9 @@ fn plan_summary(plan: &ResumePlan) -> String {
 }
 
 /// Creates the topic if missing; returns its partition count.
-async fn ensure_topic(cfg: &CaptureConfig, kcfg: &RunConfig, topic: &str) -> anyhow::Result<i32> {
+async fn ensure_topic(cfg: &CaptureConfig, kcfg: &KafkaSettings<'_>, topic: &str) -> anyhow::Result<i32> {
     let client = kafka::client_config(kcfg);
-    let probe: BaseConsumer<ConnectionContext> = kafka::with_settings(&client, &kcfg.consumer).set("allow.auto.create.topics", "false").create_with_context(ConnectionContext::default())?;
+    let probe: BaseConsumer<ConnectionContext> = kafka::with_settings(&client, kcfg.consumer).set("allow.auto.create.topics", "false").create_with_context(ConnectionContext::default())?;
     let count = |probe: &BaseConsumer<ConnectionContext>| -> anyhow::Result<Option<i32>> {
         let md = tokio::task::block_in_place(|| probe.fetch_metadata(Some(topic), KAFKA_TIMEOUT)).map_err(|e| kafka::explain(format!("reading metadata of {topic:?} from {}: {e}", kcfg.bootstrap_servers), probe.context()))?;
         Ok(md.topics().first().filter(|t| t.error().is_none() && !t.partitions().is_empty()).map(|t| t.partitions().len() as i32))
@@ -529,7 +529,7 @@ impl rdkafka::ClientContext for QuietContext {
 impl rdkafka::consumer::ConsumerContext for QuietContext {}
 
 /// The last record of every non-empty partition, with its position header.
-fn read_last_records(kcfg: &RunConfig, topic: &str, partitions: i32) -> anyhow::Result<Vec<LastRecord>> {
+fn read_last_records(kcfg: &KafkaSettings, topic: &str, partitions: i32) -> anyhow::Result<Vec<LastRecord>> {
     // Connection failures surface earlier, in ensure_topic's probe.
     let consumer: BaseConsumer<QuietContext> = kafka::reader_config(kcfg, "resevent-capture-position").create_with_context(QuietContext)?;
     let ends = || -> anyhow::Result<Vec<(i64, i64)>> {

@@ -33,7 +33,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::cache::WriteBackCache;
-use super::fault::Fault;
+use crate::fault::Fault;
 use crate::timers::{Pending, StreamClock};
 
 /// An input partition: (topic, partition).

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::config::KafkaSettings;
 use crate::decode::Format;
 
 /// What a crash may cost.
@@ -119,7 +120,7 @@ pub struct RunConfig {
 impl Default for RunConfig {
     fn default() -> Self {
         RunConfig {
-            bootstrap_servers: "127.0.0.1:9092".into(),
+            bootstrap_servers: crate::config::DEFAULT_BOOTSTRAP_SERVERS.into(),
             input_topics: Vec::new(),
             application_id: "resevent".into(),
             state_dir: PathBuf::from("resevent-state"),
@@ -180,7 +181,7 @@ impl RunConfig {
             "idle_exit_secs" | "commit_interval_ms" => Some(toml::Value::Integer(0)),
             _ => None,
         };
-        let table = layered(toml::Table::try_from(RunConfig::default())?, file, env, kind_without_default, true)?;
+        let table = crate::config::layered(toml::Table::try_from(RunConfig::default())?, file, env, kind_without_default, true)?;
         let mut cfg: RunConfig = table.try_into().map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
         if let Some(v) = flags.bootstrap_servers {
             cfg.bootstrap_servers = v;
@@ -225,11 +226,7 @@ impl RunConfig {
             cfg.idle_exit_secs = flags.idle_exit_secs;
         }
         cfg.validate()?;
-        for (k, v) in cfg.kafka.iter().chain(cfg.consumer.iter()).chain(cfg.producer.iter()) {
-            if crate::secrets::is_secret(k) {
-                crate::secrets::remember(v);
-            }
-        }
+        cfg.kafka_settings().remember_secrets();
         cfg.schema_registry.remember_secrets();
         Ok(cfg)
     }
@@ -282,6 +279,11 @@ impl RunConfig {
         crate::decode::Limits { max_record_bytes: self.max_record_bytes, max_nesting_depth: self.max_nesting_depth }
     }
 
+    /// The Kafka client settings, for [`crate::kafka`].
+    pub fn kafka_settings(&self) -> KafkaSettings<'_> {
+        KafkaSettings { bootstrap_servers: &self.bootstrap_servers, kafka: &self.kafka, consumer: &self.consumer, producer: &self.producer }
+    }
+
     /// The compacted changelog topic of the state store.
     pub fn changelog_topic(&self) -> String {
         format!("{}-reservation-state-changelog", self.application_id)
@@ -290,11 +292,7 @@ impl RunConfig {
     /// The effective configuration for the start-up log, secrets masked.
     pub fn masked(&self) -> String {
         let mut shown = self.clone();
-        for (k, v) in shown.kafka.iter_mut().chain(shown.consumer.iter_mut()).chain(shown.producer.iter_mut()) {
-            if crate::secrets::is_secret(k) {
-                *v = "*****".into();
-            }
-        }
+        crate::config::mask_secrets([&mut shown.kafka, &mut shown.consumer, &mut shown.producer]);
         if let Some(info) = shown.schema_registry.basic_auth_user_info.as_mut() {
             *info = format!("{}:*****", info.split(':').next().unwrap_or(""));
         }
@@ -302,75 +300,6 @@ impl RunConfig {
     }
 }
 
-/// The settings table of a config: `defaults` with the config file (TOML)
-/// and then the `RESEVENT_*` environment laid over it. `RESEVENT_KAFKA__`,
-/// `CONSUMER__` and `PRODUCER__` fill those librdkafka maps (underscores
-/// become dots); with `schema_registry`, `RESEVENT_SCHEMA_REGISTRY__<KEY>`
-/// fills `[schema_registry]`. Any other `RESEVENT_<KEY>` sets `<key>` when
-/// the defaults have it, or `kind_without_default` gives its kind (settings
-/// without a default are absent from `defaults`); the rest (RESEVENT_LOG, a
-/// setting of another command) is left alone. Shared by `run` and `capture`.
-pub(crate) fn layered(
-    mut table: toml::Table,
-    file: Option<&Path>,
-    env: impl Iterator<Item = (String, String)>,
-    kind_without_default: impl Fn(&str) -> Option<toml::Value>,
-    schema_registry: bool,
-) -> anyhow::Result<toml::Table> {
-    if let Some(path) = file {
-        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
-        let from_file: toml::Table = toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {} is not valid TOML: {e}", path.display()))?;
-        merge(&mut table, from_file);
-    }
-    let mut from_env = toml::Table::new();
-    for (k, v) in env {
-        let Some(name) = k.strip_prefix("RESEVENT_") else { continue };
-        if let Some((section, setting)) = name.split_once("__").filter(|(s, _)| matches!(*s, "KAFKA" | "CONSUMER" | "PRODUCER")) {
-            // RESEVENT_CONSUMER__SESSION_TIMEOUT_MS=6000 → consumer."session.timeout.ms"
-            let key = setting.to_ascii_lowercase().replace('_', ".");
-            let table = from_env.entry(section.to_ascii_lowercase()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            table.as_table_mut().expect("a table").insert(key, toml::Value::String(v));
-            continue;
-        }
-        if let Some(setting) = name.strip_prefix("SCHEMA_REGISTRY__").filter(|_| schema_registry) {
-            // RESEVENT_SCHEMA_REGISTRY__BASIC_AUTH_USER_INFO=u:p → schema_registry.basic_auth_user_info
-            let key = setting.to_ascii_lowercase();
-            let value = match key.as_str() {
-                "auto_register" => toml::Value::Boolean(v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not true or false"))?),
-                "timeout_ms" => toml::Value::Integer(v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not a whole number"))?),
-                _ => toml::Value::String(v),
-            };
-            let table = from_env.entry("schema_registry").or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            table.as_table_mut().expect("a table").insert(key, value);
-            continue;
-        }
-        let key = name.to_ascii_lowercase();
-        let Some(kind) = table.get(&key).cloned().or_else(|| kind_without_default(&key)) else {
-            continue; // RESEVENT_LOG and friends belong to other parts
-        };
-        let value = match kind {
-            toml::Value::Array(_) => toml::Value::Array(v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| toml::Value::String(s.into())).collect()),
-            toml::Value::Integer(_) => toml::Value::Integer(v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not a whole number"))?),
-            toml::Value::Boolean(_) => toml::Value::Boolean(v.parse().map_err(|_| anyhow::anyhow!("{k}={v:?} is not true or false"))?),
-            _ => toml::Value::String(v),
-        };
-        from_env.insert(key, value);
-    }
-    merge(&mut table, from_env);
-    Ok(table)
-}
-
-/// Overlays `over` on `base`, merging nested tables (the `kafka` map).
-fn merge(base: &mut toml::Table, over: toml::Table) {
-    for (k, v) in over {
-        match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
-            (_, v) => {
-                base.insert(k, v);
-            }
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -26,7 +26,6 @@
 pub mod cache;
 pub mod commit;
 pub mod config;
-pub mod fault;
 mod http;
 mod input;
 pub mod latency;
@@ -53,7 +52,7 @@ use crate::store::{self, StateBatch, StateStore};
 use cache::{CachedState, WriteBackCache};
 use commit::{CommitIo, Committed, Coordinator, DirtyStates, InputPartition};
 use config::{Guarantee, RunConfig};
-use fault::{Backoff, Fault};
+use crate::fault::{Backoff, Fault};
 use restore::{CHANGELOG_NEXT, RestoreResult, RestoreWorker, Restorer, task_name};
 use sink::RecordCollector;
 
@@ -328,7 +327,7 @@ impl<C: Consumer<ServiceContext>> CommitIo for ServiceIo<'_, C> {
 pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path::PathBuf>, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunSummary> {
     tracing::info!(config = %cfg.masked(), "resevent run starting");
     let mut shutdown = std::pin::pin!(shutdown);
-    let base = kafka::client_config(&cfg);
+    let base = kafka::client_config(&cfg.kafka_settings());
     let routed: Vec<String> = engine.pipeline.routes.iter().map(|r| r.topic.clone()).collect();
     let registry = match &cfg.schema_registry.url {
         Some(_) => Some(Arc::new(crate::avro::registry::Registry::new(&cfg.schema_registry)?)),
@@ -353,7 +352,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path
     let tuning = store::StoreOptions { write_buffer_bytes: cfg.state_write_buffer_bytes, disable_wal: true };
     let store = Arc::new(Mutex::new(StateStore::open_with(&cfg.state_dir, tuning)?));
 
-    let mut restore_cfg = kafka::reader_config(&cfg, &format!("{}-restore", cfg.application_id));
+    let mut restore_cfg = kafka::reader_config(&cfg.kafka_settings(), &format!("{}-restore", cfg.application_id));
     // A short fetch wait: restore ends on the empty fetch at the partition's end.
     restore_cfg.set("fetch.wait.max.ms", "50");
     // Only read_committed is safe for a changelog written transactionally.
@@ -372,7 +371,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path
     let (restored_tx, mut restored) = tokio::sync::mpsc::unbounded_channel::<RestoreResult>();
     let restores = RestoreWorker::start(restorers, restored_tx)?;
 
-    let mut producer_cfg = kafka::producer_config(&cfg);
+    let mut producer_cfg = kafka::producer_config(&cfg.kafka_settings());
     if exactly_once {
         // Stable across restarts of this instance (same state dir), so a new
         // incarnation's init_transactions aborts what a killed one left open
@@ -391,7 +390,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path
         held: BTreeMap::new(),
     };
 
-    let mut consumer_cfg = kafka::group_consumer_config(&cfg, &cfg.application_id);
+    let mut consumer_cfg = kafka::group_consumer_config(&cfg.kafka_settings(), &cfg.application_id);
     if !cfg.consumer.contains_key("partition.assignment.strategy") {
         // Several input topics must be co-partitioned (partition N of each on one
         // instance): the range assignor guarantees that; one topic can rebalance

@@ -20,8 +20,8 @@ use crate::engine::Counts;
 use crate::kafka;
 
 pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<RunSummary> {
-    let consumer: StreamConsumer<DefaultConsumerContext> = kafka::group_consumer_config(&cfg, &format!("{}-passthrough", cfg.application_id)).create()?;
-    let mut collector = tokio::task::block_in_place(|| RecordCollector::new(kafka::producer_config(&cfg), String::new()))?;
+    let consumer: StreamConsumer<DefaultConsumerContext> = kafka::group_consumer_config(&cfg.kafka_settings(), &format!("{}-passthrough", cfg.application_id)).create()?;
+    let mut collector = tokio::task::block_in_place(|| RecordCollector::new(kafka::producer_config(&cfg.kafka_settings()), String::new()))?;
     consumer.subscribe(&cfg.input_topics.iter().map(String::as_str).collect::<Vec<_>>())?;
 
     let mut summary = RunSummary::default();

@@ -27,7 +27,7 @@ use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, T
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
 
-use super::fault::Fault;
+use crate::fault::Fault;
 use super::latency::Latency;
 use crate::deadletter::DeadLetter;
 

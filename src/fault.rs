@@ -17,8 +17,6 @@ use std::time::Duration;
 use rdkafka::error::KafkaError;
 use rdkafka::types::RDKafkaErrorCode;
 
-use crate::store::StoreError;
-
 /// Why a batch failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Fault {
@@ -61,25 +59,8 @@ impl Fault {
             Fault::Fatal(e)
         }
     }
-
-    pub fn store(e: StoreError) -> Fault {
-        if e.is_retryable() { Fault::Disk(e.into()) } else { Fault::Fatal(anyhow::Error::new(e).context("the state store is unusable; delete the state directory to rebuild it from the changelog")) }
-    }
 }
 
-impl From<crate::avro::registry::RegistryError> for Fault {
-    fn from(e: crate::avro::registry::RegistryError) -> Self {
-        if e.is_transient() { Fault::Registry(e.into()) } else { Fault::Fatal(anyhow::Error::new(e).context("fix the schema registry settings (schema_registry.*) and restart")) }
-    }
-}
-
-impl From<StoreError> for Fault {
-    fn from(e: StoreError) -> Self {
-        Fault::store(e)
-    }
-}
-
-/// Errors after which the producer instance cannot be used again.
 fn producer_lost(e: &KafkaError) -> bool {
     match e {
         KafkaError::Transaction(t) => t.is_fatal(),
