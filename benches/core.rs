@@ -15,8 +15,8 @@ use criterion::{Criterion, Throughput};
 use resevent::decode::{Decoder, Format};
 use resevent::engine::{Engine, InputRecord};
 use resevent::pipeline::Pipeline;
-use resevent::service::cache::{CachedState, WriteBackCache};
-use resevent::store::{StateBatch, StateStore, StoreOptions};
+use resevent::state::cache::{CachedState, WriteBackCache};
+use resevent::state::store::{StateBatch, StateStore, StoreOptions};
 use resevent::workload::Workload;
 
 /// mimalloc: the engine allocates many small, short-lived strings per record,

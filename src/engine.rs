@@ -12,10 +12,10 @@ use crate::change::SourcePosition;
 use crate::decode::{DecodeError, Decoded, Decoder};
 use crate::machine::{self, BusinessEvent, Outcome, ReservationState};
 use crate::pipeline::{Pipeline, State};
-use crate::store::{StateBatch, StateSource, StoreError};
+use crate::state::store::{StateBatch, StateSource, StoreError};
 use crate::timers::{self, Fired, Pending, StreamClock};
 #[cfg(test)]
-use crate::store::StateStore;
+use crate::state::store::StateStore;
 
 /// One input record: its bytes and its position in the input (the Kafka
 /// offset, or the line number in `replay`).
@@ -93,7 +93,7 @@ pub struct BatchOutput {
 
 impl BatchOutput {
     /// The batch's state changes and index entries, ready for
-    /// [`crate::store::StateStore::commit`].
+    /// [`crate::state::store::StateStore::commit`].
     pub fn state_batch(&self) -> StateBatch {
         let mut batch = StateBatch::default();
         for (id, state) in &self.states {

@@ -18,7 +18,7 @@ use crate::decode::{Decoder, Format};
 use crate::engine::{Engine, InputRecord};
 use crate::machine::{BusinessEvent, ReservationState};
 use crate::pipeline::Pipeline;
-use crate::store::{StateSource, StoreError};
+use crate::state::store::{StateSource, StoreError};
 use crate::timers::{Pending, StreamClock};
 
 /// Reservation states in memory, for the checks.

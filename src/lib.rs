@@ -24,7 +24,7 @@ pub mod pipeline;
 pub mod replay;
 pub mod secrets;
 pub mod service;
-pub mod store;
+pub mod state;
 pub mod tail;
 pub mod time;
 pub mod timers;

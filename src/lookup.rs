@@ -12,7 +12,7 @@ use std::path::Path;
 use serde_json::json;
 
 use crate::machine::ReservationState;
-use crate::store::StateStore;
+use crate::state::store::StateStore;
 
 /// The JSON shape of one stored reservation.
 pub fn reservation_json(id: &str, partition: &str, s: &ReservationState) -> serde_json::Value {

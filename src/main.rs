@@ -17,7 +17,7 @@ use resevent::service::{
     self,
     config::{Guarantee, Overrides, RunConfig},
 };
-use resevent::store::StateStore;
+use resevent::state::store::StateStore;
 
 /// mimalloc: the engine allocates many small, short-lived strings per record,
 /// and glibc's malloc was a fifth of the core benchmark's profile.

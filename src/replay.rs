@@ -16,7 +16,7 @@ use serde_json::value::RawValue;
 
 use crate::decode::DecodeError;
 use crate::engine::{BatchOutput, Counts, Engine, InputRecord};
-use crate::store::StateStore;
+use crate::state::store::StateStore;
 use crate::timers::StreamClock;
 
 /// The partition name replay keeps its state under.

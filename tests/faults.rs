@@ -261,10 +261,10 @@ fn an_unwritable_state_directory_loses_nothing() {
         assert!(log.contains("state store"), "a failure names the state store: {}", log_path.display());
     }
     // The state it kept through the outage is replay's.
-    let store = resevent::store::StateStore::open(state.path()).unwrap();
+    let store = resevent::state::store::StateStore::open(state.path()).unwrap();
     let mut kept = std::collections::BTreeMap::new();
     for p in 0..2 {
-        kept.extend(store.reservations(&resevent::service::restore::task_name(p)).unwrap());
+        kept.extend(store.reservations(&resevent::state::task_name(p)).unwrap());
     }
     assert!(kept == replay_state(&records), "the state after the outage differs from replay's");
 }

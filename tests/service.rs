@@ -8,8 +8,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use resevent::service::restore::task_name;
-use resevent::store::StateStore;
+use resevent::state::task_name;
+use resevent::state::store::StateStore;
 
 #[test]
 fn end_to_end_the_business_topic_holds_what_replay_emits() {
@@ -74,7 +74,7 @@ fn end_to_end_the_business_topic_holds_what_replay_emits() {
     assert!(changelog.iter().all(|r| r.key.is_some() && r.partition < 4));
     let mut last: std::collections::BTreeMap<String, resevent::machine::ReservationState> = Default::default();
     for r in &changelog {
-        last.insert(r.key.clone().unwrap(), resevent::store::decode(r.value.as_deref().expect("no tombstones here")).expect("a state record"));
+        last.insert(r.key.clone().unwrap(), resevent::state::record::decode(r.value.as_deref().expect("no tombstones here")).expect("a state record"));
     }
     let replayed = replay_state(&records);
     assert_eq!(last.len(), replayed.len(), "one changelog key per reservation");
@@ -421,7 +421,7 @@ fn a_restore_longer_than_the_poll_interval_keeps_membership_while_other_partitio
         applied: vec![ChangeId(1)],
         ..Default::default()
     };
-    let value = resevent::store::encode(&in_house);
+    let value = resevent::state::record::encode(&in_house);
     let states: Vec<RawRecord> = (0..N).map(|i| (Some(format!("bulk-{i}").into_bytes()), Some(value.clone()))).collect();
     broker.produce_to(&changelog, Some(0), &states);
     drop(states);

@@ -32,7 +32,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use super::cache::WriteBackCache;
+use crate::state::cache::{DirtyStates, WriteBackCache};
 use crate::fault::Fault;
 use crate::timers::{Pending, StreamClock};
 
@@ -71,9 +71,6 @@ impl Progress {
     }
 }
 
-/// Encoded states per task, as the changelog and the store take them.
-/// Per task, each dirty reservation's record (`None`: removed, a tombstone).
-pub type DirtyStates = Vec<(i32, Vec<(String, Option<Vec<u8>>)>)>;
 
 /// The I/O a commit needs, one method a step. Blocking: a commit also runs
 /// inside the rebalance callback (revocation), which cannot await; the

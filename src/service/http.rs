@@ -24,7 +24,7 @@ use axum::routing::get;
 
 use super::ServiceContext;
 use super::metrics::Metrics;
-use super::restore::task_name;
+use crate::state::task_name;
 
 #[derive(Clone)]
 struct Shared {

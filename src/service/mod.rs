@@ -23,7 +23,6 @@
 //! ids and content; consumers drop repeats by eventId), or exactly-once with
 //! one Kafka transaction per interval (`--guarantee exactly-once`).
 
-pub mod cache;
 pub mod commit;
 pub mod config;
 mod http;
@@ -48,12 +47,14 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::engine::{Counts, Engine, InputRecord};
 use crate::kafka;
-use crate::store::{self, StateBatch, StateStore};
-use cache::{CachedState, WriteBackCache};
-use commit::{CommitIo, Committed, Coordinator, DirtyStates, InputPartition};
+use crate::state::store::{self, StateBatch, StateStore};
+use crate::state::cache::{CachedState, WriteBackCache};
+use crate::state::task_name;
+use crate::state::cache::DirtyStates;
+use commit::{CommitIo, Committed, Coordinator, InputPartition};
 use config::{Guarantee, RunConfig};
 use crate::fault::{Backoff, Fault};
-use restore::{CHANGELOG_NEXT, RestoreResult, RestoreWorker, Restorer, task_name};
+use restore::{CHANGELOG_NEXT, RestoreResult, RestoreWorker, Restorer};
 use sink::RecordCollector;
 
 /// Restores that run at once. Two: a partition with a long restore does not

@@ -27,7 +27,9 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::store::{self, StateBatch, StateStore};
+use crate::state::record;
+use crate::state::store::{StateBatch, StateStore};
+use crate::state::task_name;
 
 /// The store marker holding the next changelog offset a task's state lacks.
 pub const CHANGELOG_NEXT: &str = "changelog-next";
@@ -35,11 +37,6 @@ pub const CHANGELOG_NEXT: &str = "changelog-next";
 const RESTORE_BATCH: usize = 20_000;
 /// How long a restore may see no progress before it gives up.
 const STALL_LIMIT: Duration = Duration::from_secs(60);
-
-/// The store partition (column family) of task `n`.
-pub fn task_name(partition: i32) -> String {
-    format!("task/{partition}")
-}
 
 /// What a restore did, for logs and tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,7 +163,7 @@ impl Restorer {
                     let key = m.key().unwrap_or_default();
                     let value = m.payload().map(<[u8]>::to_vec);
                     if let Some(v) = &value {
-                        if let Err(reason) = store::decode(v) {
+                        if let Err(reason) = record::decode(v) {
                             break Err(anyhow::anyhow!("changelog {}/{partition} offset {offset}: {reason}; is another application writing to it?", self.changelog));
                         }
                     }

@@ -540,7 +540,7 @@ pub fn replay_state(values: &[(String, String)]) -> BTreeMap<String, resevent::m
     let st = dir.path().join("state");
     let status = Command::new(env!("CARGO_BIN_EXE_resevent")).arg("replay").arg("--state-dir").arg(&st).arg(&input).env("RESEVENT_LOG", "warn").stdout(std::process::Stdio::null()).status().unwrap();
     assert!(status.success());
-    let store = resevent::store::StateStore::open(&st).unwrap();
+    let store = resevent::state::store::StateStore::open(&st).unwrap();
     store.reservations(resevent::replay::REPLAY_PARTITION).unwrap().into_iter().collect()
 }
 

@@ -15,7 +15,11 @@
 use std::collections::HashMap;
 
 use crate::machine::ReservationState;
-use crate::store::{StateSource, StateStore, StoreError};
+use crate::state::store::{StateSource, StateStore, StoreError};
+
+/// Encoded states per task, as the changelog and the store take them.
+/// Per task, each dirty reservation's record (`None`: removed, a tombstone).
+pub type DirtyStates = Vec<(i32, Vec<(String, Option<Vec<u8>>)>)>;
 
 /// The engine's view of a task's state: the write-back cache first, the
 /// store for what the cache lacks (one MultiGet for all of them).
@@ -144,11 +148,11 @@ impl WriteBackCache {
     /// (the same bytes go to both). The entries stay dirty until
     /// [`WriteBackCache::mark_clean`] or [`WriteBackCache::drop_dirty`].
     /// A removed reservation is `None` (a tombstone).
-    pub fn dirty_encoded(&self) -> super::commit::DirtyStates {
-        let mut out: super::commit::DirtyStates = self
+    pub fn dirty_encoded(&self) -> DirtyStates {
+        let mut out: DirtyStates = self
             .tasks
             .iter()
-            .map(|(&task, entries)| (task, entries.iter().filter(|(_, e)| e.dirty).map(|(id, e)| (id.clone(), e.state.as_ref().map(crate::store::encode))).collect::<Vec<_>>()))
+            .map(|(&task, entries)| (task, entries.iter().filter(|(_, e)| e.dirty).map(|(id, e)| (id.clone(), e.state.as_ref().map(crate::state::record::encode))).collect::<Vec<_>>()))
             .filter(|(_, states)| !states.is_empty())
             .collect();
         out.sort_by_key(|(task, _)| *task);
@@ -215,7 +219,7 @@ mod tests {
         assert_eq!(c.dirty_count(), 2);
         let dirty = c.dirty_encoded();
         assert_eq!(dirty.len(), 2);
-        assert_eq!(dirty[0].1, vec![("r1".to_string(), Some(crate::store::encode(&state("202"))))]);
+        assert_eq!(dirty[0].1, vec![("r1".to_string(), Some(crate::state::record::encode(&state("202"))))]);
         c.mark_clean();
         assert_eq!(c.dirty_count(), 0);
         assert!(c.dirty_encoded().is_empty());
