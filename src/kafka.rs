@@ -4,7 +4,7 @@
 //!
 //! Owns how the user's librdkafka settings layer over resevent's own; no
 //! processing here. The service's hot path sends through
-//! `service::sink::RecordCollector`, which never waits per record.
+//! `run::sink::RecordCollector`, which never waits per record.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;

@@ -13,10 +13,7 @@ use resevent::decode::{Decoder, Format};
 use resevent::engine::Engine;
 use resevent::pipeline::{Allowlist, Pipeline};
 use resevent::replay::{self, Input, ReplayOptions};
-use resevent::service::{
-    self,
-    config::{Guarantee, Overrides, RunConfig},
-};
+use resevent::run::config::{Guarantee, Overrides, RunConfig};
 use resevent::state::store::StateStore;
 
 /// mimalloc: the engine allocates many small, short-lived strings per record,
@@ -157,7 +154,7 @@ RESEVENT_CONSUMER__<SETTING>, RESEVENT_PRODUCER__<SETTING> with dots written as 
         /// Business events as json [default] or avro (schemas/business-event.avsc, Confluent wire
         /// format, the schema registered under <topic>-value at start; needs --schema-registry-url).
         #[arg(long, value_enum, value_name = "FORMAT")]
-        output_format: Option<service::config::OutputFormat>,
+        output_format: Option<resevent::run::config::OutputFormat>,
         /// Confluent-compatible Schema Registry, for Avro output and Avro input. Basic auth, a CA
         /// file and the subject strategy go in [schema_registry] of --config or
         /// RESEVENT_SCHEMA_REGISTRY__<KEY>.
@@ -383,7 +380,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::State { command: StateCommand::Get { id, state_dir } } => {
-            let found = resevent::lookup::get(&state_dir, &id)?;
+            let found = resevent::inspect::get(&state_dir, &id)?;
             for r in &found {
                 println!("{r}");
             }
@@ -394,7 +391,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::State { command: StateCommand::Dump { state_dir } } => {
-            let n = resevent::lookup::dump(&state_dir, &mut BufWriter::new(io::stdout().lock()))?;
+            let n = resevent::inspect::dump(&state_dir, &mut BufWriter::new(io::stdout().lock()))?;
             tracing::info!(reservations = n, "state dumped");
             Ok(ExitCode::SUCCESS)
         }
@@ -414,7 +411,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let cfg = RunConfig::load(config.as_deref(), std::env::vars(), flags)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             if passthrough {
-                let summary = runtime.block_on(service::passthrough::run(cfg, shutdown_signal()))?;
+                let summary = runtime.block_on(resevent::run::passthrough::run(cfg, shutdown_signal()))?;
                 println!("{}", summary.to_json());
                 return Ok(ExitCode::SUCCESS);
             }
@@ -422,7 +419,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!(pipeline = %origin, "pipeline loaded");
             let engine = Engine::new(pipeline.clone(), Decoder::new(cfg.format, pipeline.paths.clone()).with_limits(cfg.limits()));
             let file = pipeline_file(cfg.pipeline.as_deref());
-            let summary = runtime.block_on(service::run(cfg, engine, file, shutdown_signal()))?;
+            let summary = runtime.block_on(resevent::run::run(cfg, engine, file, shutdown_signal()))?;
             if summary.first_batch.is_some() {
                 println!("{}", summary.to_json());
             }

@@ -19,3 +19,22 @@ pub mod store;
 pub fn task_name(partition: i32) -> String {
     format!("task/{partition}")
 }
+
+/// The JSON shape of one stored reservation, as `resevent state get` and
+/// the status page's lookup show it.
+pub fn reservation_json(id: &str, partition: &str, s: &crate::machine::ReservationState) -> serde_json::Value {
+    serde_json::json!({
+        "reservationId": id,
+        "partition": partition,
+        "state": s.state.name(),
+        "bookingStatus": s.status,
+        "propertyId": s.fields[crate::change::Field::Property as usize],
+        "roomNumber": s.fields[crate::change::Field::Room as usize],
+        "arrivalDate": s.fields[crate::change::Field::Arrival as usize],
+        "departureDate": s.fields[crate::change::Field::Departure as usize],
+        "sourcePosition": s.position.map(|p| p.to_string()),
+        "changesAtPosition": s.applied.len(),
+        "lastChangeAt": s.changed_at_ms.map(crate::time::format_millis),
+        "timersFired": s.fired.iter().map(|(t, due)| serde_json::json!({"eventType": t.name(), "due": crate::time::format_millis(*due)})).collect::<Vec<_>>(),
+    })
+}

@@ -200,11 +200,11 @@ impl ServiceContext {
             for &p in &tasks.ready {
                 let partition = task_name(p);
                 if let Some(s) = tasks.coordinator.cache.get(p, id) {
-                    found = Some(crate::lookup::reservation_json(id, &partition, s));
+                    found = Some(crate::state::reservation_json(id, &partition, s));
                     break;
                 }
                 if let Some(s) = self.store.lock().expect("store lock").get(&partition, id)? {
-                    found = Some(crate::lookup::reservation_json(id, &partition, &s));
+                    found = Some(crate::state::reservation_json(id, &partition, &s));
                     break;
                 }
             }

@@ -9,28 +9,8 @@
 use std::io::Write;
 use std::path::Path;
 
-use serde_json::json;
-
-use crate::machine::ReservationState;
+use crate::state::reservation_json;
 use crate::state::store::StateStore;
-
-/// The JSON shape of one stored reservation.
-pub fn reservation_json(id: &str, partition: &str, s: &ReservationState) -> serde_json::Value {
-    json!({
-        "reservationId": id,
-        "partition": partition,
-        "state": s.state.name(),
-        "bookingStatus": s.status,
-        "propertyId": s.fields[crate::change::Field::Property as usize],
-        "roomNumber": s.fields[crate::change::Field::Room as usize],
-        "arrivalDate": s.fields[crate::change::Field::Arrival as usize],
-        "departureDate": s.fields[crate::change::Field::Departure as usize],
-        "sourcePosition": s.position.map(|p| p.to_string()),
-        "changesAtPosition": s.applied.len(),
-        "lastChangeAt": s.changed_at_ms.map(crate::time::format_millis),
-        "timersFired": s.fired.iter().map(|(t, due)| json!({"eventType": t.name(), "due": crate::time::format_millis(*due)})).collect::<Vec<_>>(),
-    })
-}
 
 fn open(dir: &Path) -> anyhow::Result<StateStore> {
     if !dir.join("CURRENT").exists() {
