@@ -1,5 +1,5 @@
 //! `resevent dlq`: the operator's tool for dead letters, the records `resevent
-//! run` can never process (their layout: [`crate::deadletter`]).
+//! run` can never process (their layout: [`crate::sink::deadletter`]).
 //!
 //! What each path guarantees:
 //! - `list` and `show` only read. They assign the dead-letter topic's
@@ -51,12 +51,12 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::deadletter;
+use crate::sink::deadletter;
 use crate::kafka::{acknowledged, client_config, group_consumer_config, producer_config, send};
 use crate::time::{format_millis, parse_millis};
 
 /// The one header a replayed record carries beyond the original's.
-pub use crate::deadletter::REPLAYED_FROM;
+pub use crate::sink::deadletter::REPLAYED_FROM;
 
 /// Broker requests (metadata, offsets, commits, DeleteRecords).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -290,7 +290,7 @@ fn settings(args: &DlqArgs, env: impl Iterator<Item = (String, String)>) -> anyh
     if let Some(input) = &args.input_topic {
         cfg.input_topics = vec![input.clone()];
     }
-    let dead_letter_topics: BTreeSet<String> = cfg.input_topics.iter().map(|t| crate::deadletter::topic_for(t, cfg.dead_letter_topic.as_deref())).collect();
+    let dead_letter_topics: BTreeSet<String> = cfg.input_topics.iter().map(|t| crate::sink::deadletter::topic_for(t, cfg.dead_letter_topic.as_deref())).collect();
     let mut names = dead_letter_topics.into_iter();
     match (names.next(), names.next()) {
         (Some(only), None) => Ok((cfg, only)),

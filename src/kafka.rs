@@ -4,7 +4,7 @@
 //!
 //! Owns how the user's librdkafka settings layer over resevent's own; no
 //! processing here. The service's hot path sends through
-//! `run::sink::RecordCollector`, which never waits per record.
+//! `sink::collector::RecordCollector`, which never waits per record.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -18,6 +18,10 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 use crate::config::KafkaSettings;
 use crate::fault::Fault;
+
+/// `max.message.bytes` of a created dead-letter topic, and what the producer
+/// accepts: a dead letter carries the original record, which may be large.
+pub const DEAD_LETTER_MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// Every client: the bootstrap servers and the `[kafka]` settings.
 pub fn client_config(cfg: &KafkaSettings) -> ClientConfig {
@@ -64,7 +68,7 @@ pub fn producer_config(cfg: &KafkaSettings) -> ClientConfig {
     let mut c = client_config(cfg);
     c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5");
     // A dead letter carries the original record, however large it was.
-    c.set("message.max.bytes", (crate::deadletter::TOPIC_MAX_MESSAGE_BYTES + (1 << 20)).to_string());
+    c.set("message.max.bytes", (DEAD_LETTER_MAX_MESSAGE_BYTES + (1 << 20)).to_string());
     with_settings(&c, cfg.producer)
 }
 

@@ -7,11 +7,9 @@
 //! state), `engine` (one batch through all of them) and `replay` (files in,
 //! events out).
 
-pub mod avro;
 pub mod capture;
 pub mod change;
 pub mod config;
-pub mod deadletter;
 pub mod decode;
 pub mod dlq;
 pub mod engine;
@@ -21,9 +19,11 @@ pub mod kafka;
 pub mod inspect;
 pub mod machine;
 pub mod pipeline;
+pub mod registry;
 pub mod replay;
 pub mod run;
 pub mod secrets;
+pub mod sink;
 pub mod state;
 pub mod tail;
 pub mod time;

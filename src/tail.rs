@@ -16,7 +16,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::avro::registry::Registry;
+use crate::registry::Registry;
 
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
@@ -65,7 +65,7 @@ pub struct TailArgs {
 #[serde(default)]
 struct TailSettings {
     bootstrap_servers: String,
-    schema_registry: crate::avro::registry::RegistryConfig,
+    schema_registry: crate::registry::RegistryConfig,
     kafka: std::collections::BTreeMap<String, String>,
     consumer: std::collections::BTreeMap<String, String>,
     producer: std::collections::BTreeMap<String, String>,
@@ -185,11 +185,11 @@ pub async fn run(args: &TailArgs, env: impl Iterator<Item = (String, String)>, o
 /// One business event's value as JSON, from either wire form.
 pub async fn decode_event(registry: Option<&Registry>, value: Option<&[u8]>) -> anyhow::Result<serde_json::Value> {
     let value = value.context("the record has no value")?;
-    if let Some((id, datum)) = crate::avro::unframe(value) {
+    if let Some((id, datum)) = crate::decode::avro::unframe(value) {
         let Some(registry) = registry else { anyhow::bail!("the value is Avro (schema id {id}); give --schema-registry-url to decode it") };
         let schema = registry.schema(id).await?;
-        let v = crate::avro::read_datum(&schema.parsed, datum).map_err(|e| anyhow::anyhow!("not a datum of schema {id}: {e}"))?;
-        return Ok(crate::avro::to_json(&v));
+        let v = crate::decode::avro::read_datum(&schema.parsed, datum).map_err(|e| anyhow::anyhow!("not a datum of schema {id}: {e}"))?;
+        return Ok(crate::decode::avro::to_json(&v));
     }
     serde_json::from_slice(value).context("the value is neither Avro in the wire format nor JSON")
 }

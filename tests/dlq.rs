@@ -12,7 +12,7 @@ use std::time::Duration;
 use common::*;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use resevent::deadletter;
+use resevent::sink::deadletter;
 use resevent::dlq::REPLAYED_FROM;
 
 /// `resevent dlq ARGS` against the broker: (exit code, stdout, stderr).

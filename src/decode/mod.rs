@@ -14,6 +14,7 @@
 //! record's text (see `lean`), so a typical record allocates little more than
 //! the strings of its [`Change`].
 
+pub mod avro;
 mod debezium;
 pub mod extjson;
 mod lean;

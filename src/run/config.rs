@@ -59,7 +59,7 @@ pub struct RunConfig {
     pub output_format: OutputFormat,
     /// The Confluent-compatible Schema Registry: for Avro output, and for
     /// Avro input (recognised per record by the wire format's magic byte).
-    pub schema_registry: crate::avro::registry::RegistryConfig,
+    pub schema_registry: crate::registry::RegistryConfig,
     /// at-least-once (default) or exactly-once (Kafka transactions).
     pub processing_guarantee: Guarantee,
     /// Create missing changelog and business topics at start.
@@ -271,7 +271,7 @@ impl RunConfig {
 
     /// The dead-letter topic of an input topic.
     pub fn dead_letter_topic_for(&self, input: &str) -> String {
-        crate::deadletter::topic_for(input, self.dead_letter_topic.as_deref())
+        crate::sink::deadletter::topic_for(input, self.dead_letter_topic.as_deref())
     }
 
     /// The decoder limits these settings give.

@@ -17,7 +17,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
-use super::latency::Latency;
+use crate::sink::latency::Latency;
 use crate::engine::Counts;
 
 type Labels = Vec<(String, String)>;

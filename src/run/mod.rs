@@ -6,7 +6,7 @@
 //! partition N of the compacted changelog topic. The pieces, one I/O edge each:
 //! - `input`: records from the consumer, in batches;
 //! - `sink`: business events, routes, dead letters and changelog records,
-//!   sent without waiting ([`sink::RecordCollector`]);
+//!   sent without waiting ([`crate::sink::collector::RecordCollector`]);
 //! - `cache` and `commit`: new states wait in a write-back cache; every
 //!   `commit_interval_ms` (and when the cache is full, at revocation and at
 //!   shutdown) the coordinator makes the interval durable — outputs
@@ -27,13 +27,11 @@ pub mod commit;
 pub mod config;
 mod http;
 mod input;
-pub mod latency;
 pub mod metrics;
 pub mod passthrough;
 mod recent;
 pub mod reload;
 pub mod restore;
-pub mod sink;
 mod topics;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -55,7 +53,7 @@ use commit::{CommitIo, Committed, Coordinator, InputPartition};
 use config::{Guarantee, RunConfig};
 use crate::fault::{Backoff, Fault};
 use restore::{CHANGELOG_NEXT, RestoreResult, RestoreWorker, Restorer};
-use sink::RecordCollector;
+use crate::sink::collector::RecordCollector;
 
 /// Restores that run at once. Two: a partition with a long restore does not
 /// hold up the others; more would mostly compete for the same disk and core.
@@ -66,7 +64,7 @@ const RESTORE_THREADS: usize = 2;
 pub struct RunSummary {
     pub counts: Counts,
     /// Input record timestamp → its business event acknowledged.
-    pub latency: latency::Latency,
+    pub latency: crate::sink::latency::Latency,
     pub batches: u64,
     /// When the first batch was processed and the last output acknowledged,
     /// for a busy-time rate.
@@ -331,7 +329,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path
     let base = kafka::client_config(&cfg.kafka_settings());
     let routed: Vec<String> = engine.pipeline.routes.iter().map(|r| r.topic.clone()).collect();
     let registry = match &cfg.schema_registry.url {
-        Some(_) => Some(Arc::new(crate::avro::registry::Registry::new(&cfg.schema_registry)?)),
+        Some(_) => Some(Arc::new(crate::registry::Registry::new(&cfg.schema_registry)?)),
         None => None,
     };
     let mut event_topics = vec![cfg.output_topic.clone()];
@@ -341,7 +339,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path
             Some(codec) => codec,
             None => return Ok(RunSummary::default()),
         },
-        _ => crate::avro::EventCodec::Json,
+        _ => crate::sink::codec::EventCodec::Json,
     };
     let partitions = topics::prepare(&cfg, &routed, &base).await?;
     let exactly_once = cfg.processing_guarantee == Guarantee::ExactlyOnce;
@@ -363,7 +361,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path
     if !cfg.consumer.contains_key("max.partition.fetch.bytes") {
         restore_cfg.set("max.partition.fetch.bytes", (16 << 20).to_string());
     }
-    let latency = Arc::new(Mutex::new(latency::Latency::default()));
+    let latency = Arc::new(Mutex::new(crate::sink::latency::Latency::default()));
     let metrics = Arc::new(metrics::Metrics::new(metrics::LatencyMetric(latency.clone())));
     let mut restorers = Vec::new();
     for _ in 0..RESTORE_THREADS {
@@ -467,9 +465,9 @@ struct Service<'a> {
     watch: reload::PipelineWatch,
     consumer: &'a StreamConsumer<ServiceContext>,
     /// How business events are written (JSON, or Avro with registered ids).
-    codec: crate::avro::EventCodec,
+    codec: crate::sink::codec::EventCodec,
     /// Resolves Avro-framed input; none = no registry configured.
-    registry: Option<Arc<crate::avro::registry::Registry>>,
+    registry: Option<Arc<crate::registry::Registry>>,
     summary: RunSummary,
     since_log: Counts,
     last_log: Instant,
@@ -663,7 +661,7 @@ impl Service<'_> {
                 let mut all = Vec::with_capacity(batch.len());
                 let mut failed = None;
                 for m in batch {
-                    match crate::avro::resolve(r, m.key(), m.payload()).await {
+                    match crate::registry::resolve(r, m.key(), m.payload()).await {
                         Ok(x) => all.push(x),
                         Err(e) => {
                             failed = Some(e);
@@ -707,7 +705,7 @@ impl Service<'_> {
                 Some(r) => Some(r?),
                 None => None,
             };
-            let plain = crate::avro::Resolved::Plain;
+            let plain = crate::registry::Resolved::Plain;
             for (&p, msgs) in &by_task {
                 // `records[i]` is `msgs[index_of[i]]`; records the registry rejected are not decoded.
                 let mut records: Vec<InputRecord> = Vec::with_capacity(msgs.len());
@@ -719,9 +717,9 @@ impl Service<'_> {
                         None => &plain,
                     };
                     let (key, value) = match r {
-                        crate::avro::Resolved::Plain => (m.key(), m.payload()),
-                        crate::avro::Resolved::Converted { key, value } => (key.as_deref().or(m.key()), value.as_deref().or(m.payload())),
-                        crate::avro::Resolved::Rejected(e) => {
+                        crate::registry::Resolved::Plain => (m.key(), m.payload()),
+                        crate::registry::Resolved::Converted { key, value } => (key.as_deref().or(m.key()), value.as_deref().or(m.payload())),
+                        crate::registry::Resolved::Rejected(e) => {
                             rejected_early.push((i, e.clone()));
                             continue;
                         }
@@ -790,7 +788,7 @@ impl Service<'_> {
                     let m = msgs[r.index];
                     let dlt = self.cfg.dead_letter_topic_for(m.topic());
                     tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), kind = r.error.kind(), error = %r.error, dead_letter_topic = %dlt, "record rejected; sent to the dead-letter topic");
-                    tasks.collector.send_dead_letter(&dlt, crate::deadletter::build(m, &r.error)).await?;
+                    tasks.collector.send_dead_letter(&dlt, crate::sink::deadletter::build(m, &r.error)).await?;
                 }
                 for (id, state) in out.states {
                     tasks.coordinator.cache.put(p, &id, state);
@@ -927,14 +925,14 @@ impl Service<'_> {
 /// under each topic's subject. A registry that cannot be reached is waited
 /// for, with backoff, before anything is consumed; one that refuses stops the
 /// start with its reason. `None`: shut down while waiting.
-async fn event_codec(cfg: &RunConfig, registry: &crate::avro::registry::Registry, topics: &[String], mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>) -> anyhow::Result<Option<crate::avro::EventCodec>> {
+async fn event_codec(cfg: &RunConfig, registry: &crate::registry::Registry, topics: &[String], mut shutdown: std::pin::Pin<&mut impl Future<Output = ()>>) -> anyhow::Result<Option<crate::sink::codec::EventCodec>> {
     let mut backoff = Backoff::new(Duration::from_millis(cfg.retry_initial_backoff_ms), Duration::from_millis(cfg.retry_max_backoff_ms));
     let mut ids = std::collections::HashMap::new();
     for topic in topics {
         let subject = cfg.schema_registry.subject(topic);
         let mut attempt = 0u32;
         let id = loop {
-            match registry.register(&subject, crate::avro::BUSINESS_EVENT_SCHEMA, cfg.schema_registry.auto_register).await {
+            match registry.register(&subject, crate::sink::codec::BUSINESS_EVENT_SCHEMA, cfg.schema_registry.auto_register).await {
                 Ok(id) => break id,
                 Err(e) if e.is_transient() => {
                     attempt += 1;
@@ -951,7 +949,7 @@ async fn event_codec(cfg: &RunConfig, registry: &crate::avro::registry::Registry
         tracing::info!(registry = %registry.url(), subject = %subject, schema_id = id, topic = %topic, "business events written as Avro");
         ids.insert(topic.clone(), id);
     }
-    Ok(Some(crate::avro::EventCodec::Avro { ids }))
+    Ok(Some(crate::sink::codec::EventCodec::Avro { ids }))
 }
 
 /// Builds task `p`'s due-time index for `pipeline`'s timer rows if it was

@@ -15,7 +15,7 @@ use rdkafka::message::Message;
 use super::{RunSummary, offsets_list};
 use super::config::RunConfig;
 use super::input;
-use super::sink::RecordCollector;
+use crate::sink::collector::RecordCollector;
 use crate::engine::Counts;
 use crate::kafka;
 

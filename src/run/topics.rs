@@ -89,7 +89,7 @@ pub async fn prepare(cfg: &RunConfig, routed: &[String], client: &ClientConfig) 
             // replay re-injects each partition's records in their order.
             Some(m) if m < n => anyhow::bail!("dead-letter topic {dlt:?} has {m} partitions, fewer than the input's {n}; add partitions to it or name another with dead_letter_topic"),
             Some(_) => {}
-            None if cfg.create_topics => to_create.push((dlt, n, vec![("max.message.bytes", crate::deadletter::TOPIC_MAX_MESSAGE_BYTES.to_string())])),
+            None if cfg.create_topics => to_create.push((dlt, n, vec![("max.message.bytes", crate::kafka::DEAD_LETTER_MAX_MESSAGE_BYTES.to_string())])),
             None => anyhow::bail!("dead-letter topic {dlt:?} does not exist and topic creation is off"),
         }
     }

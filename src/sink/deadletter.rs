@@ -31,9 +31,6 @@ pub const TIME: &str = "resevent.time";
 /// left out and the record must be fetched from the original topic by offset.
 pub const VALUE_OMITTED: &str = "resevent.original.value.omitted";
 
-/// `max.message.bytes` of a created dead-letter topic: a dead letter carries
-/// the original record, which may be large.
-pub const TOPIC_MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 /// The largest original value a dead letter carries (the dead-letter topic is
 /// created with `max.message.bytes` of 64 MiB; headers and key need room too).

@@ -29,7 +29,7 @@ use rdkafka::TopicPartitionList;
 
 use crate::fault::Fault;
 use super::latency::Latency;
-use crate::deadletter::DeadLetter;
+use crate::sink::deadletter::DeadLetter;
 
 /// How long a flush or a transaction call may take before the interval is
 /// given up as failed (and rewound). Within it, librdkafka keeps retrying.

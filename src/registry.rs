@@ -227,6 +227,52 @@ impl Registry {
     }
 }
 
+/// A Kafka record's key and value with their Avro parts, if any, as JSON.
+/// Short-lived (one batch), so the large `Rejected` variant is not boxed.
+#[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
+pub enum Resolved {
+    /// Neither key nor value is framed: decode the bytes as they are.
+    Plain,
+    /// JSON to decode instead of the framed key and/or value (`None`: the original bytes).
+    Converted { key: Option<Vec<u8>>, value: Option<Vec<u8>> },
+    /// The record can never be decoded (permanent): dead-letter it.
+    Rejected(crate::decode::DecodeError),
+}
+
+/// Resolves a record's framed key and value through the registry. Only a
+/// registry that cannot be reached (or refuses) is an error: the record is
+/// then held, never dropped or decoded some other way.
+pub async fn resolve(registry: &Registry, key: Option<&[u8]>, value: Option<&[u8]>) -> Result<Resolved, RegistryError> {
+    let (fk, fv) = (key.and_then(crate::decode::avro::unframe), value.and_then(crate::decode::avro::unframe));
+    if fk.is_none() && fv.is_none() {
+        return Ok(Resolved::Plain);
+    }
+    let mut out = (None, None);
+    for (which, f) in [(0, fk), (1, fv)] {
+        let Some((id, datum)) = f else { continue };
+        let schema = match registry.schema(id).await {
+            Ok(s) => s,
+            Err(e @ (RegistryError::NotFound(_) | RegistryError::Unusable(_))) => {
+                return Ok(Resolved::Rejected(crate::decode::DecodeError::SchemaNotFound(e.to_string())));
+            }
+            Err(e) => return Err(e),
+        };
+        let value = match crate::decode::avro::read_datum(&schema.parsed, datum) {
+            Ok(v) => v,
+            Err(reason) => return Ok(Resolved::Rejected(crate::decode::DecodeError::BadAvro { id, reason })),
+        };
+        if which == 0 {
+            let mut json = crate::decode::avro::to_json(&value);
+            crate::decode::avro::unwrap_key(&mut json);
+            out.0 = Some(serde_json::to_vec(&json).expect("JSON values serialize"));
+        } else {
+            out.1 = Some(crate::decode::avro::change_stream_json(&value));
+        }
+    }
+    Ok(Resolved::Converted { key: out.0, value: out.1 })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
