@@ -1,0 +1,2 @@
+"""scripts/bench.py's parts: settings, procs (the broker and the processes),
+feed (the workload), phases, runner (one run) and report (the table)."""
