@@ -44,15 +44,14 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 
 use crate::sink::deadletter;
-use crate::kafka::{acknowledged, client_config, group_consumer_config, producer_config, send};
+use crate::kafka::{EndOfPartition, acknowledged, client_config, group_consumer_config, producer_config, send};
 use crate::time::{format_millis, parse_millis};
 
 /// The one header a replayed record carries beyond the original's.
@@ -322,7 +321,7 @@ impl DeadLetterTopic {
     fn consumer(&self) -> anyhow::Result<DeadLetterConsumer> {
         let mut c = group_consumer_config(&self.cfg.kafka_settings(), &replay_mark_group(&self.name));
         c.set("enable.partition.eof", "true");
-        c.create_with_context(EndOfPartitionIsNoError).with_context(|| format!("creating a Kafka consumer for {}", self.cfg.bootstrap_servers))
+        c.create_with_context(EndOfPartition { what: "dead-letter consumer" }).with_context(|| format!("creating a Kafka consumer for {}", self.cfg.bootstrap_servers))
     }
 
     /// Reads every partition from its start to its end.
@@ -362,27 +361,11 @@ impl DeadLetterTopic {
 
 /// Partition ids of a topic, `None` if it does not exist.
 fn partitions(consumer: &DeadLetterConsumer, topic: &str, bootstrap: &str) -> anyhow::Result<Option<Vec<i32>>> {
-    let md = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)).with_context(|| format!("reading metadata of topic {topic:?} from {bootstrap}"))?;
-    Ok(md.topics().iter().find(|t| t.name() == topic && t.error().is_none() && !t.partitions().is_empty()).map(|t| t.partitions().iter().map(|p| p.id()).collect()))
+    tokio::task::block_in_place(|| crate::kafka::topics::partition_ids(consumer, topic, REQUEST_TIMEOUT)).with_context(|| format!("reading metadata of topic {topic:?} from {bootstrap}"))
 }
 
-type DeadLetterConsumer = StreamConsumer<EndOfPartitionIsNoError>;
+type DeadLetterConsumer = StreamConsumer<EndOfPartition>;
 
-/// Partition EOF is how a read knows it is done, not an error worth a log line.
-struct EndOfPartitionIsNoError;
-
-impl ClientContext for EndOfPartitionIsNoError {
-    fn error(&self, error: KafkaError, reason: &str) {
-        // Also reported as a global error, once per fetch that finds nothing new.
-        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::PartitionEOF) {
-            tracing::debug!(%reason, "dead-letter partition end");
-        } else {
-            tracing::error!(error = %error, %reason, "dead-letter consumer error");
-        }
-    }
-}
-
-impl ConsumerContext for EndOfPartitionIsNoError {}
 
 /// Reads dead letters in offset order per partition, from a start offset up
 /// to a stop offset or, without one, to the end the partition has when

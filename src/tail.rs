@@ -111,12 +111,9 @@ pub async fn run(args: &TailArgs, env: impl Iterator<Item = (String, String)>, o
         .set("auto.offset.reset", if args.from_beginning { "earliest" } else { "latest" })
         .create_with_context(crate::kafka::ConnectionContext::default())
         .context("creating the Kafka consumer")?;
-    let metadata = tokio::task::block_in_place(|| consumer.fetch_metadata(Some(&args.topic), Duration::from_secs(10)))
-        .map_err(|e| crate::kafka::explain(format!("reading the partitions of {}: {e}", args.topic), consumer.context()))?;
-    let partitions: Vec<i32> = metadata.topics().iter().filter(|t| t.name() == args.topic && t.error().is_none()).flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
-    if partitions.is_empty() {
-        anyhow::bail!("topic {} does not exist (or has no partitions) on {}", args.topic, cfg.bootstrap_servers);
-    }
+    let partitions = tokio::task::block_in_place(|| crate::kafka::topics::partition_ids(&consumer, &args.topic, Duration::from_secs(10)))
+        .map_err(|e| crate::kafka::explain(format!("reading the partitions of {}: {e}", args.topic), consumer.context()))?
+        .ok_or_else(|| anyhow::anyhow!("topic {} does not exist (or has no partitions) on {}", args.topic, cfg.bootstrap_servers))?;
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
         tpl.add_partition_offset(&args.topic, p, if args.from_beginning { Offset::Beginning } else { Offset::End })?;

@@ -65,7 +65,7 @@ def linger_ms():
     """resevent's producer linger as its source sets it (it is reported
     nowhere else); passthrough.py is given the same."""
     try:
-        with open(os.path.join(REPO, "src", "kafka.rs")) as f:
+        with open(os.path.join(REPO, "src", "kafka", "mod.rs")) as f:
             m = re.search(r'"linger\.ms",\s*"(\d+)"', f.read())
         return int(m.group(1)) if m else 5
     except OSError:

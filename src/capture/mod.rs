@@ -28,7 +28,7 @@ use mongodb::change_stream::event::ResumeToken;
 use mongodb::error::ErrorKind;
 use mongodb::options::FullDocumentType;
 use rdkafka::Message;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::AdminClient;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
@@ -483,10 +483,10 @@ fn plan_summary(plan: &ResumePlan) -> String {
 /// Creates the topic if missing; returns its partition count.
 async fn ensure_topic(cfg: &CaptureConfig, kcfg: &KafkaSettings<'_>, topic: &str) -> anyhow::Result<i32> {
     let client = kafka::client_config(kcfg);
-    let probe: BaseConsumer<ConnectionContext> = kafka::with_settings(&client, kcfg.consumer).set("allow.auto.create.topics", "false").create_with_context(ConnectionContext::default())?;
+    let probe: BaseConsumer<ConnectionContext> = kafka::topics::probe_config(&kafka::with_settings(&client, kcfg.consumer)).create_with_context(ConnectionContext::default())?;
     let count = |probe: &BaseConsumer<ConnectionContext>| -> anyhow::Result<Option<i32>> {
-        let md = tokio::task::block_in_place(|| probe.fetch_metadata(Some(topic), KAFKA_TIMEOUT)).map_err(|e| kafka::explain(format!("reading metadata of {topic:?} from {}: {e}", kcfg.bootstrap_servers), probe.context()))?;
-        Ok(md.topics().first().filter(|t| t.error().is_none() && !t.partitions().is_empty()).map(|t| t.partitions().len() as i32))
+        let ids = tokio::task::block_in_place(|| kafka::topics::partition_ids(probe, topic, KAFKA_TIMEOUT)).map_err(|e| kafka::explain(format!("reading metadata of {topic:?} from {}: {e}", kcfg.bootstrap_servers), probe.context()))?;
+        Ok(ids.map(|ids| ids.len() as i32))
     };
     if let Some(n) = count(&probe)? {
         return Ok(n);
@@ -495,14 +495,8 @@ async fn ensure_topic(cfg: &CaptureConfig, kcfg: &KafkaSettings<'_>, topic: &str
         anyhow::bail!("topic {topic:?} does not exist and topic creation is off");
     }
     let admin: AdminClient<rdkafka::client::DefaultClientContext> = client.create()?;
-    let t = NewTopic::new(topic, cfg.partitions.unwrap_or(-1), TopicReplication::Fixed(cfg.replication_factor));
-    for r in admin.create_topics(&[t], &AdminOptions::new().operation_timeout(Some(KAFKA_TIMEOUT))).await? {
-        match r {
-            Ok(name) => tracing::info!(topic = %name, "created topic"),
-            Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((name, code)) => anyhow::bail!("cannot create topic {name:?}: {code}"),
-        }
-    }
+    let spec = kafka::topics::TopicSpec { name: topic.to_owned(), partitions: cfg.partitions.unwrap_or(-1), configs: Vec::new() };
+    kafka::topics::create(&admin, &[spec], cfg.replication_factor, KAFKA_TIMEOUT).await?;
     let deadline = Instant::now() + KAFKA_TIMEOUT;
     loop {
         if let Some(n) = count(&probe)? {
@@ -514,24 +508,11 @@ async fn ensure_topic(cfg: &CaptureConfig, kcfg: &KafkaSettings<'_>, topic: &str
     }
 }
 
-/// A consumer context that keeps librdkafka's PartitionEOF "errors" (the
-/// end of a partition, which the read-back waits for) out of the log.
-struct QuietContext;
-
-impl rdkafka::ClientContext for QuietContext {
-    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        if !matches!(error, rdkafka::error::KafkaError::PartitionEOF(_)) && !reason.contains("end of partition") {
-            tracing::warn!(error = %error, reason, "Kafka client error");
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for QuietContext {}
 
 /// The last record of every non-empty partition, with its position header.
 fn read_last_records(kcfg: &KafkaSettings, topic: &str, partitions: i32) -> anyhow::Result<Vec<LastRecord>> {
     // Connection failures surface earlier, in ensure_topic's probe.
-    let consumer: BaseConsumer<QuietContext> = kafka::reader_config(kcfg, "resevent-capture-position").create_with_context(QuietContext)?;
+    let consumer: BaseConsumer<kafka::EndOfPartition> = kafka::reader_config(kcfg, "resevent-capture-position").create_with_context(kafka::EndOfPartition { what: "capture read-back" })?;
     let ends = || -> anyhow::Result<Vec<(i64, i64)>> {
         (0..partitions).map(|p| consumer.fetch_watermarks(topic, p, KAFKA_TIMEOUT).map_err(|e| anyhow::anyhow!("reading the offsets of {topic:?} partition {p}: {e}"))).collect()
     };

@@ -365,7 +365,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path
     let metrics = Arc::new(metrics::Metrics::new(metrics::LatencyMetric(latency.clone())));
     let mut restorers = Vec::new();
     for _ in 0..RESTORE_THREADS {
-        restorers.push(Restorer { store: store.clone(), changelog: cfg.changelog_topic(), consumer: restore_cfg.create_with_context(restore::RestoreContext)?, metrics: Some(metrics.clone()) });
+        restorers.push(Restorer { store: store.clone(), changelog: cfg.changelog_topic(), consumer: restore_cfg.create_with_context(kafka::EndOfPartition { what: "restore consumer" })?, metrics: Some(metrics.clone()) });
     }
     let (restored_tx, mut restored) = tokio::sync::mpsc::unbounded_channel::<RestoreResult>();
     let restores = RestoreWorker::start(restorers, restored_tx)?;

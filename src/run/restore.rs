@@ -27,6 +27,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::kafka::EndOfPartition;
 use crate::state::record;
 use crate::state::store::{StateBatch, StateStore};
 use crate::state::task_name;
@@ -52,26 +53,11 @@ pub struct Restorer {
     pub store: Arc<Mutex<StateStore>>,
     pub changelog: String,
     /// An assign-only consumer (no group), `enable.partition.eof=true`.
-    pub consumer: BaseConsumer<RestoreContext>,
+    pub consumer: BaseConsumer<EndOfPartition>,
     /// Restore progress for /metrics, updated per WriteBatch.
     pub metrics: Option<Arc<super::metrics::Metrics>>,
 }
 
-/// Partition EOF is how a restore knows it is done, not an error worth a log line.
-pub struct RestoreContext;
-
-impl rdkafka::ClientContext for RestoreContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        // librdkafka reports a partition's end here too, as a global error.
-        if error.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF) {
-            tracing::debug!(%reason, "changelog partition end");
-        } else {
-            tracing::warn!(error = %error, %reason, "restore consumer error");
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for RestoreContext {}
 
 impl Restorer {
     /// Brings task `partition`'s local state up to the changelog's current

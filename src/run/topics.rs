@@ -8,22 +8,20 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::AdminClient;
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use super::config::RunConfig;
 use crate::kafka::ConnectionContext;
+use crate::kafka::topics::{self, TopicSpec};
 
 const TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Partition count of a topic, `None` if it does not exist. Asked through a
-/// consumer handle with `allow.auto.create.topics=false`: a producer-type
-/// metadata request lets brokers that auto-create topics create the very topic
-/// being checked, with their default partition count.
+/// Partition count of a topic, `None` if it does not exist.
 fn partitions(probe: &BaseConsumer<ConnectionContext>, topic: &str) -> anyhow::Result<Option<usize>> {
-    let md = probe.fetch_metadata(Some(topic), TIMEOUT).map_err(|e| {
+    let ids = topics::partition_ids(probe, topic, TIMEOUT).map_err(|e| {
         // librdkafka queues the reason (a TLS handshake, a refused login)
         // as an error event; serve it so the message can say why.
         for _ in 0..5 {
@@ -31,18 +29,14 @@ fn partitions(probe: &BaseConsumer<ConnectionContext>, topic: &str) -> anyhow::R
         }
         crate::kafka::explain(format!("cannot read metadata of topic {topic:?} from the brokers: {e}"), probe.context())
     })?;
-    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else { return Ok(None) };
-    if t.error().is_some() || t.partitions().is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(t.partitions().len()))
+    Ok(ids.map(|ids| ids.len()))
 }
 
 /// Checks and creates topics; returns the input partition count.
 /// `routed` are the pipeline's extra event topics, created like the business topic.
 pub async fn prepare(cfg: &RunConfig, routed: &[String], client: &ClientConfig) -> anyhow::Result<usize> {
     let admin: AdminClient<DefaultClientContext> = client.create()?;
-    let probe: BaseConsumer<ConnectionContext> = client.clone().set("allow.auto.create.topics", "false").create_with_context(ConnectionContext::default())?;
+    let probe: BaseConsumer<ConnectionContext> = topics::probe_config(client).create_with_context(ConnectionContext::default())?;
     let mut count = None;
     for topic in &cfg.input_topics {
         let n = partitions(&probe, topic)?.ok_or_else(|| anyhow::anyhow!("input topic {topic:?} does not exist on {}; create it, or check --input-topic", cfg.bootstrap_servers))?;
@@ -64,17 +58,17 @@ pub async fn prepare(cfg: &RunConfig, routed: &[String], client: &ClientConfig) 
              If the input was repartitioned on purpose, delete {changelog:?} and the state dir (state is rebuilt from the input), or use a new --application-id"
         ),
         Some(_) => {}
-        None if cfg.create_topics => to_create.push((changelog.clone(), n, vec![("cleanup.policy", "compact".to_string())])),
+        None if cfg.create_topics => to_create.push(TopicSpec { name: changelog.clone(), partitions: n as i32, configs: vec![("cleanup.policy", "compact".to_string())] }),
         None => anyhow::bail!("changelog topic {changelog:?} does not exist and topic creation is off; create it compacted with {n} partitions"),
     }
     for topic in std::iter::once(&cfg.output_topic).chain(routed) {
         match partitions(&probe, topic)? {
             Some(_) => {}
-            None if cfg.create_topics => to_create.push((
-                topic.clone(),
-                n,
-                vec![("retention.ms", cfg.output_retention_ms.to_string()), ("retention.bytes", cfg.output_retention_bytes.to_string()), ("cleanup.policy", "delete".to_string())],
-            )),
+            None if cfg.create_topics => to_create.push(TopicSpec {
+                name: topic.clone(),
+                partitions: n as i32,
+                configs: vec![("retention.ms", cfg.output_retention_ms.to_string()), ("retention.bytes", cfg.output_retention_bytes.to_string()), ("cleanup.policy", "delete".to_string())],
+            }),
             None => anyhow::bail!("business topic {topic:?} does not exist and topic creation is off"),
         }
     }
@@ -89,29 +83,11 @@ pub async fn prepare(cfg: &RunConfig, routed: &[String], client: &ClientConfig) 
             // replay re-injects each partition's records in their order.
             Some(m) if m < n => anyhow::bail!("dead-letter topic {dlt:?} has {m} partitions, fewer than the input's {n}; add partitions to it or name another with dead_letter_topic"),
             Some(_) => {}
-            None if cfg.create_topics => to_create.push((dlt, n, vec![("max.message.bytes", crate::kafka::DEAD_LETTER_MAX_MESSAGE_BYTES.to_string())])),
+            None if cfg.create_topics => to_create.push(TopicSpec { name: dlt, partitions: n as i32, configs: vec![("max.message.bytes", crate::kafka::DEAD_LETTER_MAX_MESSAGE_BYTES.to_string())] }),
             None => anyhow::bail!("dead-letter topic {dlt:?} does not exist and topic creation is off"),
         }
     }
-    if !to_create.is_empty() {
-        let topics: Vec<NewTopic> = to_create
-            .iter()
-            .map(|(name, n, configs)| {
-                let mut t = NewTopic::new(name, *n as i32, TopicReplication::Fixed(cfg.replication_factor));
-                for (k, v) in configs {
-                    t = t.set(k, v);
-                }
-                t
-            })
-            .collect();
-        for result in admin.create_topics(&topics, &AdminOptions::new().operation_timeout(Some(TIMEOUT))).await? {
-            match result {
-                Ok(name) => tracing::info!(topic = %name, partitions = n, "created topic"),
-                Err((name, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => tracing::info!(topic = %name, "topic created meanwhile by another instance"),
-                Err((name, code)) => anyhow::bail!("cannot create topic {name:?}: {code}"),
-            }
-        }
-    }
+    topics::create(&admin, &to_create, cfg.replication_factor, TIMEOUT).await?;
     Ok(n)
 }
 

@@ -1,22 +1,25 @@
-//! Kafka client settings, built in one place for every client resevent makes
-//! (`run`, its passthrough baseline, `dlq`), and the two send helpers the
-//! one-off tools use.
+//! The Kafka edge, written once for every command: client settings built
+//! from [`KafkaSettings`] (`run`, its passthrough baseline, `capture`, `dlq`,
+//! `tail`), the client contexts ([`context`]), topic probes and creation
+//! ([`topics`]), and the send helpers the one-off tools use.
 //!
 //! Owns how the user's librdkafka settings layer over resevent's own; no
 //! processing here. The service's hot path sends through
 //! `sink::collector::RecordCollector`, which never waits per record.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::ClientContext;
-use rdkafka::error::KafkaError;
 
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 
 use crate::config::KafkaSettings;
+
+pub mod context;
+pub mod topics;
+
+pub use context::{ConnectionContext, EndOfPartition, explain};
 use crate::fault::Fault;
 
 /// `max.message.bytes` of a created dead-letter topic, and what the producer
@@ -103,53 +106,3 @@ pub async fn acknowledged(futures: Vec<DeliveryFuture>, what: &str) -> Result<BT
     Ok(last)
 }
 
-/// A client context that reports librdkafka's connection errors (TLS
-/// handshakes, authentication, unreachable brokers) through the log, and
-/// keeps the last one so a failing call can say why it failed.
-#[derive(Default)]
-pub struct ConnectionContext {
-    last_error: Mutex<Option<String>>,
-}
-
-impl ConnectionContext {
-    /// The last error librdkafka reported, if any.
-    pub fn last_error(&self) -> Option<String> {
-        self.last_error.lock().expect("error lock").clone()
-    }
-}
-
-impl ClientContext for ConnectionContext {
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(error = %error, reason, "Kafka client error");
-        // "All brokers are down" follows the failure that says why; keep that one.
-        let mut last = self.last_error.lock().expect("error lock");
-        if last.is_none() || error.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown) {
-            *last = Some(format!("{error}: {reason}"));
-        }
-    }
-
-    /// librdkafka reports connection failures (a TLS handshake, a SASL
-    /// login) in its log, from its own threads, before any call returns.
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, facility: &str, message: &str) {
-        use rdkafka::config::RDKafkaLogLevel as L;
-        match level {
-            L::Emerg | L::Alert | L::Critical | L::Error => {
-                tracing::warn!(facility, "librdkafka: {message}");
-                *self.last_error.lock().expect("error lock") = Some(message.to_owned());
-            }
-            L::Warning => tracing::warn!(facility, "librdkafka: {message}"),
-            _ => tracing::debug!(facility, "librdkafka: {message}"),
-        }
-    }
-}
-
-impl rdkafka::consumer::ConsumerContext for ConnectionContext {}
-
-/// `what` failed; with librdkafka's last reported error, which usually says why
-/// (a certificate that did not verify, a refused login).
-pub fn explain(what: String, context: &ConnectionContext) -> anyhow::Error {
-    match context.last_error() {
-        Some(why) => anyhow::anyhow!("{what}; the client last reported: {why}"),
-        None => anyhow::anyhow!("{what}"),
-    }
-}
