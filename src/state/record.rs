@@ -134,9 +134,20 @@ pub fn decode(mut b: &[u8]) -> Result<ReservationState, &'static str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
-    use crate::state::store::tests::sample;
+
+    pub(crate) fn sample() -> ReservationState {
+        ReservationState {
+            state: State::InHouse,
+            status: Some("Arrived".into()),
+            fields: [Some("P-OSL-01".into()), Some("305".into()), None, Some("2026-11-24T00:00:00Z".into())],
+            position: Some(SourcePosition::Cluster { t: 1_795_300_000, i: 7 }),
+            applied: vec![ChangeId(7), ChangeId(u64::MAX)],
+            changed_at_ms: Some(-5),
+            fired: vec![(EventType::Overstay, 1_795_300_000_000)],
+        }
+    }
 
     #[test]
     fn records_round_trip() {

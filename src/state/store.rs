@@ -443,22 +443,11 @@ impl StateStore {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
-    use crate::change::{ChangeId, SourcePosition};
-    use crate::pipeline::{EventType, State};
+    use crate::pipeline::EventType;
+    use crate::state::record::tests::sample;
 
-    pub(crate) fn sample() -> ReservationState {
-        ReservationState {
-            state: State::InHouse,
-            status: Some("Arrived".into()),
-            fields: [Some("P-OSL-01".into()), Some("305".into()), None, Some("2026-11-24T00:00:00Z".into())],
-            position: Some(SourcePosition::Cluster { t: 1_795_300_000, i: 7 }),
-            applied: vec![ChangeId(7), ChangeId(u64::MAX)],
-            changed_at_ms: Some(-5),
-            fired: vec![(EventType::Overstay, 1_795_300_000_000)],
-        }
-    }
 
     #[test]
     fn the_due_index_lists_what_is_due_in_time_order_and_is_rebuilt_for_new_rows() {
