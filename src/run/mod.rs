@@ -43,7 +43,9 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::engine::{Counts, Engine, InputRecord};
+use crate::engine::{BatchOutput, Counts, Engine, InputRecord};
+use crate::registry::{RegistryError, Resolved};
+use crate::sink::codec::EventCodec;
 use crate::kafka;
 use crate::state::store::{self, StateBatch, StateStore};
 use crate::state::cache::{CachedState, WriteBackCache};
@@ -113,31 +115,53 @@ impl RunSummary {
     }
 }
 
-/// What the loop and the rebalance callbacks share. The loop holds the lock
-/// while it processes and commits, never while it polls the consumer; the
-/// callbacks run only inside a poll, so they never wait for it.
+/// What the loop and the rebalance callbacks share, behind
+/// [`ServiceContext::tasks`]. The loop holds the lock while it processes a
+/// batch and while it commits, in a blocking section, never across an
+/// `.await` and never while it polls the consumer; the callbacks run only
+/// inside a poll, so they never wait for it.
 struct Tasks {
+    /// The interval: cache, progress, clocks. Written by the loop (process,
+    /// commit) and the revoke callback (commit, drop a task).
     coordinator: Coordinator,
+    /// Every output's producer. Written by the loop and the revoke callback's commit.
     collector: RecordCollector,
-    /// Tasks whose state is current and owned here: their records are processed.
+    /// Tasks whose state is current and owned here: their records are
+    /// processed. Written by the loop (restore done, recovery) and the revoke
+    /// callback; read by the status page.
     ready: BTreeSet<i32>,
-    /// The input topics assigned here, per task (several input topics share a task).
+    /// The input topics assigned here, per task (several input topics share
+    /// a task). Written by the rebalance callbacks; read by the loop.
     assigned: BTreeMap<i32, BTreeSet<String>>,
-    /// Records of a task still restoring, fetched before its pause took hold;
-    /// processed, in order, once it is ready.
+    /// Records of a task still restoring, fetched before its pause took
+    /// hold; processed, in order, once it is ready. Written by the loop
+    /// (batch grouping) and the revoke callback; taken when the restore ends.
     held: BTreeMap<i32, Vec<OwnedMessage>>,
 }
 
+/// The consumer's context: what the loop, the rebalance callbacks, the
+/// restore threads' results and the HTTP endpoint share.
+///
+/// Lock order, where two are held at once: `tasks` first, then `store` or
+/// `recent` (never both of those, never the other way round).
 struct ServiceContext {
+    /// See [`Tasks`].
     tasks: Mutex<Tasks>,
+    /// The RocksDB store. Written by the loop (index entries, commits) and
+    /// the restore threads; read by the loop and lookups.
     store: Arc<Mutex<StateStore>>,
+    /// Restores in flight. Requested by the rebalance callbacks and the loop's
+    /// recovery; finished by the loop.
     restores: RestoreWorker,
+    /// Prometheus metrics: written by everyone, read by /metrics.
     metrics: Arc<metrics::Metrics>,
     /// The group has assigned partitions (possibly none) at least once.
+    /// Written by the assign callback; read by /readyz.
     joined: std::sync::atomic::AtomicBool,
-    /// A broker was up at the last statistics report.
+    /// A broker was up at the last statistics report. Written by the
+    /// statistics callback; read by /readyz.
     broker_up: std::sync::atomic::AtomicBool,
-    /// The last events of each reservation, for lookups.
+    /// The last events of each reservation. Written by the loop; read by lookups.
     recent: Mutex<recent::RecentEvents>,
 }
 
@@ -651,144 +675,47 @@ impl Service<'_> {
 
     /// One batch: decode, apply, send every output without waiting, keep
     /// the new states in the cache. A failure here abandons the interval.
+    ///
+    /// Avro records are resolved through the registry first, with no lock
+    /// held (a slow or unreachable registry must not hold up /readyz or a
+    /// lookup); the rest runs under the tasks' lock on a blocking section
+    /// (`block_in_place`), so no lock guard is ever held across an `.await`.
     async fn process(&mut self, batch: &[OwnedMessage]) -> Result<(), Fault> {
-        let ctx = self.consumer.context();
-        // Avro keys and values through the registry first, before the tasks'
-        // lock is taken: a registry that is slow or down must not hold up
-        // /readyz or a lookup. `None`: no registry, every record as it is.
-        let resolved_all = match &self.registry {
-            Some(r) => {
-                let mut all = Vec::with_capacity(batch.len());
-                let mut failed = None;
-                for m in batch {
-                    match crate::registry::resolve(r, m.key(), m.payload()).await {
-                        Ok(x) => all.push(x),
-                        Err(e) => {
-                            failed = Some(e);
-                            break;
-                        }
-                    }
-                }
-                Some(match failed {
-                    None => Ok(all),
-                    Some(e) => Err(e),
-                })
-            }
+        let resolved = match &self.registry {
+            Some(r) => Some(resolve_all(r, batch).await),
             None => None,
         };
-        let mut guard = ctx.tasks.lock().expect("tasks lock");
-        let tasks = &mut *guard;
-        // Group by task, in input order within each; a task still restoring holds its records.
-        let mut by_task: BTreeMap<i32, Vec<&OwnedMessage>> = BTreeMap::new();
-        // With a registry: the batch index of each grouped record, into `resolved_all`.
-        let mut batch_index: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
-        for (i, m) in batch.iter().enumerate() {
-            let p = m.partition();
-            if tasks.ready.contains(&p) {
-                by_task.entry(p).or_default().push(m);
-                if resolved_all.is_some() {
-                    batch_index.entry(p).or_default().push(i);
-                }
-            } else if tasks.assigned.contains_key(&p) {
-                tasks.held.entry(p).or_default().push(m.clone());
-            } else {
-                tracing::debug!(topic = m.topic(), partition = p, offset = m.offset(), "record of a partition no longer owned; skipped");
-            }
-        }
-        let mut counts = Counts::default();
-        let mut by_type: Vec<(&'static str, u64)> = Vec::new();
-        let mut by_kind: Vec<(&'static str, u64)> = Vec::new();
-        let result = async {
+        let ctx = self.consumer.context();
+        let tally = tokio::task::block_in_place(|| {
+            let mut tasks = ctx.tasks.lock().expect("tasks lock");
+            self.process_locked(&mut tasks, batch, resolved)
+        })?;
+        ctx.metrics.batch(&tally.counts, &tally.by_type, &tally.by_kind);
+        self.summary.record_batch(&tally.counts);
+        self.since_log.add(&tally.counts);
+        Ok(())
+    }
+
+    /// [`Service::process`] under the tasks' lock: each ready task's records
+    /// through the engine, their outputs sent, their states cached.
+    fn process_locked(&self, tasks: &mut Tasks, batch: &[OwnedMessage], resolved: Option<Result<Vec<Resolved>, RegistryError>>) -> Result<BatchTally, Fault> {
+        let grouped = group_by_task(tasks, batch);
+        let result = (|| {
             // A registry that could not be reached fails the batch before
             // anything of it is applied (the interval is retried, its records held).
-            let resolved_all = match resolved_all {
-                Some(r) => Some(r?),
-                None => None,
-            };
-            let plain = crate::registry::Resolved::Plain;
-            for (&p, msgs) in &by_task {
-                // `records[i]` is `msgs[index_of[i]]`; records the registry rejected are not decoded.
-                let mut records: Vec<InputRecord> = Vec::with_capacity(msgs.len());
-                let mut index_of: Vec<usize> = Vec::with_capacity(msgs.len());
-                let mut rejected_early: Vec<(usize, crate::decode::DecodeError)> = Vec::new();
-                for (i, m) in msgs.iter().enumerate() {
-                    let r = match &resolved_all {
-                        Some(all) => &all[batch_index[&p][i]],
-                        None => &plain,
-                    };
-                    let (key, value) = match r {
-                        crate::registry::Resolved::Plain => (m.key(), m.payload()),
-                        crate::registry::Resolved::Converted { key, value } => (key.as_deref().or(m.key()), value.as_deref().or(m.payload())),
-                        crate::registry::Resolved::Rejected(e) => {
-                            rejected_early.push((i, e.clone()));
-                            continue;
-                        }
-                    };
-                    records.push(InputRecord { key, value, offset: m.offset() as u64 });
-                    index_of.push(i);
-                }
-                let mut out = {
-                    let store = ctx.store.lock().expect("store lock");
-                    let clock = tasks.coordinator.clocks.entry(p).or_default();
-                    let out = self.engine.process(&CachedState { cache: &tasks.coordinator.cache, task: p, store: &store }, &task_name(p), &records, clock)?;
-                    // New due times go to the index at once, ahead of the
-                    // states that armed them (which wait in the cache): an
-                    // entry whose state is never committed is a stale hint.
-                    if !out.index.is_empty() {
-                        let mut batch = StateBatch::default();
-                        for e in &out.index {
-                            batch.index(e);
-                        }
-                        store.commit(&task_name(p), batch)?;
+            let resolved = resolved.transpose()?;
+            let mut tally = BatchTally::default();
+            for (&p, members) in &grouped {
+                let msgs: Vec<&OwnedMessage> = members.iter().map(|&i| &batch[i]).collect();
+                let resolutions: Option<Vec<&Resolved>> = resolved.as_ref().map(|all| members.iter().map(|&i| &all[i]).collect());
+                let out = self.run_task(tasks, p, &msgs, resolutions.as_deref())?;
+                tally.add(&out);
+                self.remember_recent(&out);
+                for output in outputs(&self.codec, self.cfg, &self.engine.pipeline.routes, &msgs, &out)? {
+                    match output {
+                        Output::Event { topic, reservation_id, event_type, payload, source_ms } => tasks.collector.send_event(topic, reservation_id, event_type, &payload, source_ms)?,
+                        Output::DeadLetter { topic, letter } => tasks.collector.send_dead_letter(&topic, letter)?,
                     }
-                    out
-                };
-                tasks.coordinator.used(p, std::mem::take(&mut out.unindex));
-                for (index, _) in out.events.iter_mut() {
-                    *index = index_of[*index];
-                }
-                for r in out.rejected.iter_mut() {
-                    r.index = index_of[r.index];
-                }
-                for (index, error) in rejected_early {
-                    out.counts.records += 1;
-                    out.counts.rejected += 1;
-                    out.rejected.push(crate::engine::Rejected { index, offset: msgs[index].offset() as u64, error });
-                }
-                counts.add(&out.counts);
-                for (_, event) in &out.events {
-                    match by_type.iter_mut().find(|(t, _)| *t == event.event_type) {
-                        Some((_, n)) => *n += 1,
-                        None => by_type.push((event.event_type, 1)),
-                    }
-                }
-                for r in &out.rejected {
-                    match by_kind.iter_mut().find(|(k, _)| *k == r.error.kind()) {
-                        Some((_, n)) => *n += 1,
-                        None => by_kind.push((r.error.kind(), 1)),
-                    }
-                }
-                if !out.events.is_empty() {
-                    let mut recent = ctx.recent.lock().expect("recent lock");
-                    for (_, e) in &out.events {
-                        recent.record(&e.reservation_id, recent::RecentEvent { event_type: e.event_type, event_id: e.event_id.clone(), occurred_at: e.occurred_at.clone(), source_position: e.source_position.clone() });
-                    }
-                }
-                for (index, event) in &out.events {
-                    let encoded = self.codec.encode(event).map_err(|e| Fault::Fatal(anyhow::anyhow!("encoding a business event: {e}")))?;
-                    let source_ms = msgs[*index].timestamp().to_millis();
-                    let payload = self.codec.payload(&encoded, &self.cfg.output_topic).map_err(|e| Fault::Fatal(anyhow::anyhow!(e)))?;
-                    tasks.collector.send_event(&self.cfg.output_topic, &event.reservation_id, event.event_type, &payload, source_ms).await?;
-                    for route in self.engine.pipeline.routes.iter().filter(|r| r.events.iter().any(|t| t.name() == event.event_type)) {
-                        let payload = self.codec.payload(&encoded, &route.topic).map_err(|e| Fault::Fatal(anyhow::anyhow!(e)))?;
-                        tasks.collector.send_event(&route.topic, &event.reservation_id, event.event_type, &payload, None).await?;
-                    }
-                }
-                for r in &out.rejected {
-                    let m = msgs[r.index];
-                    let dlt = self.cfg.dead_letter_topic_for(m.topic());
-                    tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), kind = r.error.kind(), error = %r.error, dead_letter_topic = %dlt, "record rejected; sent to the dead-letter topic");
-                    tasks.collector.send_dead_letter(&dlt, crate::sink::deadletter::build(m, &r.error)).await?;
                 }
                 for (id, state) in out.states {
                     tasks.coordinator.cache.put(p, &id, state);
@@ -796,29 +723,85 @@ impl Service<'_> {
                 for id in out.removed {
                     tasks.coordinator.cache.remove(p, &id);
                 }
-                for m in msgs {
+                for m in &msgs {
                     tasks.coordinator.progress.record(m.topic(), p, m.offset());
                 }
             }
-            Ok::<(), Fault>(())
-        }
-        .await;
-        if let Err(fault) = result {
+            Ok::<BatchTally, Fault>(tally)
+        })();
+        result.map_err(|fault| {
             // Part of the interval is in the cache and on its way out: give
             // it up as a failed commit does, this batch's records included.
-            for msgs in by_task.values() {
-                for m in msgs {
-                    tasks.coordinator.progress.record(m.topic(), m.partition(), m.offset());
-                }
+            for m in grouped.values().flatten().map(|&i| &batch[i]) {
+                tasks.coordinator.progress.record(m.topic(), m.partition(), m.offset());
             }
+            let ctx = self.consumer.context();
             let mut io = ServiceIo { collector: &mut tasks.collector, store: &ctx.store, consumer: self.consumer, sync_offsets: false };
-            return Err(tasks.coordinator.abandon(&mut io, fault));
+            tasks.coordinator.abandon(&mut io, fault)
+        })
+    }
+
+    /// One task's records through the engine, against the cache and the
+    /// store. Records the registry rejected are not decoded; they come back
+    /// among the output's rejections. Every index in the output is into `msgs`.
+    fn run_task(&self, tasks: &mut Tasks, p: i32, msgs: &[&OwnedMessage], resolved: Option<&[&Resolved]>) -> Result<BatchOutput, Fault> {
+        // `records[i]` is `msgs[index_of[i]]`.
+        let mut records: Vec<InputRecord> = Vec::with_capacity(msgs.len());
+        let mut index_of: Vec<usize> = Vec::with_capacity(msgs.len());
+        let mut rejected_early: Vec<(usize, crate::decode::DecodeError)> = Vec::new();
+        for (i, m) in msgs.iter().enumerate() {
+            let (key, value) = match resolved.map_or(&Resolved::Plain, |r| r[i]) {
+                Resolved::Plain => (m.key(), m.payload()),
+                Resolved::Converted { key, value } => (key.as_deref().or(m.key()), value.as_deref().or(m.payload())),
+                Resolved::Rejected(e) => {
+                    rejected_early.push((i, e.clone()));
+                    continue;
+                }
+            };
+            records.push(InputRecord { key, value, offset: m.offset() as u64 });
+            index_of.push(i);
         }
-        drop(guard);
-        ctx.metrics.batch(&counts, &by_type, &by_kind);
-        self.summary.record_batch(&counts);
-        self.since_log.add(&counts);
-        Ok(())
+        let ctx = self.consumer.context();
+        let mut out = {
+            let store = ctx.store.lock().expect("store lock");
+            let clock = tasks.coordinator.clocks.entry(p).or_default();
+            let out = self.engine.process(&CachedState { cache: &tasks.coordinator.cache, task: p, store: &store }, &task_name(p), &records, clock)?;
+            // New due times go to the index at once, ahead of the states
+            // that armed them (which wait in the cache): an entry whose
+            // state is never committed is a stale hint.
+            if !out.index.is_empty() {
+                let mut batch = StateBatch::default();
+                for e in &out.index {
+                    batch.index(e);
+                }
+                store.commit(&task_name(p), batch)?;
+            }
+            out
+        };
+        tasks.coordinator.used(p, std::mem::take(&mut out.unindex));
+        for (index, _) in out.events.iter_mut() {
+            *index = index_of[*index];
+        }
+        for r in out.rejected.iter_mut() {
+            r.index = index_of[r.index];
+        }
+        for (index, error) in rejected_early {
+            out.counts.records += 1;
+            out.counts.rejected += 1;
+            out.rejected.push(crate::engine::Rejected { index, offset: msgs[index].offset() as u64, error });
+        }
+        Ok(out)
+    }
+
+    /// The task's events, kept for lookups of their reservations.
+    fn remember_recent(&self, out: &BatchOutput) {
+        if out.events.is_empty() {
+            return;
+        }
+        let mut recent = self.consumer.context().recent.lock().expect("recent lock");
+        for (_, e) in &out.events {
+            recent.record(&e.reservation_id, recent::RecentEvent { event_type: e.event_type, event_id: e.event_id.clone(), occurred_at: e.occurred_at.clone(), source_position: e.source_position.clone() });
+        }
     }
 
     /// After a rewound failure: a producer that failed for good is replaced
@@ -919,6 +902,91 @@ impl Service<'_> {
         self.last_log = Instant::now();
         self.since_log = Counts::default();
     }
+}
+
+/// Groups a batch's records (by index) by task, in input order within
+/// each. A task still restoring holds its records; one no longer owned here
+/// skips them (its next owner reads them).
+fn group_by_task(tasks: &mut Tasks, batch: &[OwnedMessage]) -> BTreeMap<i32, Vec<usize>> {
+    let mut by_task: BTreeMap<i32, Vec<usize>> = BTreeMap::new();
+    for (i, m) in batch.iter().enumerate() {
+        let p = m.partition();
+        if tasks.ready.contains(&p) {
+            by_task.entry(p).or_default().push(i);
+        } else if tasks.assigned.contains_key(&p) {
+            tasks.held.entry(p).or_default().push(m.clone());
+        } else {
+            tracing::debug!(topic = m.topic(), partition = p, offset = m.offset(), "record of a partition no longer owned; skipped");
+        }
+    }
+    by_task
+}
+
+/// Every record's key and value through the registry, in batch order; the
+/// first registry failure fails them all (the batch is retried).
+async fn resolve_all(registry: &crate::registry::Registry, batch: &[OwnedMessage]) -> Result<Vec<Resolved>, RegistryError> {
+    let mut all = Vec::with_capacity(batch.len());
+    for m in batch {
+        all.push(crate::registry::resolve(registry, m.key(), m.payload()).await?);
+    }
+    Ok(all)
+}
+
+/// What one batch did, for metrics and the summary.
+#[derive(Default)]
+struct BatchTally {
+    counts: Counts,
+    by_type: Vec<(&'static str, u64)>,
+    by_kind: Vec<(&'static str, u64)>,
+}
+
+impl BatchTally {
+    fn add(&mut self, out: &BatchOutput) {
+        self.counts.add(&out.counts);
+        for (_, event) in &out.events {
+            match self.by_type.iter_mut().find(|(t, _)| *t == event.event_type) {
+                Some((_, n)) => *n += 1,
+                None => self.by_type.push((event.event_type, 1)),
+            }
+        }
+        for r in &out.rejected {
+            match self.by_kind.iter_mut().find(|(k, _)| *k == r.error.kind()) {
+                Some((_, n)) => *n += 1,
+                None => self.by_kind.push((r.error.kind(), 1)),
+            }
+        }
+    }
+}
+
+/// One record a task's output sends.
+enum Output<'a> {
+    /// A business event to the business topic or a route.
+    Event { topic: &'a str, reservation_id: &'a str, event_type: &'static str, payload: Vec<u8>, source_ms: Option<i64> },
+    /// A rejected record, to its input's dead-letter topic.
+    DeadLetter { topic: String, letter: crate::sink::deadletter::DeadLetter<'a> },
+}
+
+/// The records a task's output sends, in order: each business event to the
+/// business topic and to every route that takes its type, then each
+/// rejected record to its dead-letter topic. Pure: encoding only.
+fn outputs<'a>(codec: &EventCodec, cfg: &'a RunConfig, routes: &'a [crate::pipeline::Route], msgs: &[&'a OwnedMessage], out: &'a BatchOutput) -> Result<Vec<Output<'a>>, Fault> {
+    let mut records = Vec::with_capacity(out.events.len() + out.rejected.len());
+    for (index, event) in &out.events {
+        let encoded = codec.encode(event).map_err(|e| Fault::Fatal(anyhow::anyhow!("encoding a business event: {e}")))?;
+        let payload = |topic: &str| codec.payload(&encoded, topic).map(std::borrow::Cow::into_owned).map_err(|e| Fault::Fatal(anyhow::anyhow!(e)));
+        let source_ms = msgs[*index].timestamp().to_millis();
+        records.push(Output::Event { topic: &cfg.output_topic, reservation_id: &event.reservation_id, event_type: event.event_type, payload: payload(&cfg.output_topic)?, source_ms });
+        for route in routes.iter().filter(|r| r.events.iter().any(|t| t.name() == event.event_type)) {
+            records.push(Output::Event { topic: &route.topic, reservation_id: &event.reservation_id, event_type: event.event_type, payload: payload(&route.topic)?, source_ms: None });
+        }
+    }
+    for r in &out.rejected {
+        let m = msgs[r.index];
+        let topic = cfg.dead_letter_topic_for(m.topic());
+        tracing::warn!(topic = m.topic(), partition = m.partition(), offset = m.offset(), kind = r.error.kind(), error = %r.error, dead_letter_topic = %topic, "record rejected; sent to the dead-letter topic");
+        records.push(Output::DeadLetter { topic, letter: crate::sink::deadletter::build(m, &r.error) });
+    }
+    Ok(records)
 }
 
 /// The Avro codec of business events: the schema registered (or looked up)

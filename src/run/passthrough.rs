@@ -43,10 +43,14 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
         if !batch.is_empty() {
             last_input = Instant::now();
         }
-        for m in &batch {
-            collector.send_copy(&cfg.output_topic, m.key(), m.payload(), None, m.timestamp().to_millis()).await?;
-            pending.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
-        }
+        // A full producer queue blocks the send until a delivery makes room.
+        tokio::task::block_in_place(|| {
+            for m in &batch {
+                collector.send_copy(&cfg.output_topic, m.key(), m.payload(), None, m.timestamp().to_millis())?;
+                pending.insert((m.topic().to_owned(), m.partition()), m.offset() + 1);
+            }
+            Ok::<(), crate::fault::Fault>(())
+        })?;
         if !batch.is_empty() {
             summary.record_batch(&Counts { records: batch.len() as u64, ..Counts::default() });
         }

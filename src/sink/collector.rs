@@ -6,16 +6,21 @@
 //! own thread ([`CollectorContext::delivery`]), which remembers the first
 //! failure, the changelog's highest acknowledged offset per partition and
 //! each business event's latency. The commit coordinator asks for them at
-//! [`RecordCollector::flush`]; a failure there rewinds the interval. The
-//! commit-time calls block (they also run in the rebalance callback); the
-//! service loop calls them through `block_in_place`.
+//! [`RecordCollector::flush`]; a failure there rewinds the interval.
+//!
+//! Every call blocks the calling thread (they also run in the rebalance
+//! callback); the service loop makes them through `block_in_place`. A send
+//! that finds the producer's queue full waits for the producer's own signal
+//! that there is room again, a delivery ([`Room`]), as Kafka Streams'
+//! collector blocks in `send` (`max.block.ms`).
 //!
 //! Order: one idempotent producer keeps the order of records within each
 //! partition across its retries, so a reservation's events (keyed, one
 //! partition) arrive in the order they were sent.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use rdkafka::ClientContext;
@@ -50,6 +55,37 @@ pub struct CollectorContext {
     changelog_next: Mutex<BTreeMap<i32, u64>>,
     /// Source record timestamp → business event acknowledged (shared with /metrics).
     latency: Arc<Mutex<Latency>>,
+    /// Written by every delivery, waited on by a send that found the queue full.
+    room: Room,
+}
+
+/// Room in the producer's queue: each delivery frees a slot and wakes a
+/// sender waiting for one. Costs a delivery one atomic load while nobody waits.
+#[derive(Default)]
+struct Room {
+    /// A sender is waiting (set by it, read by the delivery callback).
+    waiting: AtomicBool,
+    lock: Mutex<()>,
+    freed: Condvar,
+}
+
+impl Room {
+    /// Called by the delivery callback, on the producer's thread.
+    fn freed(&self) {
+        if self.waiting.load(Ordering::Acquire) {
+            let _guard = self.lock.lock().expect("room lock");
+            self.freed.notify_all();
+        }
+    }
+
+    /// Waits until a delivery frees room, at most `max` (a delivery between
+    /// the full queue and this wait is not lost for longer than that).
+    fn wait(&self, max: Duration) {
+        let guard = self.lock.lock().expect("room lock");
+        self.waiting.store(true, Ordering::Release);
+        let _ = self.freed.wait_timeout(guard, max).expect("room lock");
+        self.waiting.store(false, Ordering::Release);
+    }
 }
 
 impl ClientContext for CollectorContext {}
@@ -75,6 +111,22 @@ impl ProducerContext for CollectorContext {
                 }
             }
         }
+        self.room.freed();
+    }
+}
+
+/// Queues `record`; when the producer's queue is full, waits for a delivery
+/// to make room. The one back-pressured send of every output.
+fn queue(producer: &ThreadedProducer<CollectorContext>, mut record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), Fault> {
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                record = r;
+                producer.context().room.wait(Duration::from_millis(10));
+            }
+            Err((e, r)) => return Err(Fault::kafka(e, &format!("producing to {}", r.topic))),
+        }
     }
 }
 
@@ -90,7 +142,7 @@ pub struct RecordCollector {
 }
 
 fn context(latency: Arc<Mutex<Latency>>) -> CollectorContext {
-    CollectorContext { first_error: Mutex::new(None), changelog_next: Mutex::new(BTreeMap::new()), latency }
+    CollectorContext { first_error: Mutex::new(None), changelog_next: Mutex::new(BTreeMap::new()), latency, room: Room::default() }
 }
 
 impl RecordCollector {
@@ -126,31 +178,23 @@ impl RecordCollector {
         Ok(())
     }
 
-    async fn send(&mut self, mut record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), Fault> {
+    /// Queues `record`; when the producer's queue is full, waits for a
+    /// delivery to make room (the one back-pressured send of every output).
+    fn send(&mut self, record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), Fault> {
         self.ensure_transaction()?;
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    // The producer's thread drains the queue; wait without blocking ours.
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Err((e, r)) => return Err(Fault::kafka(e, &format!("producing to {}", r.topic))),
-            }
-        }
+        queue(&self.producer, record)
     }
 
     /// A business event (JSON `payload`) to `topic`, keyed by reservation,
     /// with the `eventType` header. `source_ms`: the input record's timestamp,
     /// for the latency histogram.
-    pub async fn send_event(&mut self, topic: &str, reservation_id: &str, event_type: &str, payload: &[u8], source_ms: Option<i64>) -> Result<(), Fault> {
+    pub fn send_event(&mut self, topic: &str, reservation_id: &str, event_type: &str, payload: &[u8], source_ms: Option<i64>) -> Result<(), Fault> {
         let headers = OwnedHeaders::new().insert(Header { key: "eventType", value: Some(event_type) });
-        self.send_copy(topic, Some(reservation_id.as_bytes()), Some(payload), Some(headers), source_ms).await
+        self.send_copy(topic, Some(reservation_id.as_bytes()), Some(payload), Some(headers), source_ms)
     }
 
     /// A copy of a record to another topic (routes, the passthrough), not timed unless `source_ms`.
-    pub async fn send_copy(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>, headers: Option<OwnedHeaders>, source_ms: Option<i64>) -> Result<(), Fault> {
+    pub fn send_copy(&mut self, topic: &str, key: Option<&[u8]>, value: Option<&[u8]>, headers: Option<OwnedHeaders>, source_ms: Option<i64>) -> Result<(), Fault> {
         let opaque = source_ms.filter(|t| *t >= 0).map_or(UNTIMED, |t| TIMED_BASE + t as usize);
         let mut r: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, opaque);
         if let Some(k) = key {
@@ -162,11 +206,11 @@ impl RecordCollector {
         if let Some(h) = headers {
             r = r.headers(h);
         }
-        self.send(r).await
+        self.send(r)
     }
 
     /// A dead letter, to the same partition number as its original.
-    pub async fn send_dead_letter(&mut self, topic: &str, dl: DeadLetter<'_>) -> Result<(), Fault> {
+    pub fn send_dead_letter(&mut self, topic: &str, dl: DeadLetter<'_>) -> Result<(), Fault> {
         let mut r: BaseRecord<'_, [u8], [u8], usize> = BaseRecord::with_opaque_to(topic, UNTIMED).partition(dl.partition).headers(dl.headers);
         if let Some(k) = dl.key {
             r = r.key(k);
@@ -174,29 +218,19 @@ impl RecordCollector {
         if let Some(v) = dl.value {
             r = r.payload(v);
         }
-        self.send(r).await
+        self.send(r)
     }
 
-    /// A reservation's state to its task's changelog partition. Blocking:
-    /// it runs inside a commit, where a full queue is waited out by letting
-    /// the producer deliver (the outputs before it are acknowledged already).
-    /// `None` writes a tombstone: the reservation left the state (retention).
+    /// A reservation's state to its task's changelog partition, inside a
+    /// commit (the outputs before it are acknowledged already). `None`
+    /// writes a tombstone: the reservation left the state (retention).
     pub fn send_changelog(&mut self, partition: i32, id: &str, record: Option<&[u8]>) -> Result<(), Fault> {
         self.ensure_transaction()?;
         let mut r: BaseRecord<'_, [u8], [u8], _> = BaseRecord::with_opaque_to(&self.changelog, CHANGELOG).partition(partition).key(id.as_bytes());
         if let Some(record) = record {
             r = r.payload(record);
         }
-        loop {
-            match self.producer.send(r) {
-                Ok(()) => return Ok(()),
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    r = back;
-                    let _ = self.producer.flush(Duration::from_millis(100));
-                }
-                Err((e, back)) => return Err(Fault::kafka(e, &format!("producing to {}", back.topic))),
-            }
-        }
+        queue(&self.producer, r)
     }
 
     /// Waits until everything sent is acknowledged; the first failure since
