@@ -20,7 +20,7 @@ fn end_to_end_the_business_topic_holds_what_replay_emits() {
     let expected = replay_events(&records);
     // Bad records mixed in (the fixture's rejected lines) go to the dead-letter topic.
     let bad_lines: Vec<String> = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/bad-lines.jsonl")).unwrap().lines().map(String::from).collect();
-    let rejected: Vec<usize> = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/bad-lines.rejected")).unwrap().lines().map(|l| l.trim().parse().unwrap()).collect();
+    let rejected: Vec<usize> = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/bad-lines.rejected")).unwrap().lines().filter(|l| !l.trim().is_empty()).map(|l| l.split_whitespace().next().unwrap().parse().unwrap()).collect();
     let bad: Vec<(String, String)> = rejected.iter().map(|n| (format!("bad-{n}"), bad_lines[n - 1].clone())).collect();
     let mut mixed = records.clone();
     for (i, b) in bad.iter().enumerate() {
