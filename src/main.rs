@@ -13,7 +13,7 @@ use resevent::decode::{Decoder, Format};
 use resevent::engine::Engine;
 use resevent::pipeline::{Allowlist, Pipeline};
 use resevent::replay::{self, Input, ReplayOptions};
-use resevent::run::config::{Guarantee, Overrides, RunConfig};
+use resevent::run::config::{Overrides, RunConfig};
 use resevent::state::store::StateStore;
 
 /// mimalloc: the engine allocates many small, short-lived strings per record,
@@ -129,54 +129,8 @@ RESEVENT_CONSUMER__<SETTING>, RESEVENT_PRODUCER__<SETTING> with dots written as 
         /// Config file (TOML); see the keys below.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
-        /// Kafka bootstrap servers [default: 127.0.0.1:9092].
-        #[arg(long, value_name = "HOST:PORT")]
-        bootstrap_servers: Option<String>,
-        /// Topic of change events (repeatable; several must have equal partition counts).
-        #[arg(long = "input-topic", value_name = "TOPIC")]
-        input_topics: Vec<String>,
-        /// Consumer group and prefix of internal topics [default: resevent].
-        #[arg(long, value_name = "ID")]
-        application_id: Option<String>,
-        /// RocksDB state directory [default: resevent-state].
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<PathBuf>,
-        /// Pipeline file [default: pipelines/reservations.toml if present, else built-in].
-        #[arg(long, value_name = "FILE")]
-        pipeline: Option<PathBuf>,
-        /// Business topic [default: reservation-events].
-        #[arg(long, value_name = "TOPIC")]
-        output_topic: Option<String>,
-        /// Input format [default: auto]. Avro input (Confluent wire format) is recognised per
-        /// record whatever this says, and decoded through --schema-registry-url.
-        #[arg(long, value_enum)]
-        format: Option<Format>,
-        /// Business events as json [default] or avro (schemas/business-event.avsc, Confluent wire
-        /// format, the schema registered under <topic>-value at start; needs --schema-registry-url).
-        #[arg(long, value_enum, value_name = "FORMAT")]
-        output_format: Option<resevent::run::config::OutputFormat>,
-        /// Confluent-compatible Schema Registry, for Avro output and Avro input. Basic auth, a CA
-        /// file and the subject strategy go in [schema_registry] of --config or
-        /// RESEVENT_SCHEMA_REGISTRY__<KEY>.
-        #[arg(long, value_name = "URL")]
-        schema_registry_url: Option<String>,
-        /// Do not create missing changelog or business topics; fail instead.
-        #[arg(long)]
-        no_create_topics: bool,
-        /// at-least-once (default: repeats after a crash carry the same eventId) or
-        /// exactly-once (Kafka transactions; consumers must read with isolation.level=read_committed).
-        #[arg(long, value_enum, value_name = "GUARANTEE")]
-        guarantee: Option<Guarantee>,
-        /// Stop after this many seconds without input, printing a JSON summary (batch jobs, benchmarks).
-        #[arg(long, value_name = "SECS")]
-        idle_exit_secs: Option<u64>,
-        /// Where to serve /healthz, /readyz, /metrics (Prometheus) and
-        /// /reservations/{id} [default: 127.0.0.1:9464; port 0 picks a free one, logged at start].
-        #[arg(long, value_name = "HOST:PORT")]
-        http_addr: Option<String>,
-        /// Serve no HTTP endpoint.
-        #[arg(long, conflicts_with = "http_addr")]
-        no_http: bool,
+        #[command(flatten)]
+        flags: Overrides,
         /// Benchmark baseline: consume and produce the same records unchanged, with the same client settings.
         #[arg(long, hide_short_help = true)]
         passthrough: bool,
@@ -406,8 +360,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", p.describe());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config, bootstrap_servers, input_topics, application_id, state_dir, pipeline, output_topic, format, output_format, schema_registry_url, no_create_topics, idle_exit_secs, http_addr, no_http, passthrough, guarantee } => {
-            let flags = Overrides { bootstrap_servers, input_topics, application_id, state_dir, pipeline, output_topic, format, output_format, schema_registry_url, no_create_topics, idle_exit_secs, processing_guarantee: guarantee, http_addr, no_http };
+        Command::Run { config, flags, passthrough } => {
             let cfg = RunConfig::load(config.as_deref(), std::env::vars(), flags)?;
             let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             if passthrough {

@@ -154,22 +154,58 @@ impl Default for RunConfig {
     }
 }
 
-/// Command-line overrides; `None` = not given.
-#[derive(Clone, Debug, Default)]
+/// The command-line flags of `resevent run`, written once: clap reads them
+/// (`#[command(flatten)]` in main.rs) and [`RunConfig::load`] lays them over
+/// the file and environment. `None` = not given.
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct Overrides {
+    /// Kafka bootstrap servers [default: 127.0.0.1:9092].
+    #[arg(long, value_name = "HOST:PORT")]
     pub bootstrap_servers: Option<String>,
+    /// Topic of change events (repeatable; several must have equal partition counts).
+    #[arg(long = "input-topic", value_name = "TOPIC")]
     pub input_topics: Vec<String>,
+    /// Consumer group and prefix of internal topics [default: resevent].
+    #[arg(long, value_name = "ID")]
     pub application_id: Option<String>,
+    /// RocksDB state directory [default: resevent-state].
+    #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Pipeline file [default: pipelines/reservations.toml if present, else built-in].
+    #[arg(long, value_name = "FILE")]
     pub pipeline: Option<PathBuf>,
+    /// Business topic [default: reservation-events].
+    #[arg(long, value_name = "TOPIC")]
     pub output_topic: Option<String>,
+    /// Input format [default: auto]. Avro input (Confluent wire format) is recognised per
+    /// record whatever this says, and decoded through --schema-registry-url.
+    #[arg(long, value_enum)]
     pub format: Option<Format>,
+    /// Business events as json [default] or avro (schemas/business-event.avsc, Confluent wire
+    /// format, the schema registered under <topic>-value at start; needs --schema-registry-url).
+    #[arg(long, value_enum, value_name = "FORMAT")]
     pub output_format: Option<OutputFormat>,
+    /// Confluent-compatible Schema Registry, for Avro output and Avro input. Basic auth, a CA
+    /// file and the subject strategy go in [schema_registry] of --config or
+    /// RESEVENT_SCHEMA_REGISTRY__<KEY>.
+    #[arg(long, value_name = "URL")]
     pub schema_registry_url: Option<String>,
+    /// Do not create missing changelog or business topics; fail instead.
+    #[arg(long)]
     pub no_create_topics: bool,
-    pub idle_exit_secs: Option<u64>,
+    /// at-least-once (default: repeats after a crash carry the same eventId) or
+    /// exactly-once (Kafka transactions; consumers must read with isolation.level=read_committed).
+    #[arg(long = "guarantee", value_enum, value_name = "GUARANTEE")]
     pub processing_guarantee: Option<Guarantee>,
+    /// Stop after this many seconds without input, printing a JSON summary (batch jobs, benchmarks).
+    #[arg(long, value_name = "SECS")]
+    pub idle_exit_secs: Option<u64>,
+    /// Where to serve /healthz, /readyz, /metrics (Prometheus) and
+    /// /reservations/{id} [default: 127.0.0.1:9464; port 0 picks a free one, logged at start].
+    #[arg(long, value_name = "HOST:PORT")]
     pub http_addr: Option<String>,
+    /// Serve no HTTP endpoint.
+    #[arg(long, conflicts_with = "http_addr")]
     pub no_http: bool,
 }
 
