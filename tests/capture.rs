@@ -9,14 +9,13 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{Broker, Instance, Record};
+use common::{Broker, Instance, KillOnDrop, Record, free_port, http_get, metric_sum, spawn_listening, wait_metric, wait_records};
 use futures_util::StreamExt;
 use mongodb::bson::{DateTime, Document, doc, oid::ObjectId};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -27,17 +26,13 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
 }
 
 /// A SecantusDB server (single-node replica set `secantus`, in memory).
 struct Mongo {
-    child: Child,
+    _process: KillOnDrop,
     uri: String,
 }
 
@@ -51,20 +46,9 @@ impl Mongo {
         let bin = std::env::var("RESEVENT_SECANTUS").unwrap_or_else(|_| panic!("this test needs RESEVENT_SECANTUS, the secantusd-py of PyPI secantusdb (scripts/test installs it)"));
         let port = free_port();
         let log = std::env::temp_dir().join(format!("secantus-{tag}-{}.log", std::process::id()));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(&bin)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path", ":memory:"])
-            .args(args)
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "SecantusDB did not listen on {port} within 60s; see {}", log.display());
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Mongo { child, uri: format!("mongodb://127.0.0.1:{port}/?{options}") }
+        let mut cmd = Command::new(&bin);
+        cmd.args(["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path", ":memory:"]).args(args);
+        Mongo { _process: KillOnDrop(spawn_listening(cmd, port, &log, Duration::from_secs(60))), uri: format!("mongodb://127.0.0.1:{port}/?{options}") }
     }
 
     fn client(&self, rt: &tokio::runtime::Runtime) -> mongodb::Client {
@@ -72,91 +56,22 @@ impl Mongo {
     }
 }
 
-impl Drop for Mongo {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `resevent capture` of property.reservation into `topic` (a 1.5 s lease,
+/// 3 partitions), as common's [`Instance`]: its log, waits and signals.
+fn start_capture(mongo: &Mongo, broker: &Broker, topic: &str, tag: &str, args: &[&str]) -> Instance {
+    start_capture_uri(&mongo.uri, broker, topic, tag, args)
 }
 
-/// A `resevent capture` process.
-struct Capture {
-    child: Child,
-    log: PathBuf,
+fn start_capture_uri(uri: &str, broker: &Broker, topic: &str, tag: &str, args: &[&str]) -> Instance {
+    let log = std::env::temp_dir().join(format!("{}-capture-{tag}.log", broker.name(topic)));
+    let mut argv = vec!["capture", "--mongo-uri", uri, "--database", "property", "--collection", "reservation", "--topic", topic, "--bootstrap-servers", &broker.bootstrap];
+    argv.extend(["--lease-ms", "1500", "--partitions", "3"]);
+    argv.extend_from_slice(args);
+    Instance::spawn(&argv, &[], log)
 }
 
-impl Capture {
-    fn start(mongo: &Mongo, broker: &Broker, topic: &str, tag: &str, args: &[&str]) -> Capture {
-        Capture::start_uri(&mongo.uri, broker, topic, tag, args)
-    }
-
-    fn start_uri(uri: &str, broker: &Broker, topic: &str, tag: &str, args: &[&str]) -> Capture {
-        let log = std::env::temp_dir().join(format!("{}-capture-{tag}.log", broker.name(topic)));
-        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_resevent"))
-            .args(["capture", "--mongo-uri", uri, "--database", "property", "--collection", "reservation", "--topic", topic, "--bootstrap-servers", &broker.bootstrap])
-            .args(["--lease-ms", "1500", "--partitions", "3"])
-            .args(args)
-            .env("RESEVENT_LOG", "info")
-            .env("RESEVENT_HTTP_ADDR", "127.0.0.1:0")
-            .current_dir(root())
-            .stdout(Stdio::null())
-            .stderr(file)
-            .spawn()
-            .unwrap();
-        Capture { child, log }
-    }
-
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn wait_log(&mut self, pattern: &str, within: Duration) {
-        let deadline = Instant::now() + within;
-        while !self.text().contains(pattern) {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                panic!("capture exited ({s}) before logging {pattern:?}:\n{}", self.text());
-            }
-            assert!(Instant::now() < deadline, "{pattern:?} not logged within {within:?}; log {}:\n{}", self.log.display(), self.text());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn http_addr(&mut self) -> String {
-        self.wait_log("HTTP: ", Duration::from_secs(30));
-        let text = self.text();
-        let line = text.lines().find(|l| l.contains("HTTP: ")).unwrap();
-        line.split("addr=").nth(1).unwrap().split_whitespace().next().unwrap().to_string()
-    }
-
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    fn terminate(mut self) -> Option<i32> {
-        Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status().unwrap();
-        self.wait_exit(Duration::from_secs(30)).0
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> (Option<i32>, String) {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return (s.code(), self.text());
-            }
-            assert!(Instant::now() < deadline, "capture did not exit within {within:?}; log:\n{}", self.text());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// Changes a capture process published (acknowledged by the broker) since it started.
+const PUBLISHED: &str = "resevent_capture_changes_published_total";
 
 fn pipeline() -> Vec<Document> {
     let text = std::fs::read_to_string(root().join("pipelines/change-stream.json")).unwrap();
@@ -165,41 +80,66 @@ fn pipeline() -> Vec<Document> {
 
 /// The truth: every change the pipeline lets through, in the database's
 /// order, as (document key JSON, resume token JSON), seen by a change stream
-/// of the test's own opened before the writes. Stops when `done` is set and
-/// nothing more came for a second.
-fn watch_truth(mongo: &Mongo, done: Arc<AtomicBool>) -> std::thread::JoinHandle<Vec<(String, Value)>> {
-    let uri = mongo.uri.clone();
+/// of the test's own opened before the writes.
+struct Truth {
+    watcher: std::thread::JoinHandle<Vec<(String, Value)>>,
+    uri: String,
+    /// The marker reservation whose insert ends the truth.
+    end: ObjectId,
+    ending: Arc<AtomicBool>,
+}
+
+fn watch_truth(mongo: &Mongo) -> Truth {
+    let (uri, end, ending) = (mongo.uri.clone(), ObjectId::new(), Arc::new(AtomicBool::new(false)));
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let h = std::thread::spawn(move || {
+    let (watch_uri, ending_seen) = (uri.clone(), ending.clone());
+    let watcher = std::thread::spawn(move || {
         let rt = rt();
         rt.block_on(async move {
-            let client = mongodb::Client::with_uri_str(&uri).await.unwrap();
+            let client = mongodb::Client::with_uri_str(&watch_uri).await.unwrap();
             let coll = client.database("property").collection::<Document>("reservation");
             let mut stream = coll.watch().pipeline(pipeline()).await.unwrap().with_type::<Document>();
             ready_tx.send(()).unwrap();
             let mut out = Vec::new();
-            let mut quiet_since = Instant::now();
+            let mut ending_since: Option<Instant> = None;
             loop {
                 match tokio::time::timeout(Duration::from_millis(200), stream.next()).await {
                     Ok(Some(Ok(d))) => {
-                        let key = mongodb::bson::Bson::Document(d.get_document("documentKey").unwrap().clone()).into_relaxed_extjson();
-                        let token = mongodb::bson::Bson::Document(d.get_document("_id").unwrap().clone()).into_relaxed_extjson();
-                        out.push((key.to_string(), token));
-                        quiet_since = Instant::now();
+                        let key = d.get_document("documentKey").unwrap();
+                        let last = key.get_object_id("_id").is_ok_and(|id| id == end);
+                        out.push((mongodb::bson::Bson::Document(key.clone()).into_relaxed_extjson().to_string(), mongodb::bson::Bson::Document(d.get_document("_id").unwrap().clone()).into_relaxed_extjson()));
+                        if last {
+                            return out;
+                        }
                     }
                     Ok(Some(Err(e))) => panic!("truth stream: {e}"),
-                    Ok(None) => break,
-                    // Quiet for 3 s after the last write: SecantusDB can lag
-                    // a second or more behind a writer on a loaded machine.
-                    Err(_) if done.load(Ordering::SeqCst) && quiet_since.elapsed() > Duration::from_secs(3) => break,
+                    Ok(None) => panic!("the truth stream ended before its end marker"),
+                    Err(_) if ending_seen.load(Ordering::SeqCst) => {
+                        let since = *ending_since.get_or_insert_with(Instant::now);
+                        assert!(since.elapsed() < Duration::from_secs(120), "the truth stream did not see its end marker within 120s");
+                    }
                     Err(_) => {}
                 }
             }
-            out
         })
     });
     ready_rx.recv_timeout(Duration::from_secs(30)).expect("the truth stream opened");
-    h
+    Truth { watcher, uri, end, ending }
+}
+
+impl Truth {
+    /// Ends the truth with a change of its own, after every write of the
+    /// test: the insert of a marker reservation, which capture publishes
+    /// too. Returns every change up to and including it; once the topic holds
+    /// that last change, capture has reached the input's end.
+    fn finish(self) -> Vec<(String, Value)> {
+        self.ending.store(true, Ordering::SeqCst);
+        let rt = rt();
+        let client = rt.block_on(mongodb::Client::with_uri_str(&self.uri)).unwrap();
+        let coll = client.database("property").collection::<Document>("reservation");
+        rt.block_on(async { coll.insert_one(reservation(self.end, "Not Arrived", 0, "P-END")).await }).unwrap();
+        self.watcher.join().unwrap()
+    }
 }
 
 /// A reservation document.
@@ -212,8 +152,9 @@ fn reservation(id: ObjectId, status: &str, room: u32, property: &str) -> Documen
 
 /// `n` writes over `reservations` reservations as fast as the driver goes:
 /// inserts first, then status moves, room moves, departure changes, writes
-/// of untracked fields (which the pipeline drops), and a few deletes.
-fn write_workload(uri: &str, reservations: usize, n: usize, seed: u64) {
+/// of untracked fields (which the pipeline drops), and a few deletes. With
+/// `pause` = (k, go), it stops after k writes until `go` says so (or is dropped).
+fn write_workload(uri: &str, reservations: usize, n: usize, seed: u64, pause: Option<(usize, std::sync::mpsc::Receiver<()>)>) {
     let rt = rt();
     let client = rt.block_on(mongodb::Client::with_uri_str(uri)).unwrap();
     let coll = client.database("property").collection::<Document>("reservation");
@@ -228,6 +169,11 @@ fn write_workload(uri: &str, reservations: usize, n: usize, seed: u64) {
     let mut alive = vec![false; reservations];
     rt.block_on(async {
         for i in 0..n {
+            if let Some((at, go)) = &pause {
+                if i == *at {
+                    let _ = tokio::task::block_in_place(|| go.recv());
+                }
+            }
             let r = (next() % reservations as u64) as usize;
             let id = ids[r];
             if !alive[r] {
@@ -300,15 +246,24 @@ fn assert_exactly_once(got: &[(String, Value, Value)], truth: &[(String, Value)]
     }
 }
 
-fn wait_count(broker: &Broker, topic: &str, n: usize, within: Duration) -> Vec<(String, Value, Value)> {
+/// Waits until the topic holds every change of `truth` (whose last one is
+/// its end marker: see [`Truth::finish`]) and at least `copies`
+/// copy-existing records: capture has reached the input's end. A capture
+/// publishes its stream in order, so a repeat of an earlier change would be
+/// there by then; stopping it cleanly afterwards (which flushes what it
+/// sent) leaves nothing to come later.
+fn wait_captured_all(broker: &Broker, topic: &str, truth: &[(String, Value)], copies: usize, within: Duration) {
+    let wanted: BTreeSet<String> = truth.iter().map(|(_, t)| t.to_string()).collect();
     let deadline = Instant::now() + within;
     loop {
         let got = captured(broker, topic);
-        if got.len() >= n || Instant::now() > deadline {
-            // Anything late (a repeat) shows up in a last read.
-            std::thread::sleep(Duration::from_millis(1500));
-            return captured(broker, topic);
+        let (copied, live): (Vec<_>, Vec<_>) = got.iter().partition(|(_, id, _)| id["copyingData"] == json!(true));
+        let live: BTreeSet<String> = live.iter().map(|(_, id, _)| id.to_string()).collect();
+        let missing = wanted.difference(&live).count();
+        if missing == 0 && copied.len() >= copies {
+            return;
         }
+        assert!(Instant::now() < deadline, "after {within:?}, {missing} of {} changes and {} of {copies} copies not published to {topic}", wanted.len(), copies.saturating_sub(copied.len()));
         std::thread::sleep(Duration::from_millis(300));
     }
 }
@@ -318,8 +273,8 @@ fn capture_then_run_turns_driver_writes_into_business_events() {
     let broker = Broker::start("capture-e2e");
     let mongo = Mongo::start("e2e", &[]);
     let topic = broker.name("property.reservation");
-    let mut capture = Capture::start(&mongo, &broker, &topic, "e2e", &[]);
-    capture.wait_log("following the change stream", Duration::from_secs(60));
+    let capture = start_capture(&mongo, &broker, &topic, "e2e", &[]);
+    capture.wait_log("following the change stream", 1, Duration::from_secs(60));
     let addr = capture.http_addr();
 
     let rt = rt();
@@ -335,7 +290,10 @@ fn capture_then_run_turns_driver_writes_into_business_events() {
         coll.insert_one(reservation(b, "Arrived", 202, "P-BGO-02")).await.unwrap();
         coll.delete_one(doc! {"_id": b}).await.unwrap();
     });
-    let got = wait_count(&broker, &topic, 6, Duration::from_secs(30));
+    // The delete is the last write: once capture has published (and the
+    // broker acknowledged) six changes, the topic holds what it will hold.
+    wait_metric(&addr, PUBLISHED, 6.0, Duration::from_secs(30));
+    let got = captured(&broker, &topic);
     let ops: Vec<&str> = got.iter().map(|(_, _, v)| v["operationType"].as_str().unwrap()).collect();
     assert_eq!(got.len(), 6, "{ops:?}");
     assert!(got.iter().all(|(_, _, v)| v["updateDescription"]["updatedFields"].get("loyaltyPoints").is_none()), "an untracked field's update was captured");
@@ -357,14 +315,16 @@ fn capture_then_run_turns_driver_writes_into_business_events() {
     assert_eq!((room["roomNumber"].as_str(), room["previousRoomNumber"].as_str(), room["propertyId"].as_str()), (Some("305"), Some("101"), Some("P-OSL-01")));
     drop(run);
 
-    let (status, _) = common::http_get(&addr, "/readyz");
+    let (status, _) = http_get(&addr, "/readyz");
     assert_eq!(status, 200);
-    let (_, metrics) = common::http_get(&addr, "/metrics");
+    let (_, metrics) = http_get(&addr, "/metrics");
     assert!(metrics.contains("resevent_capture_changes_published_total{kind=\"change\"} 6"), "{metrics}");
     for m in ["resevent_capture_lag_seconds", "resevent_capture_resume_token_age_seconds", "resevent_capture_active 1"] {
         assert!(metrics.contains(m), "{m} missing:\n{metrics}");
     }
     assert_eq!(capture.terminate(), Some(0));
+    // Stopped, it can publish nothing more: still the six.
+    assert_eq!(broker.read_all(&topic).len(), 6, "no change published twice");
 }
 
 #[test]
@@ -372,35 +332,42 @@ fn kill_9_at_random_points_loses_and_repeats_nothing() {
     let broker = Broker::start("capture-kill");
     let mongo = Mongo::start("kill", &[]);
     let topic = broker.name("property.reservation");
-    let done = Arc::new(AtomicBool::new(false));
-    let truth = watch_truth(&mongo, done.clone());
-    let mut capture = Capture::start(&mongo, &broker, &topic, "kill", &[]);
-    capture.wait_log("following the change stream", Duration::from_secs(60));
+    let truth = watch_truth(&mongo);
+    let mut capture = start_capture(&mongo, &broker, &topic, "kill", &[]);
+    capture.wait_log("following the change stream", 1, Duration::from_secs(60));
 
     let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
     eprintln!("workload seed {seed}");
     let writes = 4000;
     let uri = mongo.uri.clone();
-    let writer = std::thread::spawn(move || write_workload(&uri, 300, writes, seed));
+    let writer = std::thread::spawn(move || write_workload(&uri, 300, writes, seed, None));
     let mut rng = seed | 1;
     let mut kills = 0;
-    // Kills while the writes go on, and at least four in all (the last ones
-    // may fall in the catch-up after the writes).
+    // Kills while the writes go on, each at a random point of the running
+    // capture's progress: after it published 1 to 300 changes. At least four
+    // in all: once the writes are over, the rest come as soon as a capture
+    // follows the stream (during its catch-up, or with nothing left to do).
+    let deadline = Instant::now() + Duration::from_secs(300);
     while !writer.is_finished() || kills < 4 {
         rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        std::thread::sleep(Duration::from_millis(100 + (rng >> 33) % 1200));
+        let point = 1 + (rng >> 33) % 300;
+        let addr = capture.http_addr();
+        while !writer.is_finished() && metric_sum(&http_get(&addr, "/metrics").1, PUBLISHED) < point as f64 {
+            assert!(Instant::now() < deadline, "the writes and kills did not end within 300s ({kills} kills); log {}", capture.log.display());
+            std::thread::sleep(Duration::from_millis(10));
+        }
         capture.kill9();
         kills += 1;
-        capture = Capture::start(&mongo, &broker, &topic, &format!("kill-{kills}"), &[]);
-        capture.wait_log("following the change stream", Duration::from_secs(60));
+        capture = start_capture(&mongo, &broker, &topic, &format!("kill-{kills}"), &[]);
+        capture.wait_log("following the change stream", 1, Duration::from_secs(60));
     }
     writer.join().unwrap();
-    done.store(true, Ordering::SeqCst);
-    let truth = truth.join().unwrap();
-    let got = wait_count(&broker, &topic, truth.len(), Duration::from_secs(60));
+    let truth = truth.finish();
+    wait_captured_all(&broker, &topic, &truth, 0, Duration::from_secs(120));
+    assert_eq!(capture.terminate(), Some(0));
+    let got = captured(&broker, &topic);
     eprintln!("{} writes, {} changes captured, {kills} kills", writes, truth.len());
     assert_exactly_once(&got, &truth);
-    assert_eq!(capture.terminate(), Some(0));
 }
 
 #[test]
@@ -414,10 +381,9 @@ fn copy_existing_then_live_changes_without_gap_or_repeat() {
     let existing: Vec<ObjectId> = (0..1500).map(|_| ObjectId::new()).collect();
     rt.block_on(async { coll.insert_many(existing.iter().enumerate().map(|(i, id)| reservation(*id, if i % 3 == 0 { "Arrived" } else { "Not Arrived" }, i as u32, "P-OSL-01"))).await }).unwrap();
 
-    let done = Arc::new(AtomicBool::new(false));
-    let truth = watch_truth(&mongo, done.clone());
-    let mut capture = Capture::start(&mongo, &broker, &topic, "copy", &["--copy-existing"]);
-    capture.wait_log("copying the existing documents", Duration::from_secs(60));
+    let truth = watch_truth(&mongo);
+    let capture = start_capture(&mongo, &broker, &topic, "copy", &["--copy-existing"]);
+    capture.wait_log("copying the existing documents", 1, Duration::from_secs(60));
     // Live changes while the copy runs and after it: to copied documents and new ones.
     rt.block_on(async {
         for (i, id) in existing.iter().enumerate().step_by(7) {
@@ -427,24 +393,37 @@ fn copy_existing_then_live_changes_without_gap_or_repeat() {
             coll.insert_one(reservation(ObjectId::new(), "Arrived", 900 + i, "P-TRD-03")).await.unwrap();
         }
     });
-    done.store(true, Ordering::SeqCst);
-    let truth = truth.join().unwrap();
-    let got = wait_count(&broker, &topic, existing.len() + truth.len(), Duration::from_secs(60));
+    let truth = truth.finish();
+    wait_captured_all(&broker, &topic, &truth, existing.len(), Duration::from_secs(120));
+    let log = capture.text();
+    assert_eq!(capture.terminate(), Some(0));
+    let got = captured(&broker, &topic);
     let (copies, live): (Vec<_>, Vec<_>) = got.into_iter().partition(|(_, id, _)| id["copyingData"] == json!(true));
     let copied: BTreeSet<String> = copies.iter().map(|(_, id, _)| id["_id"]["$oid"].as_str().unwrap().to_string()).collect();
     assert_eq!(copies.len(), existing.len(), "each existing document copied once");
     assert_eq!(copied, existing.iter().map(|o| o.to_hex()).collect::<BTreeSet<_>>());
     assert!(copies.iter().all(|(_, _, v)| v["operationType"] == "insert" && v["fullDocument"]["_id"]["$oid"].is_string()));
     assert_exactly_once(&live, &truth);
-    assert_eq!(live.len(), existing.len().div_ceil(7) + 100);
-    assert!(capture.text().contains("copy finished"));
-    drop(capture);
-    // A restart keeps its place: no second copy.
-    let mut again = Capture::start(&mongo, &broker, &topic, "copy-again", &["--copy-existing"]);
-    again.wait_log("following the change stream", Duration::from_secs(60));
-    assert!(!again.text().contains("copying the existing documents"));
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(captured(&broker, &topic).len(), existing.len() + truth.len());
+    // The updates, the inserts, and the truth's end marker.
+    assert_eq!(live.len(), existing.len().div_ceil(7) + 100 + 1);
+    assert!(log.contains("copy finished"));
+    // A restart keeps its place: no second copy. A copy would come before
+    // the stream is followed, and a change written after that comes after
+    // anything the restart publishes; once it is in the topic, a clean stop
+    // leaves nothing to come later.
+    let again = start_capture(&mongo, &broker, &topic, "copy-again", &["--copy-existing"]);
+    again.wait_log("following the change stream", 1, Duration::from_secs(60));
+    let last = ObjectId::new();
+    rt.block_on(async { coll.insert_one(reservation(last, "Arrived", 999, "P-TRD-03")).await }).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !captured(&broker, &topic).iter().any(|(_, _, v)| v["documentKey"]["_id"] == json!({"$oid": last.to_hex()})) {
+        assert!(Instant::now() < deadline, "the change after the restart was not published within 60s; log {}", again.log.display());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let log = again.text();
+    assert_eq!(again.terminate(), Some(0));
+    assert!(!log.contains("copying the existing documents"), "{log}");
+    assert_eq!(captured(&broker, &topic).len(), existing.len() + truth.len() + 1, "after the restart, only the new change");
 }
 
 #[test]
@@ -452,32 +431,40 @@ fn a_standby_takes_over_from_the_stored_token() {
     let broker = Broker::start("capture-standby");
     let mongo = Mongo::start("standby", &[]);
     let topic = broker.name("property.reservation");
-    let done = Arc::new(AtomicBool::new(false));
-    let truth = watch_truth(&mongo, done.clone());
-    let mut first = Capture::start(&mongo, &broker, &topic, "first", &[]);
-    first.wait_log("following the change stream", Duration::from_secs(60));
-    let mut second = Capture::start(&mongo, &broker, &topic, "second", &[]);
-    second.wait_log("standby: another instance holds the lease", Duration::from_secs(60));
+    let truth = watch_truth(&mongo);
+    let first = start_capture(&mongo, &broker, &topic, "first", &[]);
+    first.wait_log("following the change stream", 1, Duration::from_secs(60));
+    let second = start_capture(&mongo, &broker, &topic, "second", &[]);
+    second.wait_log("standby: another instance holds the lease", 1, Duration::from_secs(60));
     let standby_addr = second.http_addr();
-    assert_eq!(common::http_get(&standby_addr, "/readyz").0, 503);
+    assert_eq!(http_get(&standby_addr, "/readyz").0, 503);
+    assert_eq!(metric_sum(&http_get(&standby_addr, "/metrics").1, "resevent_capture_active"), 0.0, "the standby publishes nothing");
 
+    // The writer stops halfway until the kill: changes before it, while no
+    // instance captures (the lease is running out), and after the takeover.
+    let (killed, kill_seen) = std::sync::mpsc::channel();
     let uri = mongo.uri.clone();
-    let writer = std::thread::spawn(move || write_workload(&uri, 100, 2000, 7));
-    std::thread::sleep(Duration::from_millis(1500));
-    let killed = Instant::now();
+    let writer = std::thread::spawn(move || write_workload(&uri, 100, 2000, 7, Some((1000, kill_seen))));
+    // Killed after some progress: 50 changes published (the first 1000
+    // writes insert nearly all of the 100 reservations, each a change).
+    wait_records(&broker, &topic, 50, Duration::from_secs(60));
     first.kill9();
-    second.wait_log("following the change stream", Duration::from_secs(30));
-    let takeover = killed.elapsed();
+    let before_kill = broker.read_all(&topic).len();
+    killed.send(()).unwrap();
+    second.wait_log("following the change stream", 1, Duration::from_secs(60));
     writer.join().unwrap();
-    done.store(true, Ordering::SeqCst);
-    let truth = truth.join().unwrap();
-    let got = wait_count(&broker, &topic, truth.len(), Duration::from_secs(60));
-    eprintln!("takeover after {takeover:?}; {} changes", truth.len());
-    // Seconds here (a 1.5 s lease); the bound leaves room for a loaded machine.
-    assert!(takeover < Duration::from_secs(30), "the standby took {takeover:?} to take over");
-    assert!(second.text().contains("resume after"), "the standby resumed from the stored token:\n{}", second.text());
+    let truth = truth.finish();
+    wait_captured_all(&broker, &topic, &truth, 0, Duration::from_secs(120));
+    let log = second.text();
+    assert!(log.contains("resume after"), "the standby resumed from the stored token:\n{log}");
+    assert_eq!(http_get(&standby_addr, "/readyz").0, 200);
+    let by_standby = metric_sum(&http_get(&standby_addr, "/metrics").1, PUBLISHED);
+    assert!(by_standby > 0.0, "the standby published the changes written after the kill");
+    assert_eq!(second.terminate(), Some(0));
+    // Exactly once across the takeover: each change once, in the database's order per document.
+    let got = captured(&broker, &topic);
+    eprintln!("{} changes: {before_kill} published before the kill, {by_standby} by the standby", truth.len());
     assert_exactly_once(&got, &truth);
-    assert_eq!(common::http_get(&standby_addr, "/readyz").0, 200);
 }
 
 /// A record as a previous capture would have left it, with its position header.
@@ -503,7 +490,7 @@ fn a_gone_or_bogus_resume_token_stops_with_a_clear_error_and_publishes_nothing()
     let rt = rt();
     let coll = mongo.client(&rt).database("property").collection::<Document>("reservation");
     rt.block_on(async { coll.insert_one(reservation(ObjectId::new(), "Arrived", 1, "P-OSL-01")).await }).unwrap();
-    let mut c = Capture::start(&mongo, &broker, &topic, "bogus", &[]);
+    let c = start_capture(&mongo, &broker, &topic, "bogus", &[]);
     let (code, log) = c.wait_exit(Duration::from_secs(60));
     assert_eq!(code, Some(3), "{log}");
     assert!(log.contains("cannot resume the change stream after the stored resume token") && log.contains("--restart-from"), "{log}");
@@ -512,8 +499,8 @@ fn a_gone_or_bogus_resume_token_stops_with_a_clear_error_and_publishes_nothing()
     // Gone: the oplog (capped at 50 entries here) moved past the stored token.
     let small = Mongo::start("gone", &["--oplog-max-entries", "50"]);
     let topic = broker.name("gone");
-    let mut c = Capture::start(&small, &broker, &topic, "gone", &[]);
-    c.wait_log("following the change stream", Duration::from_secs(60));
+    let c = start_capture(&small, &broker, &topic, "gone", &[]);
+    c.wait_log("following the change stream", 1, Duration::from_secs(60));
     let coll = small.client(&rt).database("property").collection::<Document>("reservation");
     let ids: Vec<ObjectId> = (0..3).map(|_| ObjectId::new()).collect();
     rt.block_on(async {
@@ -521,7 +508,7 @@ fn a_gone_or_bogus_resume_token_stops_with_a_clear_error_and_publishes_nothing()
             coll.insert_one(reservation(*id, "Not Arrived", 1, "P-OSL-01")).await.unwrap();
         }
     });
-    wait_count(&broker, &topic, 3, Duration::from_secs(30));
+    wait_records(&broker, &topic, 3, Duration::from_secs(30));
     assert_eq!(c.terminate(), Some(0));
     // Past the oplog's cap (SecantusDB prunes every 1000 entries): untracked writes.
     rt.block_on(async {
@@ -529,16 +516,20 @@ fn a_gone_or_bogus_resume_token_stops_with_a_clear_error_and_publishes_nothing()
             coll.update_one(doc! {"_id": ids[i % 3]}, doc! {"$set": {"notes": i.to_string()}}).await.unwrap();
         }
     });
-    let mut c = Capture::start(&small, &broker, &topic, "gone-again", &[]);
+    let c = start_capture(&small, &broker, &topic, "gone-again", &[]);
     let (code, log) = c.wait_exit(Duration::from_secs(60));
     assert_eq!(code, Some(3), "{log}");
     assert!(log.contains("no longer be in the oplog") && log.contains("--restart-from copy"), "{log}");
     assert_eq!(broker.read_all(&topic).len(), 3, "nothing published");
 
     // The documented way on: a full copy, then the stream.
-    let mut c = Capture::start(&small, &broker, &topic, "gone-copy", &["--restart-from", "copy"]);
-    c.wait_log("following the change stream", Duration::from_secs(60));
-    let got = wait_count(&broker, &topic, 6, Duration::from_secs(30));
+    let c = start_capture(&small, &broker, &topic, "gone-copy", &["--restart-from", "copy"]);
+    c.wait_log("following the change stream", 1, Duration::from_secs(60));
+    wait_records(&broker, &topic, 6, Duration::from_secs(30));
+    // Stopped, it can publish nothing more: the three changes and their three copies.
+    assert_eq!(c.terminate(), Some(0));
+    let got = captured(&broker, &topic);
+    assert_eq!(got.len(), 6);
     assert_eq!(got.iter().filter(|(_, id, _)| id["copyingData"] == json!(true)).count(), 3);
 }
 
@@ -549,18 +540,19 @@ fn capture_reaches_mongodb_over_tls_and_refuses_an_unknown_ca() {
     let tls = ["--tls-cert-file", &certs.path("broker.pem"), "--tls-key-file", &certs.path("broker.key")];
     let mongo = Mongo::start_with_options("tls", &tls, &format!("directConnection=true&tls=true&tlsCAFile={}", certs.path("ca.pem")));
     let topic = broker.name("tls");
-    let mut c = Capture::start(&mongo, &broker, &topic, "tls", &[]);
-    c.wait_log("following the change stream", Duration::from_secs(60));
+    let c = start_capture(&mongo, &broker, &topic, "tls", &[]);
+    c.wait_log("following the change stream", 1, Duration::from_secs(60));
     let rt = rt();
     let coll = mongo.client(&rt).database("property").collection::<Document>("reservation");
     rt.block_on(async { coll.insert_one(reservation(ObjectId::new(), "Arrived", 7, "P-OSL-01")).await }).unwrap();
-    assert_eq!(wait_count(&broker, &topic, 1, Duration::from_secs(30)).len(), 1);
+    wait_records(&broker, &topic, 1, Duration::from_secs(30));
     assert_eq!(c.terminate(), Some(0));
+    assert_eq!(broker.read_all(&topic).len(), 1);
 
     // A server certificate the given CA did not sign: a clear failure, nothing published.
     let untrusted = mongo.uri.replace(&certs.path("ca.pem"), &certs.path("other-ca.pem")) + "&serverSelectionTimeoutMS=3000";
     let topic = broker.name("tls-untrusted");
-    let mut c = Capture::start_uri(&untrusted, &broker, &topic, "tls-untrusted", &[]);
+    let c = start_capture_uri(&untrusted, &broker, &topic, "tls-untrusted", &[]);
     let (code, log) = c.wait_exit(Duration::from_secs(60));
     assert_eq!(code, Some(2), "{log}");
     assert!(log.to_ascii_lowercase().contains("certificate"), "{log}");
