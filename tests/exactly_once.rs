@@ -25,37 +25,46 @@ fn kill_9_mid_stream_leaves_no_repeat_for_read_committed_consumers() {
     // instance takes its own place back at once, as a StatefulSet pod would) work.
     let env = [("RESEVENT_CONSUMER__PARTITION_ASSIGNMENT_STRATEGY", "range"), ("RESEVENT_CONSUMER__GROUP_INSTANCE_ID", "eos-instance-0")];
 
-    // The feeder holds the second half back until the kill, so the kill lands
-    // mid-stream however fast the first instance is.
-    let (killed, kill_seen) = std::sync::mpsc::channel::<()>();
-    std::thread::scope(|s| {
-        let (broker, input, records) = (&broker, &input, &records);
-        s.spawn(move || {
-            for (n, chunk) in records.chunks(1000).enumerate() {
-                if n == records.len() / 2000 {
-                    let _ = kill_seen.recv();
-                }
-                broker.produce(&input, chunk);
-                std::thread::sleep(Duration::from_millis(400));
-            }
-        });
-        let first = Instance::start_with(&broker, &input, &app, state.path(), "a", &args, &env);
-        first.wait_log("exactly-once: transactional producer ready", 1, Duration::from_secs(60));
-        wait_for(&broker, &out, Duration::from_secs(60), |e| !e.is_empty());
-        std::thread::sleep(Duration::from_millis(1500));
-        first.kill9();
-        killed.send(()).unwrap();
-    });
+    // The second half comes only after the kill, so the kill lands
+    // mid-stream however fast the first instance is. The first half is there
+    // at once, and transactions come by volume: a 16 KiB cache bound commits
+    // one after each batch (at most 200 records) that takes the changed
+    // reservations past ~80, dozens over the first half. The kill follows
+    // the tenth within milliseconds, in the middle of the next one, with its
+    // events sent. (A machine that gets through the whole first half before
+    // that is killed once it has: the test then proves less, but passes or
+    // fails on the same assertions; it never waits on speed.)
+    let (first_half, second_half) = records.split_at(records.len() / 2);
+    broker.produce(&input, first_half);
+    let env = [env.as_slice(), &[("RESEVENT_MAX_BATCH_RECORDS", "200"), ("RESEVENT_CACHE_MAX_BYTES", "16384")]].concat();
+    let first = Instance::start_with(&broker, &input, &app, state.path(), "a", &args, &env);
+    first.wait_log("exactly-once: transactional producer ready", 1, Duration::from_secs(60));
+    let http = first.http_addr();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let (commits, processed) = loop {
+        let scrape = http_get(&http, "/metrics").1;
+        let (commits, processed) = (metric_sum(&scrape, "resevent_commit_duration_seconds_count"), metric_sum(&scrape, "resevent_records_consumed_total"));
+        if commits >= 10.0 || processed >= first_half.len() as f64 {
+            break (commits, processed);
+        }
+        assert!(std::time::Instant::now() < deadline, "no progress: {commits} transactions committed, {processed} records processed");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    first.kill9();
+    eprintln!("killed after {commits} transactions committed, {processed} records processed");
     let before_restart = broker.read_all(&out).len();
     assert!(before_restart < expected.len(), "the kill must land mid-stream ({before_restart} of {} events out)", expected.len());
+    broker.produce(&input, second_half);
 
     let second = Instance::start_with(&broker, &input, &app, state.path(), "b", &args, &env);
-    let got = wait_for(&broker, &out, Duration::from_secs(120), |e| e.len() >= expected.len());
-    std::thread::sleep(Duration::from_secs(2));
-    let got_after = broker.read_all(&out).iter().map(Record::json).collect::<Vec<_>>();
+    wait_for(&broker, &out, Duration::from_secs(120), |e| e.len() >= expected.len());
+    // "Not even later": the input's end is processed and committed (lag 0),
+    // and the only writer stops cleanly before the last read, so nothing
+    // can come after it.
+    wait_lag_zero(&broker, &app, &input, Duration::from_secs(120));
     assert_eq!(second.terminate(), Some(0));
-    assert_eq!(got.len(), expected.len());
-    assert_eq!(got_after.len(), expected.len(), "no repeat at all, not even later");
-    assert_eq!(dedup(&got_after).len(), got_after.len());
-    assert_same_per_reservation(&got_after, &expected);
+    let got = broker.read_all(&out).iter().map(Record::json).collect::<Vec<_>>();
+    assert_eq!(got.len(), expected.len(), "no repeat at all, not even later");
+    assert_eq!(dedup(&got).len(), got.len());
+    assert_same_per_reservation(&got, &expected);
 }
