@@ -1,7 +1,8 @@
 //! Bad input and faults against a real broker and real `resevent run`
 //! processes: a poison-pill suite mixed into a valid stream, the broker gone
-//! for 30 s mid-stream, and the state directory made unwritable mid-stream.
-//! In each: nothing lost, no eventId with two contents, no restart.
+//! for 30 s mid-stream, and the state directory made unwritable mid-stream
+//! until the store has failed. In each: nothing lost, no eventId with two
+//! contents, no restart.
 
 mod common;
 
@@ -124,7 +125,7 @@ fn poison_pills_go_to_the_dead_letter_topic_and_valid_records_give_replays_event
 
     let app = broker.name("app");
     let state = tempfile::tempdir().unwrap();
-    let mut instance = Instance::start(&broker, &input, &app, state.path(), "a");
+    let instance = Instance::start(&broker, &input, &app, state.path(), "a");
     let out = format!("{app}-events");
     let got = wait_for(&broker, &out, Duration::from_secs(120), |e| e.len() >= expected.len());
     let dlt = wait_records(&broker, &format!("{input}.dlt"), pills.len(), Duration::from_secs(60));
@@ -188,7 +189,7 @@ fn broker_gone_for_30_seconds_mid_stream_loses_nothing() {
         ("RESEVENT_RETRY_MAX_BACKOFF_MS", "4000"),
         ("RESEVENT_COMMIT_INTERVAL_MS", "30000"),
     ];
-    let mut instance = Instance::start_with(&broker, &input, &app, state.path(), "a", &[], &env);
+    let instance = Instance::start_with(&broker, &input, &app, state.path(), "a", &[], &env);
     let out = format!("{app}-events");
     wait_for(&broker, &out, Duration::from_secs(60), |e| !e.is_empty());
     // The rest arrives, and the broker goes away while it is being processed.
@@ -198,16 +199,23 @@ fn broker_gone_for_30_seconds_mid_stream_loses_nothing() {
     assert!(instance.is_running(), "resevent waits out the outage");
     proxy.restore();
 
-    assert_replays_events_without_restart(&broker, &out, &mut instance, &expected);
-    instance.wait_log("transient failure", 1, Duration::from_secs(5));
-    instance.wait_log("the interval went through after the failure", 1, Duration::from_secs(5));
+    assert_replays_events_without_restart(&broker, &out, &instance, &expected);
+    // The outage failed a commit, by one of two paths, and the service
+    // recovered from it: the interval is rewound and retried until it goes
+    // through, or (when the group session timed out during the outage) the
+    // commit before revocation fails and the partitions, assigned again,
+    // are read from the last committed offsets.
+    let log = instance.text();
+    let retried = log.contains("transient failure") && log.contains("the interval went through after the failure");
+    let revoked = log.contains("commit before revocation failed") && log.matches("partitions assigned").count() >= 2;
+    assert!(retried || revoked, "the outage failed no commit, or the service did not recover from it; log {}", instance.log.display());
     assert_eq!(instance.terminate(), Some(0));
 }
 
 /// Waits until the business topic holds every event replay computes, then
 /// asserts: nothing lost, no eventId replay does not emit, any repeat with the
 /// same content (`dedup` asserts that), and the instance never stopped.
-fn assert_replays_events_without_restart(broker: &Broker, out: &str, instance: &mut Instance, expected: &[serde_json::Value]) {
+fn assert_replays_events_without_restart(broker: &Broker, out: &str, instance: &Instance, expected: &[serde_json::Value]) {
     let got = wait_for(broker, out, Duration::from_secs(240), |e| dedup(e).len() >= expected.len());
     assert!(instance.is_running(), "no restart");
     let got = dedup(&got);
@@ -240,26 +248,37 @@ fn an_unwritable_state_directory_loses_nothing() {
 
     let app = broker.name("app");
     let state = tempfile::tempdir().unwrap();
-    // A 64 KB memtable needs new files often, so the unwritable directory
-    // bites at once. The store writes no WAL (the changelog is the durable
-    // copy), so RocksDB may hold the writes in memory and retry its flushes
-    // itself, or report the failure, which pauses and rewinds the interval.
-    let env = [("RESEVENT_MAX_BATCH_RECORDS", "20"), ("RESEVENT_STATE_WRITE_BUFFER_BYTES", "65536"), ("RESEVENT_RETRY_MAX_BACKOFF_MS", "2000")];
-    let mut instance = Instance::start_with(&broker, &input, &app, state.path(), "a", &[], &env);
+    // The store must fail while its directory is unwritable, whatever the
+    // machine's speed. Commits come by volume, not only by time: a 16 KiB
+    // cache bound commits every ~80 changed reservations (~100 records), so
+    // the rest's 10,000 records write on the order of 8,000 states (about a
+    // megabyte), and a 64 KB memtable (RocksDB's smallest) fills and needs a
+    // new file on disk long before they are done. That flush fails; RocksDB
+    // then refuses writes, and the commit's write fails as a state store
+    // fault that rewinds and retries the interval.
+    let env = [
+        ("RESEVENT_MAX_BATCH_RECORDS", "20"),
+        ("RESEVENT_CACHE_MAX_BYTES", "16384"),
+        ("RESEVENT_STATE_WRITE_BUFFER_BYTES", "65536"),
+        ("RESEVENT_RETRY_MAX_BACKOFF_MS", "2000"),
+    ];
+    let instance = Instance::start_with(&broker, &input, &app, state.path(), "a", &[], &env);
     let out = format!("{app}-events");
     wait_for(&broker, &out, Duration::from_secs(60), |e| !e.is_empty());
     set_writable(state.path(), false);
-    broker.produce(&input, rest);
     let fixed = Writable(state.path());
-    std::thread::sleep(Duration::from_secs(5));
+    broker.produce(&input, rest);
+    // The directory stays unwritable until the store has visibly failed.
+    let failure = wait_for_store_failure(&broker, &instance, &app, &input);
+    assert!(instance.is_running(), "a state store fault does not stop the service");
     drop(fixed);
-    assert_replays_events_without_restart(&broker, &out, &mut instance, &expected);
-    let log_path = instance.log.clone();
+    // Writable again: the store is reopened, its partitions restored from
+    // the changelog, and the interval goes through.
+    instance.wait_log("state store reopened", 1, Duration::from_secs(120));
+    assert_replays_events_without_restart(&broker, &out, &instance, &expected);
+    instance.wait_log("the interval went through after the failure", 1, Duration::from_secs(60));
     assert_eq!(instance.terminate(), Some(0));
-    let log = std::fs::read_to_string(&log_path).unwrap();
-    if log.contains("transient failure") {
-        assert!(log.contains("state store"), "a failure names the state store: {}", log_path.display());
-    }
+    eprintln!("the store failed as intended: {failure}");
     // The state it kept through the outage is replay's.
     let store = resevent::state::store::StateStore::open(state.path()).unwrap();
     let mut kept = std::collections::BTreeMap::new();
@@ -267,6 +286,30 @@ fn an_unwritable_state_directory_loses_nothing() {
         kept.extend(store.reservations(&resevent::state::task_name(p)).unwrap());
     }
     assert!(kept == replay_state(&records), "the state after the outage differs from replay's");
+}
+
+/// Waits for the log line of a state store fault that rewound the interval
+/// (a "transient failure" naming the state store) and returns it. Panics if
+/// the instance commits the whole input without one (the store never
+/// failed, so the test would prove nothing), or after a generous wait.
+fn wait_for_store_failure(broker: &Broker, instance: &Instance, app: &str, input: &str) -> String {
+    let failure = |log: &str| log.lines().find(|l| l.contains("transient failure") && l.contains("error=state store: ")).map(String::from);
+    let within = Duration::from_secs(180);
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(line) = failure(&instance.text()) {
+            return line;
+        }
+        let lag = broker.group_lag(app, input);
+        // Read after the lag: a failure logged before everything was committed is seen.
+        if let Some(line) = failure(&instance.text()) {
+            return line;
+        }
+        assert!(lag.values().any(|l| *l > 0), "the state store never failed: every input record was processed and committed while the state directory was unwritable; log {}", instance.log.display());
+        assert!(instance.is_running(), "resevent stopped; log {}", instance.log.display());
+        assert!(std::time::Instant::now() < deadline, "no state store fault logged within {within:?} of the state directory becoming unwritable (lag {lag:?}); log {}", instance.log.display());
+        std::thread::sleep(Duration::from_millis(500));
+    }
 }
 
 /// Makes the directory writable again when dropped, even if the test fails.
