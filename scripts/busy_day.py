@@ -15,13 +15,19 @@ reservation deleted while the guest is in house.
 
 Deterministic: the same --seed gives byte-identical output.
 
-  scripts/busy_day.py > fixtures/busy-day.jsonl
+With --expected FILE it also writes the business events PRODUCT.md's default
+table (pipelines/reservations.toml) must produce for the day, derived from the
+story as it is generated, not from resevent: one event per line in emission
+order, every field but `eventId`, as fixtures/*.expected.jsonl.
+
+  scripts/busy_day.py --expected fixtures/busy-day.expected.jsonl > fixtures/busy-day.jsonl
   scripts/busy_day.py --seed 7 --reservations 60 --events 400
 """
 import argparse
 import json
 import random
 import sys
+import time
 
 PROPERTIES = ("P-OSL-01", "P-BGO-02", "P-TRD-03")
 DAY = 1795219200  # 2026-11-21T00:00:00Z
@@ -186,20 +192,125 @@ class Day:
             yield ev
 
 
+# PRODUCT.md's default table, written out here on its own (the expected
+# events must not come from resevent's copy of it). States: NONE (never seen,
+# or deleted), NOT_ARRIVED, IN_HOUSE, DEPARTED. IN_HOUSE -> IN_HOUSE emits
+# by what changed (see Table.emits); any pair not listed emits nothing.
+STATES = {"Not Arrived": "NOT_ARRIVED", "Arrived": "IN_HOUSE", "Departure": "DEPARTED"}
+TABLE = {
+    ("NONE", "NOT_ARRIVED"): [],
+    ("NONE", "DEPARTED"): [],
+    ("NONE", "IN_HOUSE"): ["CHECKED_IN"],  # a walk-in, or first seen in house
+    ("NOT_ARRIVED", "IN_HOUSE"): ["CHECKED_IN"],
+    ("IN_HOUSE", "DEPARTED"): ["CHECKED_OUT"],
+    ("DEPARTED", "IN_HOUSE"): ["ACCIDENTAL_CHECKOUT"],
+    ("IN_HOUSE", "NOT_ARRIVED"): ["CHECKIN_REVERSED"],
+    ("NOT_ARRIVED", "DEPARTED"): ["CHECKED_OUT"],
+    ("IN_HOUSE", "NONE"): ["CHECKED_OUT"],  # deleted while in house
+}
+# The tracked fields: the event's name for each, and the document's.
+FIELDS = (("bookingStatus", "bookingStatus"), ("propertyId", "propertyId"), ("roomNumber", "roomNumber"),
+          ("arrivalDate", "arrivalDate"), ("departureDate", "departureDate"))
+
+
+def rfc3339(ms):
+    """UTC, with milliseconds only when there are some (fixtures/README.md)."""
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms // 1000))
+    return text + (".%03d" % (ms % 1000) if ms % 1000 else "") + "Z"
+
+
+def tracked(values):
+    """A document's (or a delta's) tracked fields, as the events carry them."""
+    out = {}
+    for name, path in FIELDS:
+        if path in values:
+            v = values[path]
+            out[name] = rfc3339(v["$date"]) if isinstance(v, dict) and "$date" in v else v
+    return out
+
+
+class Table:
+    """The default table applied to the day's change events, in order: each
+    reservation's stored state and source position, and the events emitted."""
+
+    def __init__(self):
+        self.stored = {}  # reservation id -> {"state", "position", tracked fields...}
+        self.events = []
+
+    def apply(self, ev):
+        rid = ev["documentKey"]["_id"]["$oid"]
+        position = (ev["clusterTime"]["$timestamp"]["t"], ev["clusterTime"]["$timestamp"]["i"])
+        before = self.stored.get(rid)
+        if before is not None and position <= before["position"]:
+            # The generated day's clock only moves forward, so it has no stale
+            # or duplicate change; deciding one needs more than this model.
+            raise SystemExit("busy_day.py: change at %s:%s is not newer than the stored one" % position)
+        old = dict(before) if before else {"state": "NONE"}
+        op = ev["operationType"]
+        if op == "delete":
+            new = dict(old, state="NONE", bookingStatus=None)
+        elif op == "insert":
+            new = dict(tracked(ev["fullDocument"]))
+            new["state"] = STATES[new["bookingStatus"]]
+        elif op == "update" and before is None:
+            # First seen: the looked-up document seeds the state.
+            new = dict(tracked(ev["fullDocument"]))
+            new["state"] = STATES[new["bookingStatus"]]
+        else:
+            # A known reservation: what the delta names, over the stored state.
+            new = dict(old, **tracked(ev["updateDescription"]["updatedFields"]))
+            new["state"] = STATES[new["bookingStatus"]]
+        new["position"] = position
+        self.stored[rid] = new
+        for event_type in self.emits(old, new):
+            room_changed = old.get("roomNumber") != new.get("roomNumber")
+            departure_changed = old.get("departureDate") != new.get("departureDate")
+            self.events.append({
+                "eventType": event_type,
+                "reservationId": rid,
+                "propertyId": new.get("propertyId"),
+                "bookingStatus": new.get("bookingStatus"),
+                "previousBookingStatus": old.get("bookingStatus"),
+                "roomNumber": new.get("roomNumber"),
+                "previousRoomNumber": old.get("roomNumber") if room_changed else None,
+                "arrivalDate": new.get("arrivalDate"),
+                "departureDate": new.get("departureDate"),
+                "previousDepartureDate": old.get("departureDate") if departure_changed else None,
+                "occurredAt": rfc3339(ev["wallTime"]["$date"]),
+                "sourcePosition": "%d:%d" % position,
+            })
+
+    @staticmethod
+    def emits(old, new):
+        pair = (old["state"], new["state"])
+        if pair == ("IN_HOUSE", "IN_HOUSE"):
+            room = old.get("roomNumber") != new.get("roomNumber")
+            departure = old.get("departureDate") != new.get("departureDate")
+            return ["ROOM_CHANGED"] * room + ["DEPARTURE_CHANGED"] * departure
+        return TABLE.get(pair, [])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seed", type=int, default=2026)
     ap.add_argument("--reservations", type=int, default=60)
     ap.add_argument("--events", type=int, default=400, help="stop after this many events (the day may be shorter)")
+    ap.add_argument("--expected", metavar="FILE", help="also write the business events the default table must produce here")
     a = ap.parse_args()
     day = Day(random.Random(a.seed), a.reservations)
     day.build()
     out = sys.stdout
+    table = Table()
     for k, ev in enumerate(day.events()):
         if k >= a.events:
             break
         # The Java driver's toJson() separators: ", " and ": ".
         out.write(json.dumps(ev, separators=(", ", ": ")) + "\n")
+        table.apply(ev)
+    if a.expected:
+        with open(a.expected, "w") as f:
+            for e in table.events:
+                f.write(json.dumps(e, separators=(", ", ": ")) + "\n")
 
 
 if __name__ == "__main__":
