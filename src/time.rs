@@ -1,10 +1,13 @@
-//! RFC 3339 timestamps in UTC, the one date form resevent writes.
+//! RFC 3339 timestamps in UTC, the one date form resevent writes, and the
+//! durations the pipeline file writes (`1d12h`).
 //!
 //! Owns conversion between epoch milliseconds and RFC 3339 text, and parsing of
 //! the date strings connectors and PMSs produce. Pure arithmetic (only
 //! `now_millis` reads the clock), no I/O, no date library (the civil-calendar
 //! algorithm below is Howard Hinnant's public-domain `days_from_civil`,
 //! re-derived here).
+
+use std::fmt::Write as _;
 
 /// Milliseconds since the Unix epoch, now (0 if the clock is before 1970).
 pub fn now_millis() -> i64 {
@@ -144,9 +147,70 @@ fn civil_from_days(z: i64) -> (i64, i64, i64) {
     (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
+/// A duration as the pipeline file writes it: `1d`, `12h`, `1d12h`, `90m`,
+/// `30s`, `0s`, optionally negative (`-2h`). In milliseconds.
+pub fn parse_duration(text: &str) -> Option<i64> {
+    let t = text.trim();
+    let (negative, mut rest) = match t.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, t),
+    };
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total: i64 = 0;
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            return None;
+        }
+        let n: i64 = rest[..digits].parse().ok()?;
+        let unit = match rest[digits..].chars().next()? {
+            'd' => 86_400_000,
+            'h' => 3_600_000,
+            'm' => 60_000,
+            's' => 1_000,
+            _ => return None,
+        };
+        total = total.checked_add(n.checked_mul(unit)?)?;
+        rest = &rest[digits + 1..];
+    }
+    Some(if negative { -total } else { total })
+}
+
+/// Milliseconds as the file writes them (`1d12h`, `0s`).
+pub fn format_duration(ms: i64) -> String {
+    let mut out = String::new();
+    if ms < 0 {
+        out.push('-');
+    }
+    let mut rest = ms.unsigned_abs();
+    for (unit, size) in [('d', 86_400_000u64), ('h', 3_600_000), ('m', 60_000), ('s', 1_000)] {
+        if rest >= size {
+            let _ = write!(out, "{}{unit}", rest / size);
+            rest %= size;
+        }
+    }
+    if out.is_empty() || out == "-" {
+        out = "0s".into();
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_read_and_print_alike() {
+        for (text, ms) in [("1d", 86_400_000), ("12h", 43_200_000), ("1d12h", 129_600_000), ("90m", 5_400_000), ("-2h", -7_200_000), ("0s", 0)] {
+            assert_eq!(parse_duration(text), Some(ms), "{text}");
+            assert_eq!(parse_duration(&format_duration(ms)), Some(ms), "{text}");
+        }
+        for bad in ["", "-", "1", "d", "1w", "1.5h", "h1"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn the_writable_range_is_years_0000_to_9999() {

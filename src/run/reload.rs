@@ -91,11 +91,11 @@ pub fn differences(old: &Pipeline, new: &Pipeline) -> Vec<String> {
         out.push(format!("table: {} rows → {} rows, {changed} rows differ", old.rules.len(), new.rules.len()));
     }
     if old.timers != new.timers {
-        let rows = |p: &Pipeline| p.timers.iter().map(|t| format!("{} while {} at {} {}", t.event.name(), t.state.name(), t.field.name(), crate::pipeline::format_duration(t.after_ms))).collect::<Vec<_>>();
+        let rows = |p: &Pipeline| p.timers.iter().map(|t| format!("{} while {} at {} {}", t.event.name(), t.state.name(), t.field.name(), crate::time::format_duration(t.after_ms))).collect::<Vec<_>>();
         out.push(format!("timers: {:?} → {:?}", rows(old), rows(new)));
     }
     if old.retention_ms != new.retention_ms {
-        let show = |r: Option<i64>| r.map_or_else(|| "none".to_string(), crate::pipeline::format_duration);
+        let show = |r: Option<i64>| r.map_or_else(|| "none".to_string(), crate::time::format_duration);
         out.push(format!("retention: {} → {}", show(old.retention_ms), show(new.retention_ms)));
     }
     if old.routes != new.routes {

@@ -5,18 +5,26 @@
 //! Owns every rule about what a valid table is; a bad file is an error that
 //! names the row and the fix. It does not apply the table (that is
 //! `machine`) and does no I/O beyond reading the file it is given.
+//!
+//! - this file: the table's vocabulary (states, event types, field sets, the
+//!   allowlist), the checked [`Pipeline`] and `describe`;
+//! - `file`: the TOML rows as serde reads them, still text;
+//! - `check`: rows to [`Pipeline`], one section at a time, every problem
+//!   collected with its row number and fix.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::{self, Write as _};
 use std::path::Path;
 
-use serde::Deserialize;
-
 use crate::change::Field;
 use crate::change::FieldPaths;
+use crate::time::format_duration;
+
+mod check;
+mod file;
 
 /// The pipeline built into the binary, used when no file is found.
-pub const DEFAULT_PIPELINE: &str = include_str!("../pipelines/reservations.toml");
+pub const DEFAULT_PIPELINE: &str = include_str!("../../pipelines/reservations.toml");
 
 /// A reservation's state in the table.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -267,8 +275,8 @@ impl Pipeline {
 
     /// Parses and checks pipeline text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Pipeline, PipelineError> {
-        let file: PipelineFile = toml::from_str(text).map_err(|e| PipelineError::Syntax { origin: origin.into(), reason: e.to_string() })?;
-        compile(file).map_err(|problems| PipelineError::Invalid { origin: origin.into(), problems })
+        let file = toml::from_str::<file::PipelineFile>(text).map_err(|e| PipelineError::Syntax { origin: origin.into(), reason: e.to_string() })?;
+        check::compile(file).map_err(|problems| PipelineError::Invalid { origin: origin.into(), problems })
     }
 
     /// The table as a person reads it.
@@ -313,369 +321,8 @@ pub enum PipelineError {
     Invalid { origin: String, problems: Vec<String> },
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PipelineFile {
-    fields: FieldsSection,
-    statuses: BTreeMap<String, String>,
-    #[serde(default)]
-    allowlist: AllowlistSection,
-    #[serde(default, rename = "rule")]
-    rules: Vec<RuleRow>,
-    #[serde(default, rename = "route")]
-    routes: Vec<RouteRow>,
-    #[serde(default, rename = "timer")]
-    timers: Vec<TimerRowFile>,
-    #[serde(default)]
-    retention: Option<RetentionSection>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TimerRowFile {
-    event: String,
-    state: String,
-    field: String,
-    after: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RetentionSection {
-    after: String,
-}
-
-/// A duration as the pipeline file writes it: `1d`, `12h`, `1d12h`, `90m`,
-/// `30s`, `0s`, optionally negative (`-2h`). In milliseconds.
-pub fn parse_duration(text: &str) -> Option<i64> {
-    let t = text.trim();
-    let (negative, mut rest) = match t.strip_prefix('-') {
-        Some(r) => (true, r),
-        None => (false, t),
-    };
-    if rest.is_empty() {
-        return None;
-    }
-    let mut total: i64 = 0;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let n: i64 = rest[..digits].parse().ok()?;
-        let unit = match rest[digits..].chars().next()? {
-            'd' => 86_400_000,
-            'h' => 3_600_000,
-            'm' => 60_000,
-            's' => 1_000,
-            _ => return None,
-        };
-        total = total.checked_add(n.checked_mul(unit)?)?;
-        rest = &rest[digits + 1..];
-    }
-    Some(if negative { -total } else { total })
-}
-
-/// Milliseconds as the file writes them (`1d12h`, `0s`).
-pub fn format_duration(ms: i64) -> String {
-    let mut out = String::new();
-    if ms < 0 {
-        out.push('-');
-    }
-    let mut rest = ms.unsigned_abs();
-    for (unit, size) in [('d', 86_400_000u64), ('h', 3_600_000), ('m', 60_000), ('s', 1_000)] {
-        if rest >= size {
-            let _ = write!(out, "{}{unit}", rest / size);
-            rest %= size;
-        }
-    }
-    if out.is_empty() || out == "-" {
-        out = "0s".into();
-    }
-    out
-}
-
 fn format_offset(ms: i64) -> String {
     if ms < 0 { format!("- {}", &format_duration(ms)[1..]) } else { format!("+ {}", format_duration(ms)) }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RouteRow {
-    topic: String,
-    events: Vec<String>,
-}
-
-/// Document paths of the tracked values; each defaults to PRODUCT.md's name.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FieldsSection {
-    #[serde(default = "d_id")]
-    id: String,
-    #[serde(default = "d_status")]
-    status: String,
-    #[serde(default = "d_property")]
-    property: String,
-    #[serde(default = "d_room")]
-    room: String,
-    #[serde(default = "d_arrival")]
-    arrival: String,
-    #[serde(default = "d_departure")]
-    departure: String,
-}
-fn d_id() -> String {
-    "_id".into()
-}
-fn d_status() -> String {
-    "bookingStatus".into()
-}
-fn d_property() -> String {
-    "propertyId".into()
-}
-fn d_room() -> String {
-    "roomNumber".into()
-}
-fn d_arrival() -> String {
-    "arrivalDate".into()
-}
-fn d_departure() -> String {
-    "departureDate".into()
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AllowlistSection {
-    properties: PropertyList,
-}
-
-impl Default for AllowlistSection {
-    fn default() -> Self {
-        AllowlistSection { properties: PropertyList::One("*".into()) }
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum PropertyList {
-    One(String),
-    Many(Vec<String>),
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RuleRow {
-    from: String,
-    to: String,
-    #[serde(default)]
-    changed: Vec<String>,
-    emit: Vec<String>,
-}
-
-fn compile(file: PipelineFile) -> Result<Pipeline, Vec<String>> {
-    let mut problems = Vec::new();
-    let f = file.fields;
-    let paths = FieldPaths { id: f.id, status: f.status, fields: [f.property, f.room, f.arrival, f.departure] };
-    for (name, path) in [("id", &paths.id), ("status", &paths.status)].into_iter().chain(Field::ALL.iter().map(|x| (x.name(), &paths.fields[*x as usize]))) {
-        if path.is_empty() || path.split('.').any(str::is_empty) {
-            problems.push(format!("[fields] {name} = {path:?} is not a document path; write it like \"roomNumber\" or \"stay.room\""));
-        }
-    }
-
-    let mut statuses = HashMap::new();
-    for (value, state) in &file.statuses {
-        match State::from_name(state) {
-            Some(State::None) => problems.push(format!("[statuses] {value:?} = \"NONE\": NONE means never seen or deleted; map the value to NOT_ARRIVED, IN_HOUSE or DEPARTED, or leave it out")),
-            Some(s) => {
-                statuses.insert(value.clone(), s);
-            }
-            None => problems.push(format!("[statuses] {value:?} = {state:?}: unknown state; use NOT_ARRIVED, IN_HOUSE or DEPARTED")),
-        }
-    }
-    if statuses.is_empty() && problems.is_empty() {
-        problems.push("[statuses] is empty: map at least one PMS status value to a state, e.g. \"Arrived\" = \"IN_HOUSE\"".into());
-    }
-
-    let allowlist = match file.allowlist.properties {
-        PropertyList::One(s) if s == "*" => Allowlist::Every,
-        PropertyList::One(s) => {
-            problems.push(format!("[allowlist] properties = {s:?}: write \"*\" for every property, or a list like [{s:?}]"));
-            Allowlist::Only(vec![s])
-        }
-        PropertyList::Many(list) if list.iter().any(|p| p == "*") => Allowlist::Every,
-        PropertyList::Many(list) => Allowlist::Only(list),
-    };
-
-    let mut rules = Vec::new();
-    for (i, row) in file.rules.into_iter().enumerate() {
-        let n = i + 1;
-        let mut ok = true;
-        let mut state = |name: &str, col: &str, problems: &mut Vec<String>| {
-            State::from_name(name).or_else(|| {
-                ok = false;
-                problems.push(format!("rule {n}: {col} = {name:?} is not a state; use NONE, NOT_ARRIVED, IN_HOUSE or DEPARTED"));
-                None
-            })
-        };
-        let from = state(&row.from, "from", &mut problems);
-        let to = state(&row.to, "to", &mut problems);
-        let mut changed = FieldSet::default();
-        for c in &row.changed {
-            match Field::from_name(c) {
-                Some(f) => changed.insert(f),
-                None if c == "status" => {
-                    ok = false;
-                    problems.push(format!("rule {n}: changed = [\"status\"]: a status change is what from and to say; remove it from changed"));
-                }
-                None => {
-                    ok = false;
-                    problems.push(format!("rule {n}: changed field {c:?} is unknown; use property, room, arrival or departure"));
-                }
-            }
-        }
-        let mut emit = Vec::new();
-        for e in &row.emit {
-            match EventType::from_name(e) {
-                Some(t) if emit.contains(&t) => {
-                    ok = false;
-                    problems.push(format!("rule {n}: emits {e} twice; list each event type once"));
-                }
-                Some(t) => emit.push(t),
-                None => {
-                    ok = false;
-                    let known: Vec<_> = EventType::ALL.iter().map(|e| e.name()).collect();
-                    problems.push(format!("rule {n}: event type {e:?} is unknown; use one of {}", known.join(", ")));
-                }
-            }
-        }
-        if let (true, Some(from), Some(to)) = (ok, from, to) {
-            rules.push(Rule { row: n, from, to, changed, emit });
-        }
-    }
-
-    let mut by_transition: [[Vec<usize>; 4]; 4] = Default::default();
-    for (idx, rule) in rules.iter().enumerate() {
-        let n = rule.row;
-        if rule.to == State::None && !rule.changed.is_empty() {
-            problems.push(format!("rule {n}: unreachable: a delete (to NONE) changes no field, so changed = {} never holds; remove changed", rule.changed));
-            continue;
-        }
-        let earlier = &by_transition[rule.from as usize][rule.to as usize];
-        let mut shadowed = false;
-        for &e in earlier {
-            let prior: &Rule = &rules[e];
-            if prior.changed == rule.changed {
-                let how = if prior.emit == rule.emit { "duplicates" } else { "contradicts" };
-                problems.push(format!("rule {n}: {how} rule {} ({} → {} when {} changed); keep one of them", prior.row, rule.from.name(), rule.to.name(), rule.changed));
-                shadowed = true;
-            } else if prior.changed.is_subset(rule.changed) {
-                problems.push(format!(
-                    "rule {n}: unreachable: rule {} ({} → {}, changed {}) matches every change rule {n} matches and comes first; move rule {n} above rule {}",
-                    prior.row,
-                    rule.from.name(),
-                    rule.to.name(),
-                    prior.changed,
-                    prior.row
-                ));
-                shadowed = true;
-            }
-        }
-        if !shadowed {
-            // Two rows that can both match one change (say room and departure both
-            // change) need a row above both that decides that change.
-            for &e in earlier {
-                let prior = &rules[e];
-                if rule.changed.is_subset(prior.changed) {
-                    continue; // a broader row after narrower ones is a fallback, not an overlap
-                }
-                let both = prior.changed.union(rule.changed);
-                let decided = earlier.iter().map(|&x| &rules[x]).take_while(|r| r.row < prior.row).any(|r| r.changed.is_subset(both));
-                if !decided {
-                    problems.push(format!(
-                        "rule {n} overlaps rule {}: a {} → {} change of {} matches both and rule {} would silently win; add a rule for changed = {} above rule {} saying what that change emits",
-                        prior.row,
-                        rule.from.name(),
-                        rule.to.name(),
-                        both,
-                        prior.row,
-                        both,
-                        prior.row
-                    ));
-                }
-            }
-        }
-        by_transition[rule.from as usize][rule.to as usize].push(idx);
-    }
-
-    let mut routes: Vec<Route> = Vec::new();
-    for (i, row) in file.routes.into_iter().enumerate() {
-        let n = i + 1;
-        if row.topic.trim().is_empty() {
-            problems.push(format!("route {n}: topic is empty; name the topic these events also go to"));
-        } else if routes.iter().any(|r| r.topic == row.topic) {
-            problems.push(format!("route {n}: topic {:?} is routed twice; list all its event types in one route", row.topic));
-        }
-        if row.events.is_empty() {
-            problems.push(format!("route {n}: events is empty; list the event types that also go to {:?}", row.topic));
-        }
-        let mut events = Vec::new();
-        for e in &row.events {
-            match EventType::from_name(e) {
-                Some(t) if !events.contains(&t) => events.push(t),
-                Some(_) => problems.push(format!("route {n}: lists {e} twice")),
-                None => problems.push(format!("route {n}: event type {e:?} is unknown")),
-            }
-        }
-        routes.push(Route { topic: row.topic, events });
-    }
-
-    let mut timers: Vec<TimerRow> = Vec::new();
-    for (i, row) in file.timers.into_iter().enumerate() {
-        let n = i + 1;
-        let event = EventType::from_name(&row.event);
-        match event {
-            None => {
-                let known: Vec<_> = EventType::ALL.iter().map(|e| e.name()).collect();
-                problems.push(format!("timer {n}: event type {:?} is unknown; use one of {}", row.event, known.join(", ")));
-            }
-            Some(e) if timers.iter().any(|t| t.event == e) => {
-                problems.push(format!("timer {n}: {} has a timer already; one timer row per event type (its eventIds are made from it)", e.name()));
-            }
-            Some(_) => {}
-        }
-        let state = match State::from_name(&row.state) {
-            Some(State::None) | None => {
-                problems.push(format!("timer {n}: state = {:?}: a timer runs while the reservation is NOT_ARRIVED, IN_HOUSE or DEPARTED", row.state));
-                None
-            }
-            s => s,
-        };
-        let field = match Field::from_name(&row.field) {
-            Some(f) if f.is_date() => Some(f),
-            _ => {
-                problems.push(format!("timer {n}: field = {:?} is not a date; use arrival or departure", row.field));
-                None
-            }
-        };
-        let after_ms = parse_duration(&row.after);
-        if after_ms.is_none() {
-            problems.push(format!("timer {n}: after = {:?} is not a duration; write it like \"1d\", \"12h\", \"1d12h\", \"30m\" or \"-2h\"", row.after));
-        }
-        if let (Some(event), Some(state), Some(field), Some(after_ms)) = (event, state, field, after_ms) {
-            timers.push(TimerRow { row: n, event, state, field, after_ms });
-        }
-    }
-    let retention_ms = match file.retention {
-        None => None,
-        Some(r) => match parse_duration(&r.after) {
-            Some(ms) if ms > 0 => Some(ms),
-            _ => {
-                problems.push(format!("[retention] after = {:?} is not a positive duration; write it like \"30d\"", r.after));
-                None
-            }
-        },
-    };
-
-    if problems.is_empty() { Ok(Pipeline { routes, paths, statuses, allowlist, rules, by_transition, timers, retention_ms }) } else { Err(problems) }
 }
 
 #[cfg(test)]
@@ -792,16 +439,6 @@ mod tests {
         assert_eq!(Pipeline::builtin().timer_signature(), Pipeline::untimed_signature());
     }
 
-    #[test]
-    fn durations_read_and_print_alike() {
-        for (text, ms) in [("1d", 86_400_000), ("12h", 43_200_000), ("1d12h", 129_600_000), ("90m", 5_400_000), ("-2h", -7_200_000), ("0s", 0)] {
-            assert_eq!(parse_duration(text), Some(ms), "{text}");
-            assert_eq!(parse_duration(&format_duration(ms)), Some(ms), "{text}");
-        }
-        for bad in ["", "-", "1", "d", "1w", "1.5h", "h1"] {
-            assert_eq!(parse_duration(bad), None, "{bad}");
-        }
-    }
 
     #[test]
     fn allowlist_parsing() {
