@@ -66,35 +66,7 @@ enum Command {
 resevent replay --keyed --format debezium fixtures/debezium.keyed.jsonl\n  \
 kafka-console-consumer … | resevent replay --allow-properties P-OSL-01 > events.jsonl\n  \
 resevent replay --state-dir ./state day1.jsonl && resevent replay --state-dir ./state day2.jsonl")]
-    Replay {
-        /// Pipeline file (field mapping, statuses, allowlist, table). Default:
-        /// pipelines/reservations.toml if present, else the built-in default.
-        #[arg(long, value_name = "FILE", env = "RESEVENT_PIPELINE")]
-        pipeline: Option<PathBuf>,
-        /// Input format; auto recognizes each record's format from its shape.
-        #[arg(long, value_enum, default_value_t = Format::Auto)]
-        format: Format,
-        /// Lines are {"key": K, "value": V} (needed for Debezium deletes, whose id is only in the key).
-        #[arg(long)]
-        keyed: bool,
-        /// Emit events only for these properties (comma-separated, or *); overrides the pipeline's allowlist.
-        #[arg(long, value_name = "P1,P2")]
-        allow_properties: Option<String>,
-        /// Keep state here between runs (RocksDB). Default: a fresh temporary directory.
-        #[arg(long, value_name = "DIR")]
-        state_dir: Option<PathBuf>,
-        /// Also write each rejected line, with its reason, as JSON Lines to this file.
-        #[arg(long, value_name = "FILE")]
-        dead_letters: Option<PathBuf>,
-        /// After the input, move stream time to this moment (RFC 3339, e.g.
-        /// 2026-11-25T00:00:00Z) and fire the pipeline's timers due by then.
-        /// Stream time is otherwise the latest event time in the input.
-        #[arg(long, value_name = "TIME", value_parser = parse_until)]
-        until: Option<i64>,
-        /// JSON Lines files of record values; none or "-" reads stdin.
-        #[arg(value_name = "FILE")]
-        files: Vec<PathBuf>,
-    },
+    Replay(ReplayArgs),
     /// Write the benchmark's workload: MongoDB connector change events as JSON Lines.
     ///
     /// Deterministic (the same --seed gives the same bytes): every reservation is
@@ -171,48 +143,84 @@ Config file (TOML) keys: mongo_uri, database, collection, topic, partitions, rep
 create_topic, bootstrap_servers, change_stream_pipeline, copy_existing, lease_collection, lease_ms,\n\
 json (relaxed|canonical), http_addr; librdkafka settings in [kafka], [consumer], [producer].\n\
 Environment: RESEVENT_<KEY>, RESEVENT_KAFKA__<SETTING>, RESEVENT_PRODUCER__<SETTING>.")]
-    Capture {
-        /// Config file (TOML); see the keys below.
-        #[arg(long, value_name = "FILE")]
-        config: Option<PathBuf>,
-        /// MongoDB connection string; TLS through its options (tls=true&tlsCAFile=…). Its password is never logged.
-        #[arg(long, value_name = "URI")]
-        mongo_uri: Option<String>,
-        /// Database of the reservations collection.
-        #[arg(long, value_name = "DB")]
-        database: Option<String>,
-        /// The reservations collection.
-        #[arg(long, value_name = "COLL")]
-        collection: Option<String>,
-        /// Topic of change events [default: DB.COLL]; created if missing.
-        #[arg(long, value_name = "TOPIC")]
-        topic: Option<String>,
-        /// Partitions of the topic when it is created [default: the broker's].
-        #[arg(long, value_name = "N")]
-        partitions: Option<i32>,
-        /// Kafka bootstrap servers [default: 127.0.0.1:9092].
-        #[arg(long, value_name = "HOST:PORT")]
-        bootstrap_servers: Option<String>,
-        /// Aggregation pipeline file (JSON array) [default: pipelines/change-stream.json, else built-in].
-        #[arg(long, value_name = "FILE")]
-        change_stream_pipeline: Option<PathBuf>,
-        /// On a topic without a stored position: publish the existing documents as copy-existing events first.
-        #[arg(long)]
-        copy_existing: bool,
-        /// Lease length in ms: a standby takes over this long after the active instance stopped renewing [default: 10000].
-        #[arg(long, value_name = "MS")]
-        lease_ms: Option<u64>,
-        /// Ignore the stored position: `now` follows the stream from now (changes since the position are
-        /// not published), `copy` publishes every document again as copy-existing events first.
-        #[arg(long, value_enum, value_name = "FROM")]
-        restart_from: Option<resevent::capture::RestartFrom>,
-        /// Where to serve /healthz, /readyz, /metrics [default: 127.0.0.1:9465; port 0 picks a free one].
-        #[arg(long, value_name = "HOST:PORT")]
-        http_addr: Option<String>,
-        /// Serve no HTTP endpoint.
-        #[arg(long, conflicts_with = "http_addr")]
-        no_http: bool,
-    },
+    Capture(CaptureArgs),
+}
+
+/// `resevent replay`'s arguments.
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// Pipeline file (field mapping, statuses, allowlist, table). Default:
+    /// pipelines/reservations.toml if present, else the built-in default.
+    #[arg(long, value_name = "FILE", env = "RESEVENT_PIPELINE")]
+    pipeline: Option<PathBuf>,
+    /// Input format; auto recognizes each record's format from its shape.
+    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    format: Format,
+    /// Lines are {"key": K, "value": V} (needed for Debezium deletes, whose id is only in the key).
+    #[arg(long)]
+    keyed: bool,
+    /// Emit events only for these properties (comma-separated, or *); overrides the pipeline's allowlist.
+    #[arg(long, value_name = "P1,P2")]
+    allow_properties: Option<String>,
+    /// Keep state here between runs (RocksDB). Default: a fresh temporary directory.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Also write each rejected line, with its reason, as JSON Lines to this file.
+    #[arg(long, value_name = "FILE")]
+    dead_letters: Option<PathBuf>,
+    /// After the input, move stream time to this moment (RFC 3339, e.g.
+    /// 2026-11-25T00:00:00Z) and fire the pipeline's timers due by then.
+    /// Stream time is otherwise the latest event time in the input.
+    #[arg(long, value_name = "TIME", value_parser = parse_until)]
+    until: Option<i64>,
+    /// JSON Lines files of record values; none or "-" reads stdin.
+    #[arg(value_name = "FILE")]
+    files: Vec<PathBuf>,
+}
+
+/// `resevent capture`'s arguments: the config file and the flags over it.
+#[derive(clap::Args)]
+struct CaptureArgs {
+    /// Config file (TOML); see the keys below.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// MongoDB connection string; TLS through its options (tls=true&tlsCAFile=…). Its password is never logged.
+    #[arg(long, value_name = "URI")]
+    mongo_uri: Option<String>,
+    /// Database of the reservations collection.
+    #[arg(long, value_name = "DB")]
+    database: Option<String>,
+    /// The reservations collection.
+    #[arg(long, value_name = "COLL")]
+    collection: Option<String>,
+    /// Topic of change events [default: DB.COLL]; created if missing.
+    #[arg(long, value_name = "TOPIC")]
+    topic: Option<String>,
+    /// Partitions of the topic when it is created [default: the broker's].
+    #[arg(long, value_name = "N")]
+    partitions: Option<i32>,
+    /// Kafka bootstrap servers [default: 127.0.0.1:9092].
+    #[arg(long, value_name = "HOST:PORT")]
+    bootstrap_servers: Option<String>,
+    /// Aggregation pipeline file (JSON array) [default: pipelines/change-stream.json, else built-in].
+    #[arg(long, value_name = "FILE")]
+    change_stream_pipeline: Option<PathBuf>,
+    /// On a topic without a stored position: publish the existing documents as copy-existing events first.
+    #[arg(long)]
+    copy_existing: bool,
+    /// Lease length in ms: a standby takes over this long after the active instance stopped renewing [default: 10000].
+    #[arg(long, value_name = "MS")]
+    lease_ms: Option<u64>,
+    /// Ignore the stored position: `now` follows the stream from now (changes since the position are
+    /// not published), `copy` publishes every document again as copy-existing events first.
+    #[arg(long, value_enum, value_name = "FROM")]
+    restart_from: Option<resevent::capture::RestartFrom>,
+    /// Where to serve /healthz, /readyz, /metrics [default: 127.0.0.1:9465; port 0 picks a free one].
+    #[arg(long, value_name = "HOST:PORT")]
+    http_addr: Option<String>,
+    /// Serve no HTTP endpoint.
+    #[arg(long, conflicts_with = "http_addr")]
+    no_http: bool,
 }
 
 /// `resevent workload`: the benchmark's change events, from the generator the
@@ -297,53 +305,16 @@ fn main() -> ExitCode {
     }
 }
 
+/// One function per command; each returns the process's exit status.
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Workload(args) => {
-            let reservations = args.reservations.unwrap_or(args.events / 4).max(1);
-            let mut workload = resevent::workload::Workload::new(reservations, args.seed);
-            let mut out = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
-            for _ in 0..args.events {
-                let (id, value) = workload.next_event();
-                if args.keyed {
-                    writeln!(out, "{{\"key\": \"{id}\", \"value\": {value}}}")?;
-                } else {
-                    writeln!(out, "{value}")?;
-                }
-            }
-            out.flush()?;
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Workload(args) => workload(&args),
         Command::Dlq(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            let outcome = runtime.block_on(resevent::dlq::run(args, std::env::vars(), &mut io::stdout().lock()))?;
+            let outcome = runtime()?.block_on(resevent::dlq::run(args, std::env::vars(), &mut io::stdout().lock()))?;
             Ok(ExitCode::from(outcome.exit_code()))
         }
-        Command::Tail(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            let mut out = io::stdout().lock();
-            let counts = runtime.block_on(async {
-                tokio::select! {
-                    r = resevent::tail::run(&args, std::env::vars(), &mut out) => r.map(Some),
-                    _ = shutdown_signal() => Ok(None),
-                }
-            })?;
-            if let Some(c) = counts {
-                tracing::info!(printed = c.printed, filtered = c.filtered, undecodable = c.undecodable, "tail done");
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::State { command: StateCommand::Get { id, state_dir } } => {
-            let found = resevent::inspect::get(&state_dir, &id)?;
-            for r in &found {
-                println!("{r}");
-            }
-            if found.is_empty() {
-                eprintln!("reservation {id:?} is not in {} (its partition may be owned by another instance)", state_dir.display());
-                return Ok(ExitCode::from(1));
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::Tail(args) => tail(&args),
+        Command::State { command: StateCommand::Get { id, state_dir } } => state_get(&state_dir, &id),
         Command::State { command: StateCommand::Dump { state_dir } } => {
             let n = resevent::inspect::dump(&state_dir, &mut BufWriter::new(io::stdout().lock()))?;
             tracing::info!(reservations = n, "state dumped");
@@ -360,85 +331,144 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print!("{}", p.describe());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { config, flags, passthrough } => {
-            let cfg = RunConfig::load(config.as_deref(), std::env::vars(), flags)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            if passthrough {
-                let summary = runtime.block_on(resevent::run::passthrough::run(cfg, shutdown_signal()))?;
-                println!("{}", summary.to_json());
-                return Ok(ExitCode::SUCCESS);
-            }
-            let (pipeline, origin) = load_pipeline(cfg.pipeline.as_deref())?;
-            tracing::info!(pipeline = %origin, "pipeline loaded");
-            let engine = Engine::new(pipeline.clone(), Decoder::new(cfg.format, pipeline.paths.clone()).with_limits(cfg.limits()));
-            let file = pipeline_file(cfg.pipeline.as_deref());
-            let summary = runtime.block_on(resevent::run::run(cfg, engine, file, shutdown_signal()))?;
-            if summary.first_batch.is_some() {
-                println!("{}", summary.to_json());
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Command::Capture { config, mongo_uri, database, collection, topic, partitions, bootstrap_servers, change_stream_pipeline, copy_existing, lease_ms, restart_from, http_addr, no_http } => {
-            use resevent::capture::config::{CaptureConfig, CaptureOverrides};
-            let flags = CaptureOverrides { mongo_uri, database, collection, topic, partitions, bootstrap_servers, change_stream_pipeline, copy_existing, lease_ms, http_addr, no_http };
-            let cfg = CaptureConfig::load(config.as_deref(), std::env::vars(), flags)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-            match runtime.block_on(resevent::capture::run(cfg, restart_from, shutdown_signal())) {
-                Ok(()) => Ok(ExitCode::SUCCESS),
-                Err(e) => match e.downcast_ref::<resevent::capture::CaptureError>() {
-                    Some(c) => {
-                        eprintln!("error: {}", resevent::secrets::scrub(&format!("{e:#}")));
-                        Ok(ExitCode::from(c.exit_code()))
-                    }
-                    None => Err(e),
-                },
-            }
-        }
-        Command::Replay { pipeline, format, keyed, allow_properties, state_dir, dead_letters, until, files } => {
-            let (mut pipeline, origin) = load_pipeline(pipeline.as_deref())?;
-            if let Some(list) = allow_properties {
-                pipeline.allowlist = Allowlist::parse_list(&list);
-            }
-            let _temp;
-            let dir = match state_dir {
-                Some(d) => d,
-                None => {
-                    _temp = tempfile::Builder::new().prefix("resevent-replay-").tempdir().context("creating a temporary state directory")?;
-                    _temp.path().to_path_buf()
-                }
-            };
-            let mut store = StateStore::open(&dir).with_context(|| format!("opening state dir {} (is another resevent using it?)", dir.display()))?;
-            tracing::info!(pipeline = %origin, format = ?format, state_dir = %dir.display(), "replay starting");
-            let inputs = open_inputs(&files)?;
-            let dead_letters: Option<Box<dyn Write>> = match dead_letters {
-                Some(p) => Some(Box::new(BufWriter::new(File::create(&p).with_context(|| format!("creating dead-letter file {}", p.display()))?))),
-                None => None,
-            };
-            let engine = Engine::new(pipeline.clone(), Decoder::new(format, pipeline.paths.clone()));
-            let stdout = io::stdout();
-            let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
-            let opts = ReplayOptions { keyed, dead_letters, progress_every: Duration::from_secs(5), until };
-            let counts = replay::replay(&engine, &mut store, inputs, &mut out, opts)?;
-            tracing::info!(
-                records = counts.records,
-                changes = counts.changes,
-                events = counts.events,
-                stale = counts.stale,
-                duplicates = counts.duplicates,
-                unmapped = counts.unmapped,
-                ignored = counts.ignored,
-                rejected = counts.rejected,
-                timers = counts.timers,
-                retired = counts.retired,
-                "replay finished"
-            );
-            if counts.rejected > 0 {
-                eprintln!("{} line(s) rejected; see the messages above", counts.rejected);
-                return Ok(ExitCode::from(1));
-            }
-            Ok(ExitCode::SUCCESS)
+        Command::Run { config, flags, passthrough } => run_service(config.as_deref(), flags, passthrough),
+        Command::Capture(args) => capture(args),
+        Command::Replay(args) => replay_files(args),
+    }
+}
+
+/// The runtime every Kafka command runs on: two workers (the service's loop
+/// and its sends; the machine this is sized for has two cores).
+fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()
+}
+
+fn workload(args: &WorkloadArgs) -> anyhow::Result<ExitCode> {
+    let reservations = args.reservations.unwrap_or(args.events / 4).max(1);
+    let mut workload = resevent::workload::Workload::new(reservations, args.seed);
+    let mut out = io::BufWriter::with_capacity(1 << 20, io::stdout().lock());
+    for _ in 0..args.events {
+        let (id, value) = workload.next_event();
+        if args.keyed {
+            writeln!(out, "{{\"key\": \"{id}\", \"value\": {value}}}")?;
+        } else {
+            writeln!(out, "{value}")?;
         }
     }
+    out.flush()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tail(args: &resevent::tail::TailArgs) -> anyhow::Result<ExitCode> {
+    let mut out = io::stdout().lock();
+    let counts = runtime()?.block_on(async {
+        tokio::select! {
+            r = resevent::tail::run(args, std::env::vars(), &mut out) => r.map(Some),
+            _ = shutdown_signal() => Ok(None),
+        }
+    })?;
+    if let Some(c) = counts {
+        tracing::info!(printed = c.printed, filtered = c.filtered, undecodable = c.undecodable, "tail done");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn state_get(state_dir: &Path, id: &str) -> anyhow::Result<ExitCode> {
+    let found = resevent::inspect::get(state_dir, id)?;
+    for r in &found {
+        println!("{r}");
+    }
+    if found.is_empty() {
+        eprintln!("reservation {id:?} is not in {} (its partition may be owned by another instance)", state_dir.display());
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `resevent run`: settings layered, the pipeline and engine built here, the
+/// service (or the passthrough baseline) run until SIGTERM.
+fn run_service(config: Option<&Path>, flags: Overrides, passthrough: bool) -> anyhow::Result<ExitCode> {
+    let cfg = RunConfig::load(config, std::env::vars(), flags)?;
+    let runtime = runtime()?;
+    if passthrough {
+        let summary = runtime.block_on(resevent::run::passthrough::run(cfg, shutdown_signal()))?;
+        println!("{}", summary.to_json());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (pipeline, origin) = load_pipeline(cfg.pipeline.as_deref())?;
+    tracing::info!(pipeline = %origin, "pipeline loaded");
+    let engine = Engine::new(pipeline.clone(), Decoder::new(cfg.format, pipeline.paths.clone()).with_limits(cfg.limits()));
+    let file = pipeline_file(cfg.pipeline.as_deref());
+    let summary = runtime.block_on(resevent::run::run(cfg, engine, file, shutdown_signal()))?;
+    if summary.first_batch.is_some() {
+        println!("{}", summary.to_json());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
+    use resevent::capture::config::{CaptureConfig, CaptureOverrides};
+    let CaptureArgs { config, mongo_uri, database, collection, topic, partitions, bootstrap_servers, change_stream_pipeline, copy_existing, lease_ms, restart_from, http_addr, no_http } = args;
+    let flags = CaptureOverrides { mongo_uri, database, collection, topic, partitions, bootstrap_servers, change_stream_pipeline, copy_existing, lease_ms, http_addr, no_http };
+    let cfg = CaptureConfig::load(config.as_deref(), std::env::vars(), flags)?;
+    match runtime()?.block_on(resevent::capture::run(cfg, restart_from, shutdown_signal())) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => match e.downcast_ref::<resevent::capture::CaptureError>() {
+            Some(c) => {
+                eprintln!("error: {}", resevent::secrets::scrub(&format!("{e:#}")));
+                Ok(ExitCode::from(c.exit_code()))
+            }
+            None => Err(e),
+        },
+    }
+}
+
+/// `resevent replay`: files (or stdin) through the engine into a fresh or
+/// given state directory; exit 1 when any line was rejected.
+fn replay_files(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let ReplayArgs { pipeline, format, keyed, allow_properties, state_dir, dead_letters, until, files } = args;
+    let (mut pipeline, origin) = load_pipeline(pipeline.as_deref())?;
+    if let Some(list) = allow_properties {
+        pipeline.allowlist = Allowlist::parse_list(&list);
+    }
+    let _temp;
+    let dir = match state_dir {
+        Some(d) => d,
+        None => {
+            _temp = tempfile::Builder::new().prefix("resevent-replay-").tempdir().context("creating a temporary state directory")?;
+            _temp.path().to_path_buf()
+        }
+    };
+    let mut store = StateStore::open(&dir).with_context(|| format!("opening state dir {} (is another resevent using it?)", dir.display()))?;
+    tracing::info!(pipeline = %origin, format = ?format, state_dir = %dir.display(), "replay starting");
+    let inputs = open_inputs(&files)?;
+    let dead_letters: Option<Box<dyn Write>> = match dead_letters {
+        Some(p) => Some(Box::new(BufWriter::new(File::create(&p).with_context(|| format!("creating dead-letter file {}", p.display()))?))),
+        None => None,
+    };
+    let engine = Engine::new(pipeline.clone(), Decoder::new(format, pipeline.paths.clone()));
+    let stdout = io::stdout();
+    let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
+    let opts = ReplayOptions { keyed, dead_letters, progress_every: Duration::from_secs(5), until };
+    let counts = replay::replay(&engine, &mut store, inputs, &mut out, opts)?;
+    tracing::info!(
+        records = counts.records,
+        changes = counts.changes,
+        events = counts.events,
+        stale = counts.stale,
+        duplicates = counts.duplicates,
+        unmapped = counts.unmapped,
+        ignored = counts.ignored,
+        rejected = counts.rejected,
+        timers = counts.timers,
+        retired = counts.retired,
+        "replay finished"
+    );
+    if counts.rejected > 0 {
+        eprintln!("{} line(s) rejected; see the messages above", counts.rejected);
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `--until`: an RFC 3339 moment, as epoch ms.
