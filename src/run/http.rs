@@ -22,7 +22,7 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use super::ServiceContext;
+use super::task_manager::ServiceContext;
 use super::metrics::Metrics;
 use crate::state::task_name;
 

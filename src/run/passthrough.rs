@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use rdkafka::consumer::{CommitMode, Consumer, DefaultConsumerContext, StreamConsumer};
 use rdkafka::message::Message;
 
-use super::{RunSummary, offsets_list};
+use super::RunSummary;
+use super::commit_io::offsets_list;
 use super::config::RunConfig;
 use super::input;
 use crate::sink::collector::RecordCollector;

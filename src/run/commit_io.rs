@@ -1,0 +1,99 @@
+//! The commit coordinator's I/O ([`super::commit::CommitIo`]) over the real
+//! clients: the record collector's producer, the RocksDB store and the group
+//! consumer. The order of the calls, and so the guarantee, is the
+//! coordinator's; this file only does each step.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::commit::{CommitIo, InputPartition};
+use super::restore::CHANGELOG_NEXT;
+use super::task_manager::ServiceContext;
+use crate::fault::Fault;
+use crate::sink::collector::RecordCollector;
+use crate::state::cache::DirtyStates;
+use crate::state::store::{StateBatch, StateStore};
+use crate::state::task_name;
+
+/// The commit coordinator's I/O, over the real clients.
+pub(super) struct ServiceIo<'a, C: Consumer<ServiceContext>> {
+    pub(super) collector: &'a mut RecordCollector,
+    pub(super) store: &'a Mutex<StateStore>,
+    pub(super) consumer: &'a C,
+    /// Commit offsets synchronously (at revocation and shutdown); otherwise
+    /// asynchronously, since the next commit covers a lost one.
+    pub(super) sync_offsets: bool,
+}
+
+/// Input offsets as the list librdkafka commits.
+pub(super) fn offsets_list(offsets: &BTreeMap<InputPartition, i64>) -> Result<TopicPartitionList, Fault> {
+    let mut tpl = TopicPartitionList::new();
+    for ((topic, p), next) in offsets {
+        tpl.add_partition_offset(topic, *p, Offset::Offset(*next)).map_err(|e| Fault::Fatal(e.into()))?;
+    }
+    Ok(tpl)
+}
+
+impl<C: Consumer<ServiceContext>> CommitIo for ServiceIo<'_, C> {
+    fn flush_outputs(&mut self) -> Result<(), Fault> {
+        self.collector.flush()
+    }
+
+    fn send_changelog(&mut self, dirty: &DirtyStates) -> Result<(), Fault> {
+        for (task, states) in dirty {
+            for (id, record) in states {
+                self.collector.send_changelog(*task, id, record.as_deref())?;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self, offsets: &BTreeMap<InputPartition, i64>) -> Result<BTreeMap<i32, u64>, Fault> {
+        if self.collector.is_transactional() {
+            let group = self.consumer.group_metadata().ok_or_else(|| Fault::Fatal(anyhow::anyhow!("no consumer group metadata for the transaction")))?;
+            self.collector.commit_transaction(&offsets_list(offsets)?, &group)?;
+        } else {
+            self.collector.flush()?;
+        }
+        Ok(self.collector.take_changelog_next())
+    }
+
+    fn write_state(&mut self, task: i32, states: &[(String, Option<Vec<u8>>)], changelog_next: Option<u64>) -> Result<(), Fault> {
+        let mut batch = StateBatch::default();
+        for (id, record) in states {
+            batch.put_encoded(id.as_bytes(), record.clone());
+        }
+        if let Some(next) = changelog_next {
+            batch.mark(CHANGELOG_NEXT, next);
+        }
+        self.store.lock().expect("store lock").commit(&task_name(task), batch)?;
+        Ok(())
+    }
+
+    fn commit_offsets(&mut self, offsets: &BTreeMap<InputPartition, i64>) -> Result<(), Fault> {
+        let mode = if self.sync_offsets { CommitMode::Sync } else { CommitMode::Async };
+        if let Err(e) = self.consumer.commit(&offsets_list(offsets)?, mode) {
+            // Everything before is durable; a later commit covers these offsets.
+            tracing::warn!(error = %e, "offset commit failed; the next commit covers it");
+        }
+        Ok(())
+    }
+
+    fn rewind(&mut self, to: &BTreeMap<InputPartition, i64>) -> Result<(), Fault> {
+        self.collector.abandon();
+        let owned = self.consumer.assignment().map_err(|e| Fault::Fatal(anyhow::anyhow!("reading the assignment to rewind: {e}")))?;
+        for ((topic, p), offset) in to {
+            if let Err(e) = self.consumer.seek(topic, *p, Offset::Offset(*offset), Duration::from_secs(10)) {
+                if owned.find_partition(topic, *p).is_some() {
+                    return Err(Fault::Fatal(anyhow::anyhow!("cannot seek {topic}/{p} back to {offset} to process the interval again: {e}; stopping, so that the next start reads it from the committed offset")));
+                }
+                tracing::debug!(topic = %topic, partition = p, error = %e, "seek back of a revoked partition; its next owner reads it again");
+            }
+        }
+        Ok(())
+    }
+}
