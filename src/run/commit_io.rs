@@ -7,12 +7,11 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::consumer::{CommitMode, Consumer, ConsumerContext};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::commit::{CommitIo, InputPartition};
 use super::restore::CHANGELOG_NEXT;
-use super::task_manager::ServiceContext;
 use crate::fault::Fault;
 use crate::sink::collector::RecordCollector;
 use crate::state::cache::DirtyStates;
@@ -20,13 +19,22 @@ use crate::state::store::{StateBatch, StateStore};
 use crate::state::task_name;
 
 /// The commit coordinator's I/O, over the real clients.
-pub(super) struct ServiceIo<'a, C: Consumer<ServiceContext>> {
+/// Generic over the consumer's context, so the rebalance callbacks (which
+/// see a `BaseConsumer`) and the loop (a `StreamConsumer`) share it.
+pub(super) struct ServiceIo<'a, X: ConsumerContext, C: Consumer<X>> {
     pub(super) collector: &'a mut RecordCollector,
     pub(super) store: &'a Mutex<StateStore>,
     pub(super) consumer: &'a C,
     /// Commit offsets synchronously (at revocation and shutdown); otherwise
     /// asynchronously, since the next commit covers a lost one.
     pub(super) sync_offsets: bool,
+    context: std::marker::PhantomData<X>,
+}
+
+impl<'a, X: ConsumerContext, C: Consumer<X>> ServiceIo<'a, X, C> {
+    pub(super) fn new(collector: &'a mut RecordCollector, store: &'a Mutex<StateStore>, consumer: &'a C, sync_offsets: bool) -> Self {
+        ServiceIo { collector, store, consumer, sync_offsets, context: std::marker::PhantomData }
+    }
 }
 
 /// Input offsets as the list librdkafka commits.
@@ -38,7 +46,7 @@ pub(super) fn offsets_list(offsets: &BTreeMap<InputPartition, i64>) -> Result<To
     Ok(tpl)
 }
 
-impl<C: Consumer<ServiceContext>> CommitIo for ServiceIo<'_, C> {
+impl<X: ConsumerContext, C: Consumer<X>> CommitIo for ServiceIo<'_, X, C> {
     fn flush_outputs(&mut self) -> Result<(), Fault> {
         self.collector.flush()
     }

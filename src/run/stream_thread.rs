@@ -196,7 +196,7 @@ impl StreamThread<'_> {
         let ctx = self.consumer.context();
         let mut tasks = ctx.tasks.lock().expect("tasks lock");
         let tasks = &mut *tasks;
-        let mut io = ServiceIo { collector: &mut tasks.collector, store: &ctx.store, consumer: self.consumer, sync_offsets };
+        let mut io = ServiceIo::new(&mut tasks.collector, &ctx.store, self.consumer, sync_offsets);
         let done = tokio::task::block_in_place(|| tasks.coordinator.commit(&mut io))?;
         // The index entries the committed intervals used up (a crash before
         // this write leaves them as hints the state finds stale).
@@ -284,7 +284,7 @@ impl StreamThread<'_> {
                 tasks.coordinator.progress.record(m.topic(), m.partition(), m.offset());
             }
             let ctx = self.consumer.context();
-            let mut io = ServiceIo { collector: &mut tasks.collector, store: &ctx.store, consumer: self.consumer, sync_offsets: false };
+            let mut io = ServiceIo::new(&mut tasks.collector, &ctx.store, self.consumer, false);
             tasks.coordinator.abandon(&mut io, fault)
         })
     }

@@ -104,7 +104,7 @@ impl ConsumerContext for ServiceContext {
         let tasks = &mut *tasks;
         // Kafka Streams commits before it gives partitions away, so the next
         // owner starts where this one stopped and repeats nothing.
-        let mut io = ServiceIo { collector: &mut tasks.collector, store: &self.store, consumer, sync_offsets: true };
+        let mut io = ServiceIo::new(&mut tasks.collector, &self.store, consumer, true);
         match tasks.coordinator.commit(&mut io) {
             Ok(done) => tracing::debug!(?done, "committed before revocation"),
             Err(e) => tracing::warn!(error = %e, "commit before revocation failed; the next owner reads the interval again (same eventIds)"),
