@@ -64,40 +64,9 @@ impl Restorer {
     /// end, unless `wanted` turns false first (the partition was revoked).
     pub fn restore(&self, partition: i32, wanted: &dyn Fn() -> bool) -> anyhow::Result<Restored> {
         let name = task_name(partition);
-        // The broker may be coming back from an outage: keep asking until the stall limit.
-        let asked = Instant::now();
-        let (low, high) = loop {
-            match self.consumer.fetch_watermarks(&self.changelog, partition, Duration::from_secs(10)) {
-                Ok(w) => break w,
-                Err(e) if asked.elapsed() < STALL_LIMIT => tracing::warn!(partition, error = %e, "cannot read changelog offsets yet; retrying"),
-                Err(e) => anyhow::bail!("cannot read offsets of changelog {}/{partition} for {}s: {e}", self.changelog, STALL_LIMIT.as_secs()),
-            }
-            std::thread::sleep(Duration::from_secs(1));
-        };
-        let (low, high) = (low.max(0) as u64, high.max(0) as u64);
+        let (low, high) = self.watermarks(partition)?;
         let high = self.end_offset(partition, low, high);
-        let start;
-        let rebuilt;
-        {
-            let mut store = self.store.lock().expect("store lock");
-            store.open_partition(&name)?;
-            let checkpoint = store.marker(&name, CHANGELOG_NEXT)?;
-            match checkpoint {
-                Some(next) if (low..=high).contains(&next) => {
-                    start = next;
-                    rebuilt = false;
-                }
-                other => {
-                    if let Some(next) = other {
-                        tracing::warn!(partition, checkpoint = next, low, high, "local state does not fit the changelog; wiping it and rebuilding from the changelog");
-                    }
-                    store.drop_partition(&name)?;
-                    store.open_partition(&name)?;
-                    start = low;
-                    rebuilt = true;
-                }
-            }
-        }
+        let (start, rebuilt) = self.start_point(partition, &name, low, high)?;
         if start >= high {
             if rebuilt {
                 let mut batch = StateBatch::default();
@@ -112,6 +81,66 @@ impl Restorer {
         if let Some(m) = &self.metrics {
             m.restore_progress(partition, high - start, 0);
         }
+        let started = Instant::now();
+        let Some((records, next, batch)) = self.read_changelog(partition, &name, start, high, wanted)? else {
+            return Ok(Restored { records: 0, rebuilt, complete: false });
+        };
+        self.write(partition, &name, batch, next, 0)?;
+        let secs = started.elapsed().as_secs_f64().max(1e-9);
+        tracing::info!(partition, records, seconds = format!("{secs:.2}"), per_second = (records as f64 / secs) as u64, "restored");
+        Ok(Restored { records, rebuilt, complete: true })
+    }
+
+    /// Writes a batch of restored states with its checkpoint (the changelog
+    /// offset after them) in one WriteBatch, and reports the progress.
+    fn write(&self, partition: i32, name: &str, mut batch: StateBatch, next: u64, remaining: u64) -> anyhow::Result<()> {
+        batch.mark(CHANGELOG_NEXT, next);
+        let n = batch.reservations as u64;
+        self.store.lock().expect("store lock").commit(name, batch)?;
+        if let Some(m) = &self.metrics {
+            m.restore_progress(partition, remaining, n);
+        }
+        Ok(())
+    }
+
+    /// The changelog partition's low and high watermarks. The broker may be
+    /// coming back from an outage: asks again until the stall limit.
+    fn watermarks(&self, partition: i32) -> anyhow::Result<(u64, u64)> {
+        let asked = Instant::now();
+        loop {
+            match self.consumer.fetch_watermarks(&self.changelog, partition, Duration::from_secs(10)) {
+                Ok((low, high)) => return Ok((low.max(0) as u64, high.max(0) as u64)),
+                Err(e) if asked.elapsed() < STALL_LIMIT => tracing::warn!(partition, error = %e, "cannot read changelog offsets yet; retrying"),
+                Err(e) => anyhow::bail!("cannot read offsets of changelog {}/{partition} for {}s: {e}", self.changelog, STALL_LIMIT.as_secs()),
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    }
+
+    /// Where the restore starts: the local checkpoint when it lies within
+    /// the changelog, else the changelog's start over a wiped partition.
+    /// Returns (start offset, whether the local state was wiped).
+    fn start_point(&self, partition: i32, name: &str, low: u64, high: u64) -> anyhow::Result<(u64, bool)> {
+        let mut store = self.store.lock().expect("store lock");
+        store.open_partition(name)?;
+        match store.marker(name, CHANGELOG_NEXT)? {
+            Some(next) if (low..=high).contains(&next) => Ok((next, false)),
+            other => {
+                if let Some(next) = other {
+                    tracing::warn!(partition, checkpoint = next, low, high, "local state does not fit the changelog; wiping it and rebuilding from the changelog");
+                }
+                store.drop_partition(name)?;
+                store.open_partition(name)?;
+                Ok((low, true))
+            }
+        }
+    }
+
+    /// Reads the changelog from `start` to `high` into the store, a
+    /// WriteBatch (with its checkpoint) every `RESTORE_BATCH` reservations.
+    /// Returns the records read, the next offset and the last, unwritten
+    /// batch; `None` when `wanted` turned false (revoked).
+    fn read_changelog(&self, partition: i32, name: &str, start: u64, high: u64, wanted: &dyn Fn() -> bool) -> anyhow::Result<Option<(u64, u64, StateBatch)>> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition_offset(&self.changelog, partition, Offset::Offset(start as i64))?;
         self.consumer.assign(&tpl)?;
@@ -128,7 +157,7 @@ impl Restorer {
                 // their checkpoint, and a later restore continues from it.
                 self.consumer.unassign()?;
                 tracing::info!(partition, records, "restore stopped: the partition was revoked");
-                return Ok(Restored { records, rebuilt, complete: false });
+                return Ok(None);
             }
             match self.consumer.poll(Duration::from_millis(200)) {
                 None => {}
@@ -158,12 +187,7 @@ impl Restorer {
                     next = offset + 1;
                     last_progress = Instant::now();
                     if batch.reservations >= RESTORE_BATCH && wanted() {
-                        batch.mark(CHANGELOG_NEXT, next);
-                        let n = batch.reservations as u64;
-                        self.store.lock().expect("store lock").commit(&name, std::mem::take(&mut batch))?;
-                        if let Some(m) = &self.metrics {
-                            m.restore_progress(partition, high.saturating_sub(next), n);
-                        }
+                        self.write(partition, name, std::mem::take(&mut batch), next, high.saturating_sub(next))?;
                     }
                 }
             }
@@ -178,15 +202,7 @@ impl Restorer {
         };
         self.consumer.unassign()?;
         result?;
-        batch.mark(CHANGELOG_NEXT, next);
-        let n = batch.reservations as u64;
-        self.store.lock().expect("store lock").commit(&name, batch)?;
-        if let Some(m) = &self.metrics {
-            m.restore_progress(partition, 0, n);
-        }
-        let secs = started.elapsed().as_secs_f64().max(1e-9);
-        tracing::info!(partition, records, seconds = format!("{secs:.2}"), per_second = (records as f64 / secs) as u64, "restored");
-        Ok(Restored { records, rebuilt, complete: true })
+        Ok(Some((records, next, batch)))
     }
 
     /// The changelog partition's end offset: `high` as ListOffsets reported
