@@ -8,7 +8,7 @@
 
 use std::collections::{HashMap, HashSet};
 
-use crate::change::SourcePosition;
+use crate::change::{Change, SourcePosition};
 use crate::decode::{DecodeError, Decoded, Decoder};
 use crate::machine::{self, BusinessEvent, Outcome, ReservationState};
 use crate::pipeline::{Pipeline, State};
@@ -169,24 +169,7 @@ impl Engine {
     /// (see [`crate::timers`]).
     pub fn process<S: StateSource + ?Sized>(&self, store: &S, partition: &str, records: &[InputRecord<'_>], clock: &mut StreamClock) -> Result<BatchOutput, StoreError> {
         let mut out = BatchOutput::default();
-        // Decode everything first, so the stored states can be read in one MultiGet.
-        let mut changes = Vec::with_capacity(records.len());
-        for (index, rec) in records.iter().enumerate() {
-            out.counts.records += 1;
-            match self.decoder.decode_deferring_lookups(rec.key, rec.value) {
-                Ok(Decoded::Change(mut c)) => {
-                    // A record without a source position is ordered by its input position.
-                    c.position.get_or_insert(SourcePosition::Input(rec.offset));
-                    changes.push((index, c));
-                }
-                Ok(Decoded::Ignored(_)) => out.counts.ignored += 1,
-                Err(error) => {
-                    out.counts.rejected += 1;
-                    out.rejected.push(Rejected { index, offset: rec.offset, error });
-                }
-            }
-        }
-        out.counts.changes = changes.len() as u64;
+        let changes = self.decode_all(records, &mut out);
 
         // The batch's working set: stored state of each reservation it touches,
         // then updated in input order. `None` = not in the store.
@@ -241,28 +224,10 @@ impl Engine {
                 Outcome::Applied { mut state, events } => {
                     out.counts.events += events.len() as u64;
                     out.events.extend(events.into_iter().map(|e| (*index, e)));
-                    let mut due_now = Vec::new();
-                    if timed {
-                        for p in timers::armed(&self.pipeline, &change.reservation_id, &state) {
-                            if clock.0.is_some_and(|now| p.due <= now) {
-                                // A snapshot seeds: the timers its past already
-                                // ran out count as fired, silently, as its own
-                                // transitions emit nothing.
-                                if let (true, timers::Due::Timer(t)) = (change.snapshot, p.what) {
-                                    state.fired.push((t, p.due));
-                                } else {
-                                    due_now.push(p);
-                                }
-                            } else {
-                                out.index.push(p.clone());
-                                armed_here.push(p);
-                            }
-                        }
-                    }
+                    let due_now = if timed { self.arm(change, clock, &mut state, &mut armed_here, &mut out) } else { Vec::new() };
                     w.current[slot] = Some(state);
                     w.changed[slot] = true;
                     // Armed by this change and due already: it fires right after it.
-                    due_now.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
                     for p in due_now {
                         self.fire_one(&p, slot, *index, &mut w, &mut out);
                     }
@@ -270,6 +235,52 @@ impl Engine {
             }
         }
         Ok(self.finish(w, out))
+    }
+
+    /// Decodes every record first, so the stored states can be read in one
+    /// MultiGet; counts what is ignored and keeps what is rejected in `out`.
+    /// Returns the changes with their record index.
+    fn decode_all(&self, records: &[InputRecord<'_>], out: &mut BatchOutput) -> Vec<(usize, Change)> {
+        let mut changes = Vec::with_capacity(records.len());
+        for (index, rec) in records.iter().enumerate() {
+            out.counts.records += 1;
+            match self.decoder.decode_deferring_lookups(rec.key, rec.value) {
+                Ok(Decoded::Change(mut c)) => {
+                    // A record without a source position is ordered by its input position.
+                    c.position.get_or_insert(SourcePosition::Input(rec.offset));
+                    changes.push((index, c));
+                }
+                Ok(Decoded::Ignored(_)) => out.counts.ignored += 1,
+                Err(error) => {
+                    out.counts.rejected += 1;
+                    out.rejected.push(Rejected { index, offset: rec.offset, error });
+                }
+            }
+        }
+        out.counts.changes = changes.len() as u64;
+        changes
+    }
+
+    /// The due times `state` arms (timer rows and retention): later ones go
+    /// to the index (and `armed_here`); ones already due are returned, in
+    /// firing order, to fire right after the change. A snapshot's past ones
+    /// count as fired, silently, as its own transitions emit nothing.
+    fn arm(&self, change: &Change, clock: &StreamClock, state: &mut ReservationState, armed_here: &mut Vec<Pending>, out: &mut BatchOutput) -> Vec<Pending> {
+        let mut due_now = Vec::new();
+        for p in timers::armed(&self.pipeline, &change.reservation_id, state) {
+            if clock.0.is_some_and(|now| p.due <= now) {
+                if let (true, timers::Due::Timer(t)) = (change.snapshot, p.what) {
+                    state.fired.push((t, p.due));
+                } else {
+                    due_now.push(p);
+                }
+            } else {
+                out.index.push(p.clone());
+                armed_here.push(p);
+            }
+        }
+        due_now.sort_by(|a, b| a.order_key().cmp(&b.order_key()));
+        due_now
     }
 
     /// Moves stream time to `until` after the input (`replay --until`), firing
