@@ -105,34 +105,10 @@ pub enum Outcome {
 
 /// Applies one change to a reservation's stored state.
 pub fn apply(pipeline: &Pipeline, prev: Option<&ReservationState>, change: &Change) -> Outcome {
-    // Where the change sits against the stored position decides whether it
-    // applies, and which identities the new state remembers.
-    let mut applied = vec![change.identity];
-    if let (Some(new), Some(stored)) = (change.position, prev.and_then(|p| p.position)) {
-        // A copy-existing record has only its input position. It cannot be
-        // ordered against a change stream position, and the stream's changes
-        // are what made the stored state, so such a seed never overwrites it
-        // (a re-read of the copy after the stream must change nothing).
-        if change.snapshot && matches!((new, stored), (SourcePosition::Input(_), SourcePosition::Cluster { .. })) {
-            return Outcome::Stale;
-        }
-        match new.compare(stored) {
-            Some(Ordering::Less) => return Outcome::Stale,
-            Some(Ordering::Equal) => {
-                let seen = prev.map_or(&[][..], |p| p.applied.as_slice());
-                // No identities at a stored position: a state written before
-                // identities were kept. Any change there counts as applied,
-                // as it did then, so an upgrade re-emits nothing.
-                if seen.is_empty() || seen.contains(&change.identity) {
-                    return Outcome::Duplicate;
-                }
-                // Another change of the same transaction: it applies, and the
-                // position keeps every identity applied at it.
-                applied = seen.iter().copied().chain([change.identity]).collect();
-            }
-            Some(Ordering::Greater) | None => {}
-        }
-    }
+    let mut applied = match order(prev, change) {
+        Ok(applied) => applied,
+        Err(outcome) => return outcome,
+    };
     let live = prev.filter(|p| p.state != State::None);
     let values = match &change.operation {
         Operation::Insert(doc) | Operation::Replace(doc) => Some(doc.clone()),
@@ -200,11 +176,18 @@ pub fn apply(pipeline: &Pipeline, prev: Option<&ReservationState>, change: &Chan
             }
         }
     }
-    let events = match pipeline.rule_for(from, new.state, changed) {
+    let events = events(pipeline, change, live, &new, from, changed);
+    Outcome::Applied { state: new, events }
+}
+
+/// The events the table's rule for (from → new state, changed) emits, if the
+/// allowlist lets the reservation's property through.
+fn events(pipeline: &Pipeline, change: &Change, live: Option<&ReservationState>, new: &ReservationState, from: State, changed: FieldSet) -> Vec<BusinessEvent> {
+    match pipeline.rule_for(from, new.state, changed) {
         None => Vec::new(),
         Some(rule) => {
             // After a delete the event describes the reservation as last known.
-            let current = if new.state == State::None { live.unwrap_or(&new) } else { &new };
+            let current = if new.state == State::None { live.unwrap_or(new) } else { new };
             if !pipeline.allowlist.allows(current.get(Field::Property)) {
                 Vec::new()
             } else {
@@ -212,7 +195,7 @@ pub fn apply(pipeline: &Pipeline, prev: Option<&ReservationState>, change: &Chan
                 rule.emit
                     .iter()
                     .map(|&t| BusinessEvent {
-                        event_id: event_id(&change.reservation_id, change.position, change.identity, t, &new),
+                        event_id: event_id(&change.reservation_id, change.position, change.identity, t, new),
                         event_type: t.name(),
                         reservation_id: change.reservation_id.clone(),
                         property_id: current.fields[Field::Property as usize].clone(),
@@ -229,8 +212,40 @@ pub fn apply(pipeline: &Pipeline, prev: Option<&ReservationState>, change: &Chan
                     .collect()
             }
         }
-    };
-    Outcome::Applied { state: new, events }
+    }
+}
+
+/// Where the change sits against the stored position: whether it applies
+/// (`Err`: stale or a duplicate), and which identities the new state
+/// remembers at its position.
+fn order(prev: Option<&ReservationState>, change: &Change) -> Result<Vec<ChangeId>, Outcome> {
+    let mut applied = vec![change.identity];
+    if let (Some(new), Some(stored)) = (change.position, prev.and_then(|p| p.position)) {
+        // A copy-existing record has only its input position. It cannot be
+        // ordered against a change stream position, and the stream's changes
+        // are what made the stored state, so such a seed never overwrites it
+        // (a re-read of the copy after the stream must change nothing).
+        if change.snapshot && matches!((new, stored), (SourcePosition::Input(_), SourcePosition::Cluster { .. })) {
+            return Err(Outcome::Stale);
+        }
+        match new.compare(stored) {
+            Some(Ordering::Less) => return Err(Outcome::Stale),
+            Some(Ordering::Equal) => {
+                let seen = prev.map_or(&[][..], |p| p.applied.as_slice());
+                // No identities at a stored position: a state written before
+                // identities were kept. Any change there counts as applied,
+                // as it did then, so an upgrade re-emits nothing.
+                if seen.is_empty() || seen.contains(&change.identity) {
+                    return Err(Outcome::Duplicate);
+                }
+                // Another change of the same transaction: it applies, and the
+                // position keeps every identity applied at it.
+                applied = seen.iter().copied().chain([change.identity]).collect();
+            }
+            Some(Ordering::Greater) | None => {}
+        }
+    }
+    Ok(applied)
 }
 
 fn edit(slot: &mut Option<String>, e: &Edit) {
