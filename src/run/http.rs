@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::task_manager::ServiceContext;
-use super::metrics::Metrics;
+use super::metrics::{Board, Metrics};
 use crate::state::task_name;
 
 #[derive(Clone)]
@@ -264,11 +264,31 @@ async fn status_page(State(s): State<Shared>, Query(q): Query<PageQuery>) -> Res
     }
     html.push_str(&format!("<p>Records processed: <b id=\"records\">{}</b> &middot; business events: <b id=\"events\">{}</b> &middot; allowlist in force: <b id=\"allowlist\">{}</b></p>", b.records, b.events.values().sum::<u64>(), esc(&b.allowlist)));
 
+    partitions_table(&mut html, &b, &assigned, &ready_set);
+
+    rates(&mut html, &b);
+
+    dead_letters_table(&mut html, &b);
+    drop(b);
+
+    html.push_str("<h2>Look up a reservation</h2><form method=\"get\" action=\"/\"><input name=\"id\" size=\"30\" placeholder=\"reservation id\"> <button>Look up</button></form>");
+    if let Some((id, found)) = lookup {
+        lookup_result(&mut html, &id, found);
+    }
+    html.push_str("<p style=\"color:#718096\">Raw figures: <a href=\"/metrics\">/metrics</a> &middot; <a href=\"/readyz\">/readyz</a>. This page reloads every 5 s.</p>");
+    // Reload for live figures, but not while someone is typing an id.
+    html.push_str("<script>setTimeout(function(){if(!document.activeElement||document.activeElement.name!=='id'){location.reload()}},5000)</script></body></html>");
+    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
+}
+
+/// Each assigned partition: processing or restoring, its lag, what its
+/// restore still has to read.
+fn partitions_table(html: &mut String, b: &Board, assigned: &[i32], ready_set: &std::collections::BTreeSet<i32>) {
     html.push_str("<h2>Partitions</h2><table id=\"partitions\"><tr><th>partition</th><th>state</th><th>lag</th><th>restore remaining</th></tr>");
     if assigned.is_empty() {
         html.push_str("<tr><td colspan=\"4\">none assigned</td></tr>");
     }
-    for p in &assigned {
+    for p in assigned {
         let lag: i64 = b.lag.iter().filter(|((_, q), _)| q == p).map(|(_, l)| *l).sum();
         let state = if ready_set.contains(p) { "processing" } else { "restoring" };
         let remaining = b.restore_remaining.get(p).copied().unwrap_or(0);
@@ -276,6 +296,11 @@ async fn status_page(State(s): State<Shared>, Query(q): Query<PageQuery>) -> Res
     }
     html.push_str("</table>");
 
+}
+
+/// Business events per second by type, from the sampled history: a chart
+/// and a table.
+fn rates(html: &mut String, b: &Board) {
     // Events per second by type, from the sampled history.
     html.push_str("<h2>Business events per second, last 10 minutes</h2>");
     let types: Vec<&'static str> = b.events.keys().copied().collect();
@@ -307,6 +332,9 @@ async fn status_page(State(s): State<Shared>, Query(q): Query<PageQuery>) -> Res
     }
     html.push_str("</table>");
 
+}
+
+fn dead_letters_table(html: &mut String, b: &Board) {
     html.push_str("<h2>Dead letters by kind</h2><table id=\"dead\"><tr><th>kind</th><th>records</th></tr>");
     if b.dead_letters.is_empty() {
         html.push_str("<tr><td colspan=\"2\">none</td></tr>");
@@ -315,30 +343,25 @@ async fn status_page(State(s): State<Shared>, Query(q): Query<PageQuery>) -> Res
         html.push_str(&format!("<tr><td>{k}</td><td>{n}</td></tr>"));
     }
     html.push_str("</table>");
-    drop(b);
+}
 
-    html.push_str("<h2>Look up a reservation</h2><form method=\"get\" action=\"/\"><input name=\"id\" size=\"30\" placeholder=\"reservation id\"> <button>Look up</button></form>");
-    if let Some((id, found)) = lookup {
-        match found {
-            Ok(Ok(Some(j))) => {
-                html.push_str(&format!("<table id=\"lookup\"><tr><th colspan=\"2\">{}</th></tr>", esc(&id)));
-                if let Some(o) = j.as_object() {
-                    for (k, v) in o {
-                        let v = v.as_str().map_or_else(|| v.to_string(), String::from);
-                        html.push_str(&format!("<tr><td>{}</td><td>{}</td></tr>", esc(k), esc(&v)));
-                    }
+/// The answer to the page's lookup form.
+fn lookup_result(html: &mut String, id: &str, found: Result<anyhow::Result<Option<serde_json::Value>>, tokio::task::JoinError>) {
+    match found {
+        Ok(Ok(Some(j))) => {
+            html.push_str(&format!("<table id=\"lookup\"><tr><th colspan=\"2\">{}</th></tr>", esc(id)));
+            if let Some(o) = j.as_object() {
+                for (k, v) in o {
+                    let v = v.as_str().map_or_else(|| v.to_string(), String::from);
+                    html.push_str(&format!("<tr><td>{}</td><td>{}</td></tr>", esc(k), esc(&v)));
                 }
-                html.push_str("</table>");
             }
-            Ok(Ok(None)) => html.push_str(&format!("<p id=\"lookup\">{} is not held by a partition of this instance; another member may own its partition (GET /reservations/{} lists the group's members).</p>", esc(&id), esc(&id))),
-            Ok(Err(e)) => html.push_str(&format!("<p id=\"lookup\" class=\"no\">lookup failed: {}</p>", esc(&e.to_string()))),
-            Err(e) => html.push_str(&format!("<p id=\"lookup\" class=\"no\">lookup failed: {}</p>", esc(&e.to_string()))),
+            html.push_str("</table>");
         }
+        Ok(Ok(None)) => html.push_str(&format!("<p id=\"lookup\">{} is not held by a partition of this instance; another member may own its partition (GET /reservations/{} lists the group's members).</p>", esc(id), esc(id))),
+        Ok(Err(e)) => html.push_str(&format!("<p id=\"lookup\" class=\"no\">lookup failed: {}</p>", esc(&e.to_string()))),
+        Err(e) => html.push_str(&format!("<p id=\"lookup\" class=\"no\">lookup failed: {}</p>", esc(&e.to_string()))),
     }
-    html.push_str("<p style=\"color:#718096\">Raw figures: <a href=\"/metrics\">/metrics</a> &middot; <a href=\"/readyz\">/readyz</a>. This page reloads every 5 s.</p>");
-    // Reload for live figures, but not while someone is typing an id.
-    html.push_str("<script>setTimeout(function(){if(!document.activeElement||document.activeElement.name!=='id'){location.reload()}},5000)</script></body></html>");
-    ([(header::CONTENT_TYPE, "text/html; charset=utf-8")], html).into_response()
 }
 
 #[cfg(test)]
