@@ -107,27 +107,9 @@ pub async fn run(args: &TailArgs, env: impl Iterator<Item = (String, String)>, o
         Some(_) => Some(Registry::new(&cfg.schema_registry)?),
         None => None,
     };
-    let consumer: BaseConsumer<crate::kafka::ConnectionContext> = crate::kafka::reader_config(&kafka, &format!("resevent-tail-{}", std::process::id()))
-        .set("auto.offset.reset", if args.from_beginning { "earliest" } else { "latest" })
-        .create_with_context(crate::kafka::ConnectionContext::default())
-        .context("creating the Kafka consumer")?;
-    let partitions = tokio::task::block_in_place(|| crate::kafka::topics::partition_ids(&consumer, &args.topic, Duration::from_secs(10)))
-        .map_err(|e| crate::kafka::explain(format!("reading the partitions of {}: {e}", args.topic), consumer.context()))?
-        .ok_or_else(|| anyhow::anyhow!("topic {} does not exist (or has no partitions) on {}", args.topic, cfg.bootstrap_servers))?;
-    let mut tpl = TopicPartitionList::new();
-    for &p in &partitions {
-        tpl.add_partition_offset(&args.topic, p, if args.from_beginning { Offset::Beginning } else { Offset::End })?;
-    }
-    consumer.assign(&tpl)?;
+    let (consumer, partitions) = assign(args, &kafka)?;
     eprintln!("resevent tail: reading {} ({} partitions) from the {}", args.topic, partitions.len(), if args.from_beginning { "beginning" } else { "end" });
-    let types: BTreeSet<&str> = args.event_type.iter().map(String::as_str).collect();
-    for t in &types {
-        if crate::pipeline::EventType::from_name(t).is_none() {
-            // Perhaps a type newer than this build; perhaps a typo.
-            let known: Vec<&str> = crate::pipeline::EventType::ALL.iter().map(|e| e.name()).collect();
-            eprintln!("resevent tail: --event-type {t} is not a type this build knows ({}); only records whose eventType header says {t} are printed", known.join(", "));
-        }
-    }
+    let types = event_types(args);
     let mut counts = TailCounts::default();
     // Partitions read to their end (librdkafka's end-of-partition event,
     // taken back when a record arrives after it), for --exit-at-end.
@@ -153,16 +135,9 @@ pub async fn run(args: &TailArgs, env: impl Iterator<Item = (String, String)>, o
         };
         let (p, offset) = (m.partition(), m.offset());
         at_end.remove(&p);
-        let event_type = m.headers().and_then(|h| h.iter().find(|h| h.key == "eventType").and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned()));
-        if !types.is_empty() && !event_type.as_deref().is_some_and(|t| types.contains(t)) {
+        if !wanted(args, &types, &m) {
             counts.filtered += 1;
             continue;
-        }
-        if let Some(id) = &args.reservation {
-            if m.key() != Some(id.as_bytes()) {
-                counts.filtered += 1;
-                continue;
-            }
         }
         match decode_event(registry.as_ref(), m.payload()).await {
             Ok(v) => {
@@ -177,6 +152,49 @@ pub async fn run(args: &TailArgs, env: impl Iterator<Item = (String, String)>, o
     }
     out.flush()?;
     Ok(counts)
+}
+
+/// A consumer of no group, assigned every partition of the topic at its
+/// beginning or end; and those partitions.
+fn assign(args: &TailArgs, kafka: &crate::config::KafkaSettings<'_>) -> anyhow::Result<(BaseConsumer<crate::kafka::ConnectionContext>, Vec<i32>)> {
+    let consumer: BaseConsumer<crate::kafka::ConnectionContext> = crate::kafka::reader_config(kafka, &format!("resevent-tail-{}", std::process::id()))
+        .set("auto.offset.reset", if args.from_beginning { "earliest" } else { "latest" })
+        .create_with_context(crate::kafka::ConnectionContext::default())
+        .context("creating the Kafka consumer")?;
+    let partitions = tokio::task::block_in_place(|| crate::kafka::topics::partition_ids(&consumer, &args.topic, Duration::from_secs(10)))
+        .map_err(|e| crate::kafka::explain(format!("reading the partitions of {}: {e}", args.topic), consumer.context()))?
+        .ok_or_else(|| anyhow::anyhow!("topic {} does not exist (or has no partitions) on {}", args.topic, kafka.bootstrap_servers))?;
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        tpl.add_partition_offset(&args.topic, p, if args.from_beginning { Offset::Beginning } else { Offset::End })?;
+    }
+    consumer.assign(&tpl)?;
+    Ok((consumer, partitions))
+}
+
+/// `--event-type`'s types; one this build does not know is named on stderr
+/// (perhaps a type newer than this build; perhaps a typo).
+fn event_types(args: &TailArgs) -> BTreeSet<&str> {
+    let types: BTreeSet<&str> = args.event_type.iter().map(String::as_str).collect();
+    for t in &types {
+        if crate::pipeline::EventType::from_name(t).is_none() {
+            let known: Vec<&str> = crate::pipeline::EventType::ALL.iter().map(|e| e.name()).collect();
+            eprintln!("resevent tail: --event-type {t} is not a type this build knows ({}); only records whose eventType header says {t} are printed", known.join(", "));
+        }
+    }
+    types
+}
+
+/// Whether a record passes `--event-type` (by its `eventType` header) and
+/// `--reservation` (by its key).
+fn wanted(args: &TailArgs, types: &BTreeSet<&str>, m: &rdkafka::message::BorrowedMessage<'_>) -> bool {
+    if !types.is_empty() {
+        let event_type = m.headers().and_then(|h| h.iter().find(|h| h.key == "eventType").and_then(|h| h.value));
+        if !event_type.is_some_and(|t| std::str::from_utf8(t).is_ok_and(|t| types.contains(t))) {
+            return false;
+        }
+    }
+    args.reservation.as_ref().is_none_or(|id| m.key() == Some(id.as_bytes()))
 }
 
 /// One business event's value as JSON, from either wire form.
