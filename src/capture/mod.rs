@@ -192,27 +192,7 @@ async fn capture(
     restart_from: Option<RestartFrom>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
-    metrics.set_ready(Err("reading the stored position back from the topic".into()));
-    let last = {
-        let (cfg, topic) = (cfg.clone(), topic.to_string());
-        tokio::task::spawn_blocking(move || read_last_records(&cfg.kafka_settings(), &topic, partitions)).await??
-    };
-    let max_seq = last.iter().map(|r| r.position.seq).max().unwrap_or(0);
-    let plan = match restart_from {
-        Some(RestartFrom::Now) => {
-            tracing::warn!("--restart-from now: the stored position is ignored; changes between it and now are not published");
-            ResumePlan::Fresh
-        }
-        Some(RestartFrom::Copy) => ResumePlan::RestartCopy { next_seq: max_seq + 1 },
-        None => match ResumePlan::from_last_records(&last, partitions).map_err(CaptureError::from)? {
-            // Nothing published yet: a stream started before may be remembered in the lease.
-            ResumePlan::Fresh => match lease.stored_start(topic).await.context("reading the lease")? {
-                Some(after) => ResumePlan::Resume { after, next_seq: 1, cluster_secs: 0, published: BTreeMap::new() },
-                None => ResumePlan::Fresh,
-            },
-            plan => plan,
-        },
-    };
+    let (plan, max_seq) = resume_plan(cfg, topic, partitions, lease, metrics, restart_from).await?;
     tracing::info!(plan = ?plan_summary(&plan), "position read back");
 
     let watch = coll.watch().pipeline(pipeline).full_document(FullDocumentType::UpdateLookup);
@@ -254,6 +234,44 @@ async fn capture(
     metrics.set_ready(Ok(format!("active: following the change stream of {}.{} into {topic}", cfg.database, cfg.collection)));
     tracing::info!(next_seq = publisher.next_seq, "following the change stream");
 
+    follow(cfg, &mut stream, &mut publisher, lease, &mut replay, &mut stop).await?;
+    tracing::info!("stopping: waiting for the broker to acknowledge what was sent");
+    publisher.flush().await?;
+    tracing::info!(published = publisher.published, "capture stopped");
+    Ok(())
+}
+
+/// Where this start begins: the position read back from the topic (or
+/// the lease, before anything was published), unless `--restart-from` says
+/// otherwise. Returns the plan and the highest sequence number published.
+async fn resume_plan(cfg: &CaptureConfig, topic: &str, partitions: i32, lease: &Lease, metrics: &CaptureMetrics, restart_from: Option<RestartFrom>) -> anyhow::Result<(ResumePlan, u64)> {
+    metrics.set_ready(Err("reading the stored position back from the topic".into()));
+    let last = {
+        let (cfg, topic) = (cfg.clone(), topic.to_string());
+        tokio::task::spawn_blocking(move || read_last_records(&cfg.kafka_settings(), &topic, partitions)).await??
+    };
+    let max_seq = last.iter().map(|r| r.position.seq).max().unwrap_or(0);
+    let plan = match restart_from {
+        Some(RestartFrom::Now) => {
+            tracing::warn!("--restart-from now: the stored position is ignored; changes between it and now are not published");
+            ResumePlan::Fresh
+        }
+        Some(RestartFrom::Copy) => ResumePlan::RestartCopy { next_seq: max_seq + 1 },
+        None => match ResumePlan::from_last_records(&last, partitions).map_err(CaptureError::from)? {
+            // Nothing published yet: a stream started before may be remembered in the lease.
+            ResumePlan::Fresh => match lease.stored_start(topic).await.context("reading the lease")? {
+                Some(after) => ResumePlan::Resume { after, next_seq: 1, cluster_secs: 0, published: BTreeMap::new() },
+                None => ResumePlan::Fresh,
+            },
+            plan => plan,
+        },
+    };
+    Ok((plan, max_seq))
+}
+
+/// Publishes each change the stream delivers until `stop`; every 100 ms
+/// drains acknowledgements and checks the lease is still this instance's.
+async fn follow(cfg: &CaptureConfig, stream: &mut ChangeStream<Document>, publisher: &mut Publisher<'_>, lease: &Lease, replay: &mut BTreeMap<i32, (u64, Option<serde_json::Value>)>, stop: &mut tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tokio::select! {
@@ -272,13 +290,10 @@ async fn capture(
                     return Err(CaptureError::LeaseLost(cfg.lease_id()).into());
                 }
                 let out = format::change(&change, cfg.json)?;
-                publisher.publish_change(out, &mut replay).await?;
+                publisher.publish_change(out, replay).await?;
             }
         }
     }
-    tracing::info!("stopping: waiting for the broker to acknowledge what was sent");
-    publisher.flush().await?;
-    tracing::info!(published = publisher.published, "capture stopped");
     Ok(())
 }
 
