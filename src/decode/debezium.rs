@@ -10,14 +10,14 @@
 
 use serde_json::Value;
 
-use super::lean::{self, Lv};
-use super::{Captured, DecodeError, Decoded, Format, Top, delta, extjson};
+use super::lean::{self, LeanValue};
+use super::{Tracked, DecodeError, Decoded, Format, Envelope, delta, extjson};
 use crate::change::FieldPaths;
 use crate::change::{Change, Operation, SourcePosition};
 
-pub(super) fn decode(top: Top<'_>, key: Option<&str>, paths: &FieldPaths) -> Result<Decoded, DecodeError> {
+pub(super) fn decode(top: Envelope<'_>, key: Option<&str>, paths: &FieldPaths) -> Result<Decoded, DecodeError> {
     let op = match &top.op {
-        Some(Lv::Str(s)) => s.as_ref(),
+        Some(LeanValue::Str(s)) => s.as_ref(),
         Some(other) => return Err(DecodeError::Malformed(format!("op is {other}, not a string"))),
         None => unreachable!("debezium::decode is called only with an op"),
     };
@@ -27,8 +27,8 @@ pub(super) fn decode(top: Top<'_>, key: Option<&str>, paths: &FieldPaths) -> Res
     };
     let source = top.source.as_ref();
     let snapshot_flag = source.and_then(|s| s.get("snapshot")).is_some_and(|s| match s {
-        Lv::Str(s) => !s.is_empty() && s != "false",
-        Lv::Bool(b) => *b,
+        LeanValue::Str(s) => !s.is_empty() && s != "false",
+        LeanValue::Bool(b) => *b,
         _ => false,
     });
     let need_after = |what: &str| -> Result<_, DecodeError> {
@@ -81,16 +81,16 @@ fn as_i64(v: &Value) -> Option<i64> {
     }
 }
 
-/// [`as_i64`] over an `Lv`.
-fn lv_as_i64(v: &Lv) -> Option<i64> {
+/// [`as_i64`] over an `LeanValue`.
+fn lv_as_i64(v: &LeanValue) -> Option<i64> {
     match v {
-        Lv::Number(n) => n.as_i64(),
-        Lv::Str(s) => s.parse().ok(),
+        LeanValue::Number(n) => n.as_i64(),
+        LeanValue::Str(s) => s.parse().ok(),
         other => lean::date_millis(other),
     }
 }
 
-fn update(top: &Top<'_>, after: Option<&Captured<'_>>, paths: &FieldPaths) -> Result<Operation, DecodeError> {
+fn update(top: &Envelope<'_>, after: Option<&Tracked<'_>>, paths: &FieldPaths) -> Result<Operation, DecodeError> {
     let lookup = after.map(|d| d.values(paths, "after"));
     if let Some(raw) = top.update_description.filter(|r| r.get() != "null") {
         let ud: Value = serde_json::from_str(raw.get()).map_err(super::json_error)?;
@@ -99,8 +99,8 @@ fn update(top: &Top<'_>, after: Option<&Captured<'_>>, paths: &FieldPaths) -> Re
         };
         let updated = match ud.get("updatedFields") {
             Some(Value::String(s)) => super::document_from_text(s, paths, "updateDescription.updatedFields")?.unwrap_or_default(),
-            Some(Value::Object(m)) => Captured::from_map(m, paths),
-            Some(Value::Null) | None => Captured::default(),
+            Some(Value::Object(m)) => Tracked::from_map(m, paths),
+            Some(Value::Null) | None => Tracked::default(),
             Some(other) => return Err(DecodeError::Malformed(format!("updatedFields is {other}, not a document"))),
         };
         let removed_raw = ud.get("removedFields").map(|v| serde_json::value::to_raw_value(v).expect("a Value always serializes"));
@@ -126,10 +126,10 @@ fn patch(raw: &serde_json::value::RawValue, paths: &FieldPaths) -> Result<Operat
         v => v,
     };
     let Value::Object(m) = v else { return Err(DecodeError::Malformed("patch is not a document".into())) };
-    let pick = |doc: Option<&Value>| -> Captured<'static> {
+    let pick = |doc: Option<&Value>| -> Tracked<'static> {
         match doc {
-            Some(Value::Object(d)) => Captured::from_map(d, paths),
-            _ => Captured::default(),
+            Some(Value::Object(d)) => Tracked::from_map(d, paths),
+            _ => Tracked::default(),
         }
     };
     let keys = |doc: Option<&Value>| -> Vec<String> {
@@ -152,7 +152,7 @@ fn patch(raw: &serde_json::value::RawValue, paths: &FieldPaths) -> Result<Operat
     Ok(Operation::Replace(pick(Some(&Value::Object(m))).values(paths, "patch").map_err(DecodeError::InvalidValue)?))
 }
 
-fn before_or_filter_id(top: &Top<'_>, paths: &FieldPaths) -> Result<Option<String>, DecodeError> {
+fn before_or_filter_id(top: &Envelope<'_>, paths: &FieldPaths) -> Result<Option<String>, DecodeError> {
     for (raw, what) in [(top.before, "before"), (top.filter, "filter")] {
         if let Some(raw) = raw {
             if let Some(id) = super::document_from_raw(raw, paths, what)?.and_then(|d| d.id(paths)) {
@@ -198,7 +198,7 @@ fn key_id(key: Option<&str>) -> Result<Option<String>, DecodeError> {
 /// output, or the source connector's `publish.full.document.only`. Without
 /// `add.fields` such a record has no source position; the caller gives it the
 /// record's input position.
-pub(super) fn decode_document(top: Top<'_>, key: Option<&str>, paths: &FieldPaths, format: Format) -> Result<Decoded, DecodeError> {
+pub(super) fn decode_document(top: Envelope<'_>, key: Option<&str>, paths: &FieldPaths, format: Format) -> Result<Decoded, DecodeError> {
     let flat = &top.flat;
     if top.document.0.is_empty() && flat.is_empty() {
         return Err(DecodeError::NotAChange(format!(

@@ -13,22 +13,30 @@
 //! is skipped over, never built into a tree. What is kept borrows from the
 //! record's text (see `lean`), so a typical record allocates little more than
 //! the strings of its [`Change`].
+//!
+//! This file: the formats and the dispatch ([`Decoder`]), and the unwrapping
+//! of a value that is a string or a JsonConverter envelope; `envelope` (the
+//! one-pass read of the top level), `tracked` (a document's tracked entries
+//! and their values in the change's types), `error`,
+//! `mongo` and `debezium` (each connector's envelope), `extjson`, `avro`.
 
 pub mod avro;
 mod debezium;
 pub mod extjson;
+mod envelope;
+mod error;
 mod lean;
 mod mongo;
+mod tracked;
 
-use std::borrow::Cow;
-use std::fmt;
+use serde::de::DeserializeSeed;
+use serde_json::Value;
 
-use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, Visitor};
-use serde_json::value::RawValue;
-use serde_json::{Map, Value};
-
-use crate::change::{Change, ChangeId, Delta, DocumentValues, Edit, Field, FieldPaths, InvalidValue, Operation, covers};
-use lean::Lv;
+use crate::change::{Change, ChangeId, FieldPaths, Operation};
+use envelope::{Envelope, EnvelopeSeed};
+pub use error::{DecodeError, Limits, MAX_NESTING_DEPTH};
+use error::{json_error, nests_deeper_than};
+use tracked::{Tracked, delta, document_from_raw, document_from_text, operation_identity, transaction};
 
 /// Which connector wrote the records. `Auto` tells them apart per record.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Deserialize, serde::Serialize)]
@@ -42,78 +50,6 @@ pub enum Format {
     Debezium,
 }
 
-/// Why a record cannot be processed. Every variant is permanent: the same
-/// bytes fail the same way on every retry, so the record belongs in the
-/// dead-letter path, never in a retry loop.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum DecodeError {
-    #[error("the value is not UTF-8 text (byte {0} is invalid); connectors write JSON as UTF-8, so check the producer's value.converter")]
-    NotUtf8(usize),
-    #[error("the value is not valid JSON: {0}")]
-    NotJson(String),
-    #[error("the value is not a change event: {0}")]
-    NotAChange(String),
-    #[error("no reservation id: {0}")]
-    MissingId(String),
-    #[error("the reservation id is unusable: {0}")]
-    InvalidId(String),
-    #[error("unknown operation {0}; expected insert, update, replace or delete (MongoDB) or c, u, d, r (Debezium)")]
-    UnknownOperation(String),
-    #[error("malformed change event: {0}")]
-    Malformed(String),
-    /// A mapped field holds a value of the wrong type (see [`InvalidValue`]).
-    #[error("invalid value: {0}")]
-    InvalidValue(InvalidValue),
-    #[error("this is a {found} record but --format {expected} was given; use --format auto or the matching format")]
-    WrongFormat { expected: &'static str, found: &'static str },
-    #[error("the record is {size} bytes, over the limit of {limit}; raise max_record_bytes if such records are legitimate")]
-    TooLarge { size: usize, limit: usize },
-    #[error("the value nests deeper than {limit} levels; raise max_nesting_depth (at most 128) if such records are legitimate")]
-    TooDeep { limit: usize },
-    #[error(
-        "the value is in the Confluent Schema Registry wire format (magic byte 0, schema id {0}), and no schema registry is configured \
-         to resolve that schema; point the connector's value.converter at JSON, or configure a registry"
-    )]
-    UnknownSchema(u32),
-    /// The registry has no schema of this id (it answered 404), or what it
-    /// has cannot be used.
-    #[error("{0}")]
-    SchemaNotFound(String),
-    /// The bytes after the wire-format header are not a datum of the schema they name.
-    #[error("the value is framed for schema id {id} but is not a datum of that schema: {reason}")]
-    BadAvro { id: u32, reason: String },
-}
-
-impl DecodeError {
-    /// A short, stable name for logs, counters and dead-letter headers.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            DecodeError::NotUtf8(_) => "not-utf8",
-            DecodeError::NotJson(_) => "not-json",
-            DecodeError::NotAChange(_) => "not-a-change",
-            DecodeError::MissingId(_) => "missing-id",
-            DecodeError::InvalidId(_) => "invalid-id",
-            DecodeError::UnknownOperation(_) => "unknown-operation",
-            DecodeError::Malformed(_) => "malformed",
-            DecodeError::InvalidValue(_) => "invalid-value",
-            DecodeError::WrongFormat { .. } => "wrong-format",
-            DecodeError::TooLarge { .. } => "too-large",
-            DecodeError::TooDeep { .. } => "too-deep",
-            DecodeError::UnknownSchema(_) | DecodeError::SchemaNotFound(_) => "unknown-schema",
-            DecodeError::BadAvro { .. } => "bad-avro",
-        }
-    }
-
-    /// Decode errors never go away by retrying the same bytes.
-    pub fn is_retryable(&self) -> bool {
-        false
-    }
-}
-
-fn json_error(e: serde_json::Error) -> DecodeError {
-    DecodeError::NotJson(e.to_string())
-}
-
 /// What a record decodes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decoded {
@@ -121,64 +57,6 @@ pub enum Decoded {
     /// A record that is valid but carries no reservation change (a tombstone,
     /// a collection-level event such as `drop`); the reason says which.
     Ignored(&'static str),
-}
-
-/// Bounds on what one record may cost. A record beyond them is rejected
-/// (dead-lettered by the service) with that reason, before it is parsed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Limits {
-    /// Key plus value, in bytes.
-    pub max_record_bytes: usize,
-    /// Objects and arrays inside each other, counting the outermost as 1.
-    pub max_nesting_depth: usize,
-}
-
-/// serde_json refuses deeper values anyway (its recursion limit).
-pub const MAX_NESTING_DEPTH: usize = 128;
-
-impl Default for Limits {
-    /// 1 MiB: a reservation change event is a few KB; MongoDB's own document
-    /// limit is 16 MiB, so raise it if full documents carry large blobs.
-    /// 64 levels: far beyond any reservation document, far below a stack risk.
-    fn default() -> Self {
-        Limits { max_record_bytes: 1 << 20, max_nesting_depth: 64 }
-    }
-}
-
-/// Whether `text`, as JSON, nests objects and arrays deeper than `limit`.
-fn nests_deeper_than(text: &str, limit: usize) -> bool {
-    let bytes = text.as_bytes();
-    // Nesting deeper than `limit` needs more than `limit` opening brackets.
-    // Counting them (strings included: an overcount only costs the exact
-    // scan) vectorizes; a typical event has a dozen, so the exact scan,
-    // a branch per byte, runs only for the rare record with many.
-    let openers = bytes.iter().fold(0usize, |n, &b| n + usize::from((b == b'{') | (b == b'[')));
-    if openers <= limit {
-        return false;
-    }
-    // One pass, strings skipped; stops at the first excess.
-    let mut depth = 0usize;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'"' => {
-                i += 1;
-                while i < bytes.len() && bytes[i] != b'"' {
-                    i += if bytes[i] == b'\\' { 2 } else { 1 };
-                }
-            }
-            b'{' | b'[' => {
-                depth += 1;
-                if depth > limit {
-                    return true;
-                }
-            }
-            b'}' | b']' => depth = depth.saturating_sub(1),
-            _ => {}
-        }
-        i += 1;
-    }
-    false
 }
 
 /// Turns record bytes into changes, for one format and one field mapping.
@@ -301,9 +179,9 @@ impl Decoder {
         }))
     }
 
-    /// Decodes a value given as text; `unwrapped` counts the string or
+    /// Decodes a value given as text; `layers_peeled` counts the string or
     /// JsonConverter layers already peeled off, so a value cannot nest forever.
-    fn decode_text(&self, key: Option<&str>, text: &str, unwrapped: u8, defer: bool) -> Result<Decoded, DecodeError> {
+    fn decode_text(&self, key: Option<&str>, text: &str, layers_peeled: u8, defer: bool) -> Result<Decoded, DecodeError> {
         let trimmed = text.trim_start();
         if nests_deeper_than(trimmed, self.limits.max_nesting_depth) {
             return Err(DecodeError::TooDeep { limit: self.limits.max_nesting_depth });
@@ -311,10 +189,10 @@ impl Decoder {
         match trimmed.as_bytes().first() {
             None => return Err(DecodeError::NotJson("the value is empty".into())),
             Some(b'{') => {}
-            Some(b'"') if unwrapped < 2 => {
+            Some(b'"') if layers_peeled < 2 => {
                 // StringConverter, or JsonConverter without schemas: a JSON string holding the JSON.
                 let inner: String = serde_json::from_str(trimmed).map_err(json_error)?;
-                return self.decode_text(key, &inner, unwrapped + 1, defer);
+                return self.decode_text(key, &inner, layers_peeled + 1, defer);
             }
             Some(b'n') if trimmed.trim_end() == "null" => return self.tombstone(key.map(str::as_bytes)),
             Some(_) => {
@@ -322,8 +200,8 @@ impl Decoder {
                 return Err(DecodeError::NotAChange(format!("the value is a JSON {}, not a document", kind_of(&v))));
             }
         }
-        match self.decode_object(key, trimmed, unwrapped, defer) {
-            Err(e) if unwrapped < 3 => match stringly_change_stream(trimmed) {
+        match self.decode_object(key, trimmed, layers_peeled, defer) {
+            Err(e) if layers_peeled < 3 => match stringly_change_stream(trimmed) {
                 Some(Ok(fixed)) => self.decode_text(key, &fixed, 3, defer),
                 Some(Err(split)) => Err(split),
                 None => Err(e),
@@ -333,17 +211,17 @@ impl Decoder {
     }
 
     /// [`Decoder::decode_text`] for text that starts as a JSON object.
-    fn decode_object(&self, key: Option<&str>, trimmed: &str, unwrapped: u8, defer: bool) -> Result<Decoded, DecodeError> {
+    fn decode_object(&self, key: Option<&str>, trimmed: &str, layers_peeled: u8, defer: bool) -> Result<Decoded, DecodeError> {
         let mut de = serde_json::Deserializer::from_str(trimmed);
-        let top = TopSeed(&self.paths, defer).deserialize(&mut de).map_err(json_error)?;
+        let top = EnvelopeSeed { paths: &self.paths, defer_lookup: defer }.deserialize(&mut de).map_err(json_error)?;
         de.end().map_err(json_error)?;
 
         if let Some(payload) = top.payload.filter(|_| top.schema) {
             // JsonConverter with schemas.enable=true: {"schema": …, "payload": …}.
-            if unwrapped >= 2 {
+            if layers_peeled >= 2 {
                 return Err(DecodeError::NotAChange("JsonConverter envelopes nested too deep".into()));
             }
-            return self.decode_text(key, payload.get(), unwrapped + 1, defer);
+            return self.decode_text(key, payload.get(), layers_peeled + 1, defer);
         }
         if top.operation_type.is_some() {
             if self.format == Format::Debezium {
@@ -447,318 +325,6 @@ fn kind_of(v: &Value) -> &'static str {
         Value::String(_) => "string",
         Value::Array(_) => "array",
         Value::Object(_) => "object",
-    }
-}
-
-/// The tracked entries of one document (or of `updatedFields`): the keys that
-/// are tracked paths or ancestors of one, with their values, borrowed from the
-/// text they were read from.
-#[derive(Debug, Default)]
-struct Captured<'de>(Vec<(Cow<'de, str>, Lv<'de>)>);
-
-impl<'de> Captured<'de> {
-    /// The value at `path`, looking through an ancestor's value when the key
-    /// is an ancestor (`updatedFields: {"stay": {...}}` sets `stay.room`).
-    /// `Some(None)` means an ancestor was set without the path in it.
-    fn lookup(&self, path: &str) -> Option<Option<&Lv<'de>>> {
-        let mut found = None;
-        for (k, v) in &self.0 {
-            if k == path {
-                found = Some(Some(v));
-            } else if covers(k, path) {
-                let rest = &path[k.len() + 1..];
-                found = Some(match v {
-                    Lv::Object(_) => lean::at_path(v, rest),
-                    _ => None,
-                });
-            }
-        }
-        found
-    }
-
-    /// The document's id (at the id path), if it has one.
-    fn id(&self, paths: &FieldPaths) -> Option<Result<String, DecodeError>> {
-        let v = self.lookup(&paths.id)??;
-        Some(lean::id_text(v).map_err(|e| DecodeError::InvalidId(e.0)))
-    }
-
-    /// The document's tracked values, each of its type (see [`field_text`]);
-    /// `place` names the part of the record it is, for the error. The status
-    /// is taken as text whatever it is: an unmapped status is the pipeline's
-    /// business (logged and counted), not bad input.
-    fn values(&self, paths: &FieldPaths, place: &'static str) -> Result<DocumentValues, InvalidValue> {
-        let status = self.lookup(&paths.status).flatten().and_then(lean::scalar_text);
-        let mut fields: [Option<String>; 4] = Default::default();
-        for f in Field::ALL {
-            let path = &paths.fields[f as usize];
-            fields[f as usize] = match self.lookup(path).flatten() {
-                Some(v) => field_text(f, v, path, place)?,
-                None => None,
-            };
-        }
-        Ok(DocumentValues { status, fields })
-    }
-
-    /// Detaches the entries from the text they were read from.
-    fn into_owned(self) -> Captured<'static> {
-        Captured(self.0.into_iter().map(|(k, v)| (Cow::Owned(k.into_owned()), v.into_owned())).collect())
-    }
-
-    /// The tracked entries of a document already parsed into a `Value`.
-    fn from_map(m: &Map<String, Value>, paths: &FieldPaths) -> Captured<'static> {
-        Captured(m.iter().filter(|(k, _)| paths.relevant(k)).map(|(k, v)| (Cow::Owned(k.clone()), Lv::from_value(v))).collect())
-    }
-}
-
-/// The transaction a change belongs to, as text for its identity: `lsid`
-/// and `txnNumber` when both are there and not null.
-fn transaction(lsid: Option<&Lv>, txn_number: Option<&Lv>) -> Option<(String, String)> {
-    match (lsid?, txn_number?) {
-        (Lv::Null, _) | (_, Lv::Null) => None,
-        (l, t) => Some((l.to_string(), t.to_string())),
-    }
-}
-
-/// The identity of a change without a resume token (see [`ChangeId`]).
-fn operation_identity(operation: &Operation, txn: Option<&(String, String)>) -> ChangeId {
-    ChangeId::of_operation(operation, txn.map(|(l, t)| (l.as_str(), t.as_str())))
-}
-
-/// A tracked field's value as the text resevent keeps: a date as RFC 3339
-/// UTC, a room or property as text (a number in decimal). `Ok(None)` for a
-/// JSON null. Any other value is an [`InvalidValue`] naming the field, its
-/// path and `place`: it would otherwise reach a business event as JSON text
-/// where a date or a room is promised.
-fn field_text(field: Field, v: &Lv, path: &str, place: &'static str) -> Result<Option<String>, InvalidValue> {
-    if let Lv::Null = v {
-        return Ok(None);
-    }
-    let (text, expected) = match field {
-        Field::Arrival | Field::Departure => (lean::strict_date_millis(v).map(crate::time::format_millis), lean::DATE_EXPECTED),
-        Field::Room => (lean::strict_text(v, false), lean::ROOM_EXPECTED),
-        Field::Property => (lean::strict_text(v, true), lean::PROPERTY_EXPECTED),
-    };
-    match text {
-        Some(t) => Ok(Some(t)),
-        None => Err(InvalidValue { field, path: path.to_owned(), place, value: InvalidValue::shorten(&v.to_string()), expected }),
-    }
-}
-
-/// Builds a delta from `updatedFields` entries and `removedFields` paths. A
-/// tracked field that `updatedFields` sets to a value of the wrong type
-/// rejects the whole change (the delta cannot be applied without either
-/// storing the bad value or silently dropping the edit).
-fn delta(updated: &Captured, removed: &[String], paths: &FieldPaths) -> Result<Delta, DecodeError> {
-    let mut delta = Delta::default();
-    if removed.iter().any(|r| covers(r, &paths.status)) {
-        delta.status = Edit::Remove;
-    } else if let Some(v) = updated.lookup(&paths.status) {
-        delta.status = v.and_then(lean::scalar_text).map_or(Edit::Remove, Edit::Set);
-    }
-    for f in Field::ALL {
-        let path = &paths.fields[f as usize];
-        if removed.iter().any(|r| covers(r, path)) {
-            delta.fields[f as usize] = Edit::Remove;
-        } else if let Some(v) = updated.lookup(path) {
-            let text = match v {
-                Some(v) => field_text(f, v, path, "updatedFields").map_err(DecodeError::InvalidValue)?,
-                None => None,
-            };
-            delta.fields[f as usize] = text.map_or(Edit::Remove, Edit::Set);
-        }
-    }
-    Ok(delta)
-}
-
-/// Parses a document given as text (Debezium's `after`) or as a JSON value
-/// that holds such text, keeping only the tracked entries.
-fn document_from_text<'a>(text: &'a str, paths: &FieldPaths, what: &str) -> Result<Option<Captured<'a>>, DecodeError> {
-    let mut de = serde_json::Deserializer::from_str(text);
-    let doc = CaptureSeed(paths).deserialize(&mut de).map_err(|e| DecodeError::Malformed(format!("{what} is not a JSON document: {e}")))?;
-    de.end().map_err(|e| DecodeError::Malformed(format!("{what} has trailing data: {e}")))?;
-    Ok(doc)
-}
-
-/// A document that may arrive as an object or as a string holding one
-/// (Debezium writes `after`, `before`, `patch` and `updatedFields` as strings).
-fn document_from_raw<'a>(raw: &'a RawValue, paths: &FieldPaths, what: &str) -> Result<Option<Captured<'a>>, DecodeError> {
-    let text = raw.get();
-    if text.starts_with('"') {
-        let inner: String = serde_json::from_str(text).map_err(json_error)?;
-        // The entries borrow from `inner`, which ends here.
-        Ok(document_from_text(&inner, paths, what)?.map(Captured::into_owned))
-    } else {
-        document_from_text(text, paths, what)
-    }
-}
-
-/// The top-level keys of a record value that decide its format, and the
-/// tracked document entries found at top level (full-document-only and
-/// flattened values are the document itself). Everything borrows from the
-/// record's text: raw parts are slices of it, values `Lv`s over it.
-#[derive(Default)]
-struct Top<'de> {
-    id: Option<Lv<'de>>,
-    operation_type: Option<Lv<'de>>,
-    /// `Some(None)` when present and null.
-    full_document: Option<Option<Captured<'de>>>,
-    /// An update's looked-up `fullDocument`, skipped over unread (see
-    /// [`Decoder::decode_deferring_lookups`]).
-    full_document_raw: Option<&'de RawValue>,
-    document_key: Option<Lv<'de>>,
-    update_description: Option<&'de RawValue>,
-    cluster_time: Option<Lv<'de>>,
-    wall_time: Option<Lv<'de>>,
-    /// The transaction of a change made in one (`lsid`, `txnNumber`).
-    lsid: Option<Lv<'de>>,
-    txn_number: Option<Lv<'de>>,
-    op: Option<Lv<'de>>,
-    after: Option<&'de RawValue>,
-    before: Option<&'de RawValue>,
-    source: Option<Lv<'de>>,
-    patch: Option<&'de RawValue>,
-    filter: Option<&'de RawValue>,
-    schema: bool,
-    payload: Option<&'de RawValue>,
-    /// ExtractNewDocumentState's added fields (`__op`, `__deleted`, `__source_*`).
-    flat: Map<String, Value>,
-    document: Captured<'de>,
-}
-
-/// A map key, borrowed when the input allows it (no escapes), so skipped keys
-/// cost no allocation.
-struct Key<'de>(Cow<'de, str>);
-
-impl<'de> de::Deserialize<'de> for Key<'de> {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string key")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(s)))
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(s.to_owned())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-/// The fields ExtractNewDocumentState adds with `add.fields` and
-/// `delete.handling.mode=rewrite` (`__deleted`).
-const FLAT_KEYS: [&str; 8] = ["__op", "__deleted", "__source_ts_ms", "__source_ord", "__source_snapshot", "__ts_ms", "__source_lsid", "__source_txnNumber"];
-
-/// The field paths, and whether an update's looked-up `fullDocument` may be
-/// skipped (left as raw text) when `operationType` is known to be `update`
-/// before it (the connector writes `operationType` first).
-struct TopSeed<'p>(&'p FieldPaths, bool);
-
-impl<'de> DeserializeSeed<'de> for TopSeed<'_> {
-    type Value = Top<'de>;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Top<'de>, D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for TopSeed<'_> {
-    type Value = Top<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a change event document")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Top<'de>, A::Error> {
-        let mut top = Top::default();
-        while let Some(Key(owned_key)) = map.next_key::<Key>()? {
-            let key = owned_key.as_ref();
-            match key {
-                "fullDocument" if self.1 && matches!(&top.operation_type, Some(Lv::Str(op)) if op == "update") => top.full_document_raw = Some(map.next_value()?),
-                "fullDocument" => top.full_document = Some(map.next_value_seed(CaptureSeed(self.0))?),
-                "updateDescription" => top.update_description = Some(map.next_value()?),
-                "after" => top.after = Some(map.next_value()?),
-                "before" => top.before = Some(map.next_value()?),
-                "patch" => top.patch = Some(map.next_value()?),
-                "filter" => top.filter = Some(map.next_value()?),
-                "payload" => top.payload = Some(map.next_value()?),
-                "schema" => {
-                    map.next_value::<IgnoredAny>()?;
-                    top.schema = true;
-                }
-                _ => {
-                    let slot = match key {
-                        "_id" => Some(&mut top.id),
-                        "operationType" => Some(&mut top.operation_type),
-                        "documentKey" => Some(&mut top.document_key),
-                        "clusterTime" => Some(&mut top.cluster_time),
-                        "wallTime" => Some(&mut top.wall_time),
-                        "lsid" => Some(&mut top.lsid),
-                        "txnNumber" => Some(&mut top.txn_number),
-                        "op" => Some(&mut top.op),
-                        "source" => Some(&mut top.source),
-                        _ => None,
-                    };
-                    let tracked = self.0.relevant(key);
-                    let flat = FLAT_KEYS.contains(&key);
-                    if slot.is_none() && !tracked && !flat {
-                        map.next_value::<IgnoredAny>()?;
-                        continue;
-                    }
-                    let v: Lv<'de> = map.next_value()?;
-                    if flat {
-                        top.flat.insert(key.to_owned(), v.to_value());
-                    }
-                    match slot {
-                        Some(slot) => {
-                            if tracked {
-                                top.document.0.push((owned_key.clone(), v.clone()));
-                            }
-                            *slot = Some(v);
-                        }
-                        None if tracked => top.document.0.push((owned_key, v)),
-                        None => {}
-                    }
-                }
-            }
-        }
-        Ok(top)
-    }
-}
-
-/// Reads a document keeping only tracked entries; `None` for a JSON null.
-struct CaptureSeed<'p>(&'p FieldPaths);
-
-impl<'de> DeserializeSeed<'de> for CaptureSeed<'_> {
-    type Value = Option<Captured<'de>>;
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for CaptureSeed<'_> {
-    type Value = Option<Captured<'de>>;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a document or null")
-    }
-    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
-        Ok(None)
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        // Room for the six default paths up front: growing 0 → 4 → 8 was two
-        // allocations per document.
-        let mut out = Captured(Vec::with_capacity(8));
-        while let Some(Key(key)) = map.next_key::<Key>()? {
-            if self.0.relevant(&key) {
-                out.0.push((key, map.next_value()?));
-            } else {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-        Ok(Some(out))
     }
 }
 

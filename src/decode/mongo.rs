@@ -8,8 +8,8 @@
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use super::lean::{self, Lv};
-use super::{Captured, DecodeError, Decoded, Top, delta};
+use super::lean::{self, LeanValue};
+use super::{Tracked, DecodeError, Decoded, Envelope, delta};
 use crate::change::FieldPaths;
 use crate::change::{Change, ChangeId, Operation, SourcePosition};
 
@@ -29,9 +29,9 @@ const COLLECTION_EVENTS: [&str; 11] = [
     "reshardCollection",
 ];
 
-pub(super) fn decode(top: Top<'_>, paths: &FieldPaths) -> Result<Decoded, DecodeError> {
+pub(super) fn decode(top: Envelope<'_>, paths: &FieldPaths) -> Result<Decoded, DecodeError> {
     let op = match &top.operation_type {
-        Some(Lv::Str(s)) => s.as_ref(),
+        Some(LeanValue::Str(s)) => s.as_ref(),
         Some(other) => return Err(DecodeError::Malformed(format!("operationType is {other}, not a string"))),
         None => unreachable!("mongo::decode is called only with an operationType"),
     };
@@ -55,7 +55,7 @@ pub(super) fn decode(top: Top<'_>, paths: &FieldPaths) -> Result<Decoded, Decode
                 .map_err(|e| DecodeError::Malformed(format!("updateDescription is not {{updatedFields, removedFields}}: {e}")))?;
             let updated = match &ud.updated_fields {
                 Some(raw) => super::document_from_raw(raw, paths, "updateDescription.updatedFields")?.unwrap_or_default(),
-                None => Captured::default(),
+                None => Tracked::default(),
             };
             let removed = removed_fields(ud.removed_fields)?;
             Operation::Update { delta: delta(&updated, &removed, paths)?, lookup: full.map(|d| d.values(paths, "fullDocument")) }
@@ -64,7 +64,7 @@ pub(super) fn decode(top: Top<'_>, paths: &FieldPaths) -> Result<Decoded, Decode
         other => return Err(DecodeError::UnknownOperation(format!("{other:?}"))),
     };
 
-    let copying = top.id.as_ref().is_some_and(|id| matches!(id.get("copyingData"), Some(Lv::Bool(true))) || id.get("copyingData").and_then(Lv::as_str) == Some("true"));
+    let copying = top.id.as_ref().is_some_and(|id| matches!(id.get("copyingData"), Some(LeanValue::Bool(true))) || id.get("copyingData").and_then(LeanValue::as_str) == Some("true"));
     let reservation_id = match reservation_id(&top, full, paths, copying) {
         // A documentKey without the id (a pipeline projected it away): the
         // unread document may still hold it.
@@ -91,7 +91,7 @@ pub(super) fn decode(top: Top<'_>, paths: &FieldPaths) -> Result<Decoded, Decode
     // same on every re-delivery. Without one (a pipeline that projected `_id`
     // away), the change is known by what it did and its transaction.
     let identity = match top.id.as_ref() {
-        Some(token) => match token.get("_data").and_then(Lv::as_str) {
+        Some(token) => match token.get("_data").and_then(LeanValue::as_str) {
             Some(data) => ChangeId::of(&[b"resume-token", data.as_bytes()]),
             None => ChangeId::of(&[b"resume-token", token.to_string().as_bytes()]),
         },
@@ -130,9 +130,9 @@ pub(super) fn removed_fields(raw: Option<&RawValue>) -> Result<Vec<String>, Deco
     }
 }
 
-fn reservation_id(top: &Top<'_>, full: Option<&Captured<'_>>, paths: &FieldPaths, copying: bool) -> Result<String, DecodeError> {
+fn reservation_id(top: &Envelope<'_>, full: Option<&Tracked<'_>>, paths: &FieldPaths, copying: bool) -> Result<String, DecodeError> {
     if let Some(key) = &top.document_key {
-        if !matches!(key, Lv::Object(_)) {
+        if !matches!(key, LeanValue::Object(_)) {
             return Err(DecodeError::Malformed(format!("documentKey is {key}, not a document")));
         }
         if let Some(v) = lean::at_path(key, &paths.id) {

@@ -1,7 +1,7 @@
 //! Decoder tests per format and dialect, and robustness against arbitrary input.
 
 use super::*;
-use crate::change::{Edit, Operation, SourcePosition};
+use crate::change::{Edit, Field, Operation, SourcePosition};
 use proptest::prelude::*;
 use serde_json::json;
 
@@ -386,14 +386,14 @@ proptest! {
     }
 }
 
-/// `lean::Lv` and its readings must answer exactly as `Value` and `extjson` do.
+/// `lean::LeanValue` and its readings must answer exactly as `Value` and `extjson` do.
 fn assert_lean_agrees(text: &str) {
     let v: Result<serde_json::Value, _> = serde_json::from_str(text);
-    let lv: Result<lean::Lv, _> = serde_json::from_str(text);
+    let lv: Result<lean::LeanValue, _> = serde_json::from_str(text);
     let (v, lv) = match (v, lv) {
         (Ok(v), Ok(lv)) => (v, lv),
         (Err(a), Err(b)) => return assert_eq!(a.to_string(), b.to_string(), "{text}"),
-        (a, b) => panic!("{text}: Value {a:?}, Lv {b:?}"),
+        (a, b) => panic!("{text}: Value {a:?}, LeanValue {b:?}"),
     };
     assert_eq!(lv.to_value(), v, "{text}");
     assert_eq!(lv.to_string(), extjson::canonical_text(&v), "{text}");
@@ -404,7 +404,7 @@ fn assert_lean_agrees(text: &str) {
     assert_eq!(lean::resume_token_time(&lv), extjson::resume_token_time(&v), "{text}");
     if let serde_json::Value::Object(m) = &v {
         for path in ["_id", "a", "a.b", "a.0", "a.b.c", "$date"] {
-            assert_eq!(lean::at_path(&lv, path).map(lean::Lv::to_value), extjson::at_path(m, path).cloned(), "{text} at {path}");
+            assert_eq!(lean::at_path(&lv, path).map(lean::LeanValue::to_value), extjson::at_path(m, path).cloned(), "{text} at {path}");
         }
     }
 }
