@@ -310,8 +310,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Workload(args) => workload(&args),
         Command::Dlq(args) => {
-            let outcome = runtime()?.block_on(resevent::dlq::run(args, std::env::vars(), &mut io::stdout().lock()))?;
-            Ok(ExitCode::from(outcome.exit_code()))
+            let verdict = runtime()?.block_on(resevent::dlq::run(args, std::env::vars(), &mut io::stdout().lock()))?;
+            Ok(ExitCode::from(verdict.exit_code()))
         }
         Command::Tail(args) => tail(&args),
         Command::State { command: StateCommand::Get { id, state_dir } } => state_get(&state_dir, &id),

@@ -4,8 +4,8 @@
 //! A dead letter carries the original record's key, value and headers byte
 //! for byte (so a re-injected record is the record that failed), plus these
 //! headers, all UTF-8 text. This layout is a contract with operators' tools:
-//! add headers, never rename one. [`build`] makes one; `dlq` reads them back
-//! by these names; the one size limit is here too.
+//! add headers, never rename one. [`build`] makes one; [`StoredDeadLetter`]
+//! reads one back by these names (for `dlq`); the one size limit is here too.
 
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 
@@ -93,4 +93,71 @@ pub fn build<'a>(m: &'a impl Message, error: &DecodeError) -> DeadLetter<'a> {
         headers = headers.insert(Header { key: VALUE_OMITTED, value: Some(why.as_str()) });
     }
     DeadLetter { key: m.key(), value: value.filter(|_| omitted.is_none()), headers, partition: m.partition() }
+}
+
+/// One dead letter as read back (`resevent dlq`): the original record plus
+/// resevent's headers, borrowed from the consumed message.
+#[derive(Debug, Clone)]
+pub struct StoredDeadLetter<'a> {
+    pub partition: i32,
+    pub offset: i64,
+    /// The dead-letter record's own timestamp, when `resevent.time` is missing.
+    pub timestamp: Option<i64>,
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    /// Every header in record order: the original record's, then resevent's.
+    pub headers: Vec<(&'a str, Option<&'a [u8]>)>,
+}
+
+impl<'a> StoredDeadLetter<'a> {
+    pub fn from_message<M: Message>(m: &'a M) -> StoredDeadLetter<'a> {
+        StoredDeadLetter {
+            partition: m.partition(),
+            offset: m.offset(),
+            timestamp: m.timestamp().to_millis(),
+            key: m.key(),
+            value: m.payload(),
+            headers: m.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default(),
+        }
+    }
+
+    /// A resevent header as text. The last one counts: resevent appends its
+    /// headers after the original record's.
+    pub fn header(&self, name: &str) -> Option<&'a str> {
+        self.headers.iter().rev().find(|(k, _)| *k == name).and_then(|(_, v)| std::str::from_utf8((*v)?).ok())
+    }
+
+    pub fn kind(&self) -> &'a str {
+        self.header(KIND).unwrap_or("unknown")
+    }
+
+    pub fn original_topic(&self) -> Option<&'a str> {
+        self.header(ORIGINAL_TOPIC)
+    }
+
+    /// The original record's (partition, offset).
+    pub fn original_position(&self) -> Option<(i32, i64)> {
+        Some((self.header(ORIGINAL_PARTITION)?.parse().ok()?, self.header(ORIGINAL_OFFSET)?.parse().ok()?))
+    }
+
+    /// When it was dead-lettered: `resevent.time`, else the record's timestamp.
+    pub fn dead_lettered_at(&self) -> Option<i64> {
+        self.header(TIME).and_then(crate::time::parse_millis).or(self.timestamp)
+    }
+
+    /// The original record's headers: all but resevent's.
+    pub fn original_headers(&self) -> impl Iterator<Item = (&'a str, Option<&'a [u8]>)> + '_ {
+        self.headers.iter().copied().filter(|(k, _)| !is_resevent_header(k))
+    }
+
+    /// The headers a replay of it carries: the original ones (an earlier
+    /// replay's trail replaced), then where this replay took it from.
+    pub fn replay_headers(&self, dead_letter_topic: &str) -> OwnedHeaders {
+        let from = format!("{dead_letter_topic}/{}/{}", self.partition, self.offset);
+        let mut headers = OwnedHeaders::new_with_capacity(self.headers.len());
+        for (key, value) in self.original_headers().filter(|(k, _)| *k != REPLAYED_FROM) {
+            headers = headers.insert(Header { key, value });
+        }
+        headers.insert(Header { key: REPLAYED_FROM, value: Some(from.as_str()) })
+    }
 }
