@@ -205,10 +205,19 @@ fn broker_gone_for_30_seconds_mid_stream_loses_nothing() {
     // through, or (when the group session timed out during the outage) the
     // commit before revocation fails and the partitions, assigned again,
     // are read from the last committed offsets.
-    let log = instance.text();
-    let retried = log.contains("transient failure") && log.contains("the interval went through after the failure");
-    let revoked = log.contains("commit before revocation failed") && log.matches("partitions assigned").count() >= 2;
-    assert!(retried || revoked, "the outage failed no commit, or the service did not recover from it; log {}", instance.log.display());
+    // The events can all be on the topic before the recovery is logged
+    // (they were sent before the failed commit), so the recovery is waited for.
+    let recovered = |log: &str| {
+        let retried = log.contains("transient failure") && log.contains("the interval went through after the failure");
+        let revoked = log.contains("commit before revocation failed") && log.matches("partitions assigned").count() >= 2;
+        retried || revoked
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !recovered(&instance.text()) {
+        assert!(instance.is_running(), "resevent stopped; log {}", instance.log.display());
+        assert!(std::time::Instant::now() < deadline, "the outage failed no commit, or the service did not recover from it within 120 s; log {}", instance.log.display());
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_eq!(instance.terminate(), Some(0));
 }
 
