@@ -619,6 +619,14 @@ fn metrics_and_lookups_report_what_the_instance_did() {
     }
     assert!(scrape.contains("resevent_event_latency_seconds_bucket"), "{scrape}");
     assert!(scrape.contains("resevent_commit_duration_seconds_count"));
+    // Every commit the loop waited for is a pause; a commit at revocation or
+    // shutdown is not counted as the loop's, so there are no more loop pauses
+    // for commits than commits.
+    let count = |series: &str| scrape.lines().find_map(|l| l.strip_prefix(series)).map_or(0.0, |v| v.trim().parse::<f64>().unwrap());
+    let commits = count("resevent_commit_duration_seconds_count ");
+    let waited = count("resevent_processing_paused_seconds_count{reason=\"commit\"} ") + count("resevent_processing_paused_seconds_count{reason=\"cache-full\"} ");
+    assert!(waited >= 1.0 && waited <= commits, "{waited} pauses for commits, {commits} commits:\n{scrape}");
+    assert!(count("resevent_processing_paused_seconds_count{reason=\"restore\"} ") >= 2.0, "each of the two partitions handed over after its restore:\n{scrape}");
     // A reservation as replay left it; one never seen is a 404 that says why.
     for (id, s) in final_state.iter().take(5) {
         let (status, body) = http_get(&http, &format!("/reservations/{id}"));
@@ -648,6 +656,7 @@ fn metrics_and_lookups_report_what_the_instance_did() {
     assert!(page.contains(&format!("<b id=\"records\">{}</b>", records.len())), "{page}");
     assert_eq!(page.matches("<td>processing</td>").count(), 2, "both partitions shown as processing: {page}");
     assert!(page.contains("every property") && page.contains("CHECKED_IN") && page.contains("<polyline"), "{page}");
+    assert!(page.contains("<table id=\"paused\">") && page.contains("<td>commit</td>"), "the commit's pauses on the page: {page}");
     // Its figures move with traffic (these are the same reservations' older
     // changes again: counted, stale, changing no state).
     let more = workload(30, 400, 99);

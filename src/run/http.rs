@@ -269,6 +269,7 @@ async fn status_page(State(s): State<Shared>, Query(q): Query<PageQuery>) -> Res
     rates(&mut html, &b);
 
     dead_letters_table(&mut html, &b);
+    paused_table(&mut html, &b);
     drop(b);
 
     html.push_str("<h2>Look up a reservation</h2><form method=\"get\" action=\"/\"><input name=\"id\" size=\"30\" placeholder=\"reservation id\"> <button>Look up</button></form>");
@@ -341,6 +342,20 @@ fn dead_letters_table(html: &mut String, b: &Board) {
     }
     for (k, n) in &b.dead_letters {
         html.push_str(&format!("<tr><td>{k}</td><td>{n}</td></tr>"));
+    }
+    html.push_str("</table>");
+}
+
+/// How long the loop could not process, by reason: the commit's pause is
+/// the figure to watch (it does not depend on the broker's speed).
+fn paused_table(html: &mut String, b: &Board) {
+    html.push_str("<h2>Processing paused</h2><table id=\"paused\"><tr><th>reason</th><th>times</th><th>in all</th><th>mean</th><th>longest</th></tr>");
+    if b.paused.is_empty() {
+        html.push_str("<tr><td colspan=\"5\">not yet</td></tr>");
+    }
+    for (why, (n, total, longest)) in &b.paused {
+        let mean_ms = total * 1000.0 / (*n).max(1) as f64;
+        html.push_str(&format!("<tr><td>{why}</td><td>{n}</td><td>{total:.2} s</td><td>{mean_ms:.1} ms</td><td>{:.1} ms</td></tr>", longest * 1000.0));
     }
     html.push_str("</table>");
 }

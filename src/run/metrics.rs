@@ -38,6 +38,33 @@ pub struct Board {
     pub allowlist: String,
     /// (seconds since start, cumulative events by type), one every `SAMPLE` at most.
     pub history: VecDeque<(f64, BTreeMap<&'static str, u64>)>,
+    /// Pauses of the processing loop by reason: (how many, seconds in all, the longest).
+    pub paused: BTreeMap<&'static str, (u64, f64, f64)>,
+}
+
+/// Why the processing loop could not take the next batch. The loop does
+/// one thing at a time, so each of these is time no record is processed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pause {
+    /// The commit interval ran out and the loop committed it.
+    Commit,
+    /// The write-back cache reached its bound and the loop committed early.
+    CacheFull,
+    /// Partitions were revoked; the revoke callback committed first (inside a poll).
+    Revocation,
+    /// A restored task was handed over: its timer index built, its partitions resumed.
+    Restore,
+}
+
+impl Pause {
+    pub fn label(self) -> &'static str {
+        match self {
+            Pause::Commit => "commit",
+            Pause::CacheFull => "cache-full",
+            Pause::Revocation => "revocation",
+            Pause::Restore => "restore",
+        }
+    }
 }
 
 /// How often the events-per-second history takes a sample, and how many it keeps (10 minutes).
@@ -60,6 +87,7 @@ pub struct Metrics {
     restored_records: Counter,
     batch_records: Histogram,
     commit_seconds: Histogram,
+    paused_seconds: Family<Labels, Histogram, fn() -> Histogram>,
     state_live_bytes: Gauge,
     write_stalls: Gauge,
 }
@@ -114,6 +142,7 @@ impl Metrics {
             restored_records: Counter::default(),
             batch_records: Histogram::new(exponential_buckets(1.0, 4.0, 8)),
             commit_seconds: Histogram::new(exponential_buckets(0.001, 3.0, 10)),
+            paused_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0005, 3.0, 11))),
             state_live_bytes: Gauge::default(),
             write_stalls: Gauge::default(),
             registry: Registry::default(),
@@ -129,6 +158,12 @@ impl Metrics {
         registry.register("restored_records", "Changelog records restored", m.restored_records.clone());
         registry.register("batch_records", "Records per processed batch", m.batch_records.clone());
         registry.register_with_unit("commit_duration", "How long a commit of the interval took", Unit::Seconds, m.commit_seconds.clone());
+        registry.register_with_unit(
+            "processing_paused",
+            "How long the processing loop could not process, by reason: commit (the interval), cache-full (an early commit), revocation, restore (a task's hand-over)",
+            Unit::Seconds,
+            m.paused_seconds.clone(),
+        );
         registry.register_with_unit("state_live_data", "RocksDB live data size of the state store", Unit::Bytes, m.state_live_bytes.clone());
         registry.register("state_write_stalls", "1 while RocksDB stalls or stops writes, else 0", m.write_stalls.clone());
         registry.register_with_unit("event_latency", "Input record timestamp to its business event acknowledged", Unit::Seconds, latency);
@@ -186,6 +221,16 @@ impl Metrics {
 
     pub fn committed(&self, seconds: f64) {
         self.commit_seconds.observe(seconds);
+    }
+
+    /// The loop was paused for `seconds`, for `why`.
+    pub fn paused(&self, why: Pause, seconds: f64) {
+        self.paused_seconds.get_or_create(&label("reason", why.label())).observe(seconds);
+        let mut b = self.board.lock().expect("board lock");
+        let (n, total, longest) = b.paused.entry(why.label()).or_default();
+        *n += 1;
+        *total += seconds;
+        *longest = longest.max(seconds);
     }
 
     pub fn lag(&self, topic: &str, partition: i32, lag: i64) {

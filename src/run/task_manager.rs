@@ -105,7 +105,10 @@ impl ConsumerContext for ServiceContext {
         // Kafka Streams commits before it gives partitions away, so the next
         // owner starts where this one stopped and repeats nothing.
         let mut io = ServiceIo::new(&mut tasks.collector, &self.store, consumer, true);
-        match tasks.coordinator.commit(&mut io) {
+        let started = std::time::Instant::now();
+        let committed = tasks.coordinator.commit(&mut io);
+        self.metrics.paused(metrics::Pause::Revocation, started.elapsed().as_secs_f64());
+        match committed {
             Ok(done) => tracing::debug!(?done, "committed before revocation"),
             Err(e) => tracing::warn!(error = %e, "commit before revocation failed; the next owner reads the interval again (same eventIds)"),
         }
