@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 from .feed import avro_changes, distinct_inserts, keyed_lines, produce, workload
 from .procs import Child, DrainClock, RegistryDouble, dir_mb, last_json, messages, partitions_ready, plain_read, timed, value_bytes
@@ -197,7 +198,11 @@ def latency_run(bench, n, label, flags, env, rate, count):
         load = produce(bench.broker.bootstrap, topic, keyed_lines(lines), LIVE_PRODUCER, rate=rate, limit=count,
                        warm_up_topic="warm-up", reports=False)
     load_cpu, broker_cpu = time.process_time() - load_cpu, bench.broker.cpu_seconds() - broker_cpu
+    # The loop's pauses while the load ran (the commit's above all), read
+    # before the idle exit: a figure that does not depend on the broker's speed.
+    paused = pauses("http://127.0.0.1:9464/metrics") if "--passthrough" not in flags else None
     summary = bench.finish_resevent(child)
+    summary["paused"] = paused
     summary.update(offered=rate, achieved=load.records / load.seconds, seconds=load.seconds,
                    cores={"load producer": load_cpu / load.seconds, "Tansu": broker_cpu / load.seconds,
                           "instance": child.cpu_seconds / load.seconds})
@@ -205,6 +210,38 @@ def latency_run(bench, n, label, flags, env, rate, count):
         raise RuntimeError(f"{app_id} processed {summary['records']} of {load.records} records")
     log(f"  achieved {summary['achieved']:,.0f} records/s; latency_ms {summary['latency_ms']}")
     return summary
+
+
+def pauses(url):
+    """`resevent_processing_paused_seconds` by reason: how many, the mean and
+    the p99 bucket bound in ms; None when it cannot be read."""
+    try:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    except OSError:
+        return None
+    out = {}
+    for reason in ("commit", "cache-full", "revocation", "restore"):
+        def value(series):
+            m = re.search(r"^resevent_processing_paused_seconds_" + re.escape(series) + r" (\S+)$", text, re.M)
+            return float(m.group(1)) if m else None
+        count, total = value(f'count{{reason="{reason}"}}'), value(f'sum{{reason="{reason}"}}')
+        if not count:
+            continue
+        buckets = []
+        p99 = None
+        for m in re.finditer(r'^resevent_processing_paused_seconds_bucket\{([^}]*)\} (\S+)$', text, re.M):
+            labels = dict(kv.split("=", 1) for kv in m.group(1).split(","))
+            if labels.get("reason", "").strip('"') != reason:
+                continue
+            le = labels.get("le", "").strip('"')
+            bound = float("inf") if le == "+Inf" else float(le)
+            buckets.append((bound, float(m.group(2))))
+        for bound, cumulative in sorted(buckets):
+            if cumulative >= 0.99 * count:
+                p99 = bound * 1000
+                break
+        out[reason] = {"count": int(count), "mean_ms": 1000 * total / count, "p99_bound_ms": p99}
+    return out
 
 
 def restore(bench):

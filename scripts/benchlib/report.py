@@ -130,6 +130,10 @@ def report(bench, argv):
                          f"{ms['p50']} / {ms['p99']} / {ms['max']} ms",
                          f"p99 < {TARGETS['p99_ms']} ms" if target else "",
                          verdict(ms["p99"] is not None and ms["p99"] < TARGETS["p99_ms"]) if target else ""))
+            if lat.get("paused"):
+                rows.append(("2", f"processing paused while loaded, {lat['label']} (`resevent_processing_paused_seconds`)",
+                             "; ".join(f"{why}: {p['count']} × {p['mean_ms']:.1f} ms mean, p99 ≤ {p['p99_bound_ms']:.1f} ms" for why, p in lat["paused"].items()),
+                             "", ""))
     if "restore" in err:
         failed("restore", "3. restore")
     elif "restore" in r:
