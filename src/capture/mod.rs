@@ -6,41 +6,41 @@
 //! The pieces: `config` (layered settings), `format` (change document →
 //! record), `position` (where capture stands, stored in the records'
 //! headers, and how to resume exactly from it), `lease` (one writer per
-//! collection), `http` (health, readiness, metrics). This file wires them
-//! to MongoDB and Kafka. It processes no reservation logic.
+//! collection), `http` (health, readiness, metrics), `publisher` (sends
+//! with the position header, tracks what is acknowledged), `topic` (created
+//! when missing, read back at start). This file wires them to MongoDB and
+//! Kafka: the lease wait, the resume plan, the stream loop, and the stream's
+//! errors told apart. It processes no reservation logic.
 
 pub mod config;
 pub mod format;
 pub mod http;
 pub mod lease;
 pub mod position;
+mod publisher;
+mod topic;
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use futures_util::{FutureExt, StreamExt, TryStreamExt};
+use futures_util::{StreamExt, TryStreamExt};
 use mongodb::bson::{Bson, Document, doc};
 use mongodb::change_stream::ChangeStream;
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::error::ErrorKind;
 use mongodb::options::FullDocumentType;
-use rdkafka::Message;
-use rdkafka::admin::AdminClient;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::producer::FutureProducer;
 
 use self::config::CaptureConfig;
-use self::format::Outgoing;
 use self::http::{CaptureMetrics, now_ms};
 use self::lease::Lease;
-use self::position::{Checkpoint, LastRecord, Position, Replayed, ResumePlan};
-use crate::kafka::{self, ConnectionContext};
-use crate::config::KafkaSettings;
+use self::position::{Checkpoint, ResumePlan};
+use self::publisher::Publisher;
+use self::topic::{ensure_topic, read_last_records};
+use crate::kafka;
 
 /// Kafka metadata and read-back requests.
 const KAFKA_TIMEOUT: Duration = Duration::from_secs(30);
@@ -315,138 +315,6 @@ async fn copy_existing(cfg: &CaptureConfig, coll: &mongodb::Collection<Document>
     Ok(())
 }
 
-/// Sends records with their position header and tracks which are acknowledged.
-struct Publisher<'a> {
-    producer: &'a FutureProducer,
-    topic: &'a str,
-    partitions: i32,
-    metrics: Arc<CaptureMetrics>,
-    /// The seq the next record gets (0: not started).
-    next_seq: u64,
-    /// The newest checkpoint whose records are all acknowledged.
-    durable: Checkpoint,
-    /// Sent, in seq order: the checkpoint each completes, its event time
-    /// (unix ms, for the lag), whether a copy, and its delivery (none when
-    /// it was on the topic already).
-    in_flight: VecDeque<(Checkpoint, Option<i64>, bool, Delivery)>,
-    /// Records acknowledged by this process.
-    published: u64,
-}
-
-impl<'a> Publisher<'a> {
-    fn new(producer: &'a FutureProducer, topic: &'a str, partitions: i32, metrics: Arc<CaptureMetrics>) -> Self {
-        Publisher { producer, topic, partitions, metrics, next_seq: 0, durable: Checkpoint { seq: 0, resume_after: None, copying: false, cluster_secs: 0 }, in_flight: VecDeque::new(), published: 0 }
-    }
-
-    fn start(&mut self, next_seq: u64, durable: Checkpoint) {
-        debug_assert!(self.in_flight.is_empty());
-        self.next_seq = next_seq;
-        self.durable = durable;
-    }
-
-    async fn publish_copy(&mut self, out: Outgoing) -> anyhow::Result<()> {
-        let seq = self.next_seq;
-        let done = Checkpoint { seq, resume_after: None, copying: true, cluster_secs: self.durable.cluster_secs };
-        self.send(out, seq, done, true).await
-    }
-
-    async fn publish_change(&mut self, out: Outgoing, replay: &mut BTreeMap<i32, (u64, Option<serde_json::Value>)>) -> anyhow::Result<()> {
-        let seq = self.next_seq;
-        let done = Checkpoint { seq, resume_after: Some(out.id.clone()), copying: false, cluster_secs: out.cluster_secs.unwrap_or(self.durable.cluster_secs) };
-        if !replay.is_empty() {
-            let partition = position::partition_for(&out.key, self.partitions);
-            match position::replayed(replay, partition, seq, &out.id) {
-                Replayed::Publish => {}
-                Replayed::Skip => {
-                    tracing::debug!(seq, partition, "replayed change already on the topic; skipped");
-                    self.next_seq += 1;
-                    self.in_flight.push_back((done, None, false, Delivery::AlreadyThere));
-                    return Ok(());
-                }
-                Replayed::Diverged { stored } => {
-                    return Err(CaptureError::Diverged { partition, seq, stored: stored.map(|s| s.to_string()).unwrap_or_default(), got: out.id.to_string() }.into());
-                }
-            }
-            // Past every partition's last record: nothing more to compare.
-            if replay.values().all(|(last, _)| *last < seq) {
-                replay.clear();
-            }
-        }
-        self.send(out, seq, done, false).await
-    }
-
-    async fn send(&mut self, out: Outgoing, seq: u64, done: Checkpoint, copy: bool) -> anyhow::Result<()> {
-        self.drain()?;
-        let position = Position { seq, partitions: self.partitions, durable: self.durable.clone() };
-        let header = serde_json::to_vec(&position).expect("JSON");
-        let partition = position::partition_for(&out.key, self.partitions);
-        let record = FutureRecord::to(self.topic)
-            .partition(partition)
-            .key(out.key.as_slice())
-            .payload(out.value.as_slice())
-            .headers(OwnedHeaders::new().insert(Header { key: position::HEADER, value: Some(header.as_slice()) }));
-        let delivery = kafka::send(self.producer, record).await.map_err(|f| anyhow::anyhow!("{f}"))?;
-        self.next_seq = seq + 1;
-        self.in_flight.push_back((done, out.event_ms, copy, Delivery::Pending(delivery)));
-        Ok(())
-    }
-
-    /// Moves the durable checkpoint over the acknowledged front of what was sent.
-    fn drain(&mut self) -> anyhow::Result<()> {
-        let (mut changes, mut copies, mut lag) = (0, 0, None);
-        while let Some((_, _, _, delivery)) = self.in_flight.front_mut() {
-            if let Delivery::Pending(d) = delivery {
-                match d.now_or_never() {
-                    None => break,
-                    Some(Ok(Ok(_))) => *delivery = Delivery::Acked,
-                    Some(Ok(Err((e, _)))) => anyhow::bail!("the broker did not acknowledge a change event: {e}"),
-                    Some(Err(_)) => anyhow::bail!("the producer dropped a change event's delivery report"),
-                }
-            }
-            let (done, event_ms, copy, delivery) = self.in_flight.pop_front().expect("front");
-            if matches!(delivery, Delivery::Acked) {
-                if copy {
-                    copies += 1;
-                } else {
-                    changes += 1;
-                }
-                if let Some(ms) = event_ms {
-                    lag = Some(now_ms() - ms);
-                }
-            }
-            self.durable = done;
-        }
-        if changes + copies > 0 {
-            self.published += changes + copies;
-            self.metrics.acknowledged(changes, copies, lag);
-            self.metrics.durable_at(i64::from(self.durable.cluster_secs) * 1000);
-        }
-        Ok(())
-    }
-
-    /// Waits until everything sent is acknowledged.
-    async fn flush(&mut self) -> anyhow::Result<()> {
-        for (_, _, _, delivery) in self.in_flight.iter_mut() {
-            if let Delivery::Pending(d) = delivery {
-                match d.await {
-                    Ok(Ok(_)) => *delivery = Delivery::Acked,
-                    Ok(Err((e, _))) => anyhow::bail!("the broker did not acknowledge a change event: {e}"),
-                    Err(_) => anyhow::bail!("the producer dropped a change event's delivery report"),
-                }
-            }
-        }
-        self.drain()
-    }
-}
-
-/// Where a sent record stands.
-enum Delivery {
-    Pending(DeliveryFuture),
-    Acked,
-    /// A replayed change found on the topic already: not sent again.
-    AlreadyThere,
-}
-
 /// The token as the driver takes it.
 fn to_resume_token(json: &serde_json::Value) -> anyhow::Result<ResumeToken> {
     let bson = Bson::try_from(json.clone()).map_err(|e| anyhow::anyhow!("stored resume token {json} is not Extended JSON: {e}"))?;
@@ -495,106 +363,3 @@ fn plan_summary(plan: &ResumePlan) -> String {
     }
 }
 
-/// Creates the topic if missing; returns its partition count.
-async fn ensure_topic(cfg: &CaptureConfig, kcfg: &KafkaSettings<'_>, topic: &str) -> anyhow::Result<i32> {
-    let client = kafka::client_config(kcfg);
-    let probe: BaseConsumer<ConnectionContext> = kafka::topics::probe_config(&kafka::with_settings(&client, kcfg.consumer)).create_with_context(ConnectionContext::default())?;
-    let count = |probe: &BaseConsumer<ConnectionContext>| -> anyhow::Result<Option<i32>> {
-        let ids = tokio::task::block_in_place(|| kafka::topics::partition_ids(probe, topic, KAFKA_TIMEOUT)).map_err(|e| kafka::explain(format!("reading metadata of {topic:?} from {}: {e}", kcfg.bootstrap_servers), probe.context()))?;
-        Ok(ids.map(|ids| ids.len() as i32))
-    };
-    if let Some(n) = count(&probe)? {
-        return Ok(n);
-    }
-    if !cfg.create_topic {
-        anyhow::bail!("topic {topic:?} does not exist and topic creation is off");
-    }
-    let admin: AdminClient<rdkafka::client::DefaultClientContext> = client.create()?;
-    let spec = kafka::topics::TopicSpec { name: topic.to_owned(), partitions: cfg.partitions.unwrap_or(-1), configs: Vec::new() };
-    kafka::topics::create(&admin, &[spec], cfg.replication_factor, KAFKA_TIMEOUT).await?;
-    let deadline = Instant::now() + KAFKA_TIMEOUT;
-    loop {
-        if let Some(n) = count(&probe)? {
-            tracing::info!(topic, partitions = n, "topic ready");
-            return Ok(n);
-        }
-        anyhow::ensure!(Instant::now() < deadline, "topic {topic:?} was created but has no partitions after {KAFKA_TIMEOUT:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-
-/// The last record of every non-empty partition, with its position header.
-fn read_last_records(kcfg: &KafkaSettings, topic: &str, partitions: i32) -> anyhow::Result<Vec<LastRecord>> {
-    // Connection failures surface earlier, in ensure_topic's probe.
-    let consumer: BaseConsumer<kafka::EndOfPartition> = kafka::reader_config(kcfg, "resevent-capture-position").create_with_context(kafka::EndOfPartition { what: "capture read-back" })?;
-    let ends = || -> anyhow::Result<Vec<(i64, i64)>> {
-        (0..partitions).map(|p| consumer.fetch_watermarks(topic, p, KAFKA_TIMEOUT).map_err(|e| anyhow::anyhow!("reading the offsets of {topic:?} partition {p}: {e}"))).collect()
-    };
-    // A killed predecessor's last produce requests may still be in the
-    // broker's socket (the kernel delivers what the process had written) and
-    // be appended after we look. No one else writes to the topic now (we hold
-    // the lease), so its end offsets settle once they are in: wait until they
-    // stay put for SETTLE. (On Apache Kafka a transactional producer would
-    // fence them instead; see lease.rs for why capture does not use one.)
-    let deadline = Instant::now() + KAFKA_TIMEOUT;
-    let mut offsets = ends()?;
-    loop {
-        std::thread::sleep(SETTLE);
-        let again = ends()?;
-        if again == offsets {
-            break;
-        }
-        tracing::info!(before = ?offsets, now = ?again, "the topic's end offsets moved (a predecessor's last records landing); waiting for them to settle");
-        anyhow::ensure!(Instant::now() < deadline, "the end offsets of {topic:?} did not settle within {KAFKA_TIMEOUT:?}; is another writer producing to it?");
-        offsets = again;
-    }
-    let mut tpl = TopicPartitionList::new();
-    let mut wanted = BTreeMap::new();
-    for (p, (low, high)) in offsets.into_iter().enumerate() {
-        if high > low {
-            tpl.add_partition_offset(topic, p as i32, Offset::Offset(high - 1))?;
-            wanted.insert(p as i32, high - 1);
-        }
-    }
-    if wanted.is_empty() {
-        return Ok(Vec::new());
-    }
-    consumer.assign(&tpl)?;
-    // Read from there to the end of each partition and keep the last record:
-    // with Tansu 0.6 the record at end - 1 was seen not to be the last one
-    // (its end offset seems to point into the last batch), and reading on
-    // costs nothing where it is.
-    let deadline = Instant::now() + KAFKA_TIMEOUT;
-    // Per partition: the newest record's offset, position header and value.
-    type Newest = (i64, Option<Vec<u8>>, Option<Vec<u8>>);
-    let mut newest: BTreeMap<i32, Newest> = BTreeMap::new();
-    while !wanted.is_empty() {
-        anyhow::ensure!(Instant::now() < deadline, "could not read the last records of {topic:?} (partitions {:?}) within {KAFKA_TIMEOUT:?}", wanted.keys().collect::<Vec<_>>());
-        let Some(m) = consumer.poll(Duration::from_millis(200)) else { continue };
-        let m = match m {
-            Ok(m) => m,
-            Err(rdkafka::error::KafkaError::PartitionEOF(p)) => {
-                if newest.contains_key(&p) {
-                    wanted.remove(&p);
-                }
-                continue;
-            }
-            Err(e) => anyhow::bail!("reading the last records of {topic:?}: {e}"),
-        };
-        let header = m.headers().and_then(|h| h.iter().find(|h| h.key == position::HEADER).and_then(|h| h.value.map(<[u8]>::to_vec)));
-        if newest.get(&m.partition()).is_none_or(|(o, _, _)| *o < m.offset()) {
-            newest.insert(m.partition(), (m.offset(), header, m.payload().map(<[u8]>::to_vec)));
-        }
-    }
-    let mut last = Vec::new();
-    for (partition, (_, header, payload)) in newest {
-        let Some(header) = header else {
-            return Err(CaptureError::Position(position::PositionError::Foreign { partition, why: "no header".into() }).into());
-        };
-        let position: Position = serde_json::from_slice(&header).map_err(|e| CaptureError::Position(position::PositionError::Foreign { partition, why: e.to_string() }))?;
-        let id = payload.and_then(|v| serde_json::from_slice::<serde_json::Value>(&v).ok()).and_then(|v| v.get("_id").cloned());
-        last.push(LastRecord { partition, position, id });
-    }
-    Ok(last)
-}
