@@ -212,12 +212,7 @@ fn broker_gone_for_30_seconds_mid_stream_loses_nothing() {
         let revoked = log.contains("commit before revocation failed") && log.matches("partitions assigned").count() >= 2;
         retried || revoked
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !recovered(&instance.text()) {
-        assert!(instance.is_running(), "resevent stopped; log {}", instance.log.display());
-        assert!(std::time::Instant::now() < deadline, "the outage failed no commit, or the service did not recover from it within 120 s; log {}", instance.log.display());
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    instance.wait_until(Duration::from_secs(120), "a commit failed by the outage and the recovery from it", recovered);
     assert_eq!(instance.terminate(), Some(0));
 }
 

@@ -114,7 +114,9 @@ impl Instance {
         find(&self.text()).unwrap()
     }
 
-    fn wait_until(&self, within: Duration, what: &str, seen: impl Fn(&str) -> bool) {
+    /// Waits until `seen` holds for the whole log (`what` names it in the
+    /// panic). Panics as [`Instance::wait_log`] does.
+    pub fn wait_until(&self, within: Duration, what: &str, seen: impl Fn(&str) -> bool) {
         let deadline = Instant::now() + within;
         loop {
             // Whether it exited is read before the log, so a line written
