@@ -178,8 +178,7 @@ fn event_types(args: &TailArgs) -> BTreeSet<&str> {
     let types: BTreeSet<&str> = args.event_type.iter().map(String::as_str).collect();
     for t in &types {
         if crate::pipeline::EventType::from_name(t).is_none() {
-            let known: Vec<&str> = crate::pipeline::EventType::ALL.iter().map(|e| e.name()).collect();
-            eprintln!("resevent tail: --event-type {t} is not a type this build knows ({}); only records whose eventType header says {t} are printed", known.join(", "));
+            eprintln!("resevent tail: --event-type {t} is not a type this build knows ({}); only records whose eventType header says {t} are printed", crate::pipeline::EventType::known_names());
         }
     }
     types

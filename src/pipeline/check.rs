@@ -102,15 +102,11 @@ fn rule(n: usize, row: &RuleRow, problems: &mut Problems) -> Option<Rule> {
         match EventType::from_name(e) {
             Some(t) if emit.contains(&t) => problems.push(format!("rule {n}: emits {e} twice; list each event type once")),
             Some(t) => emit.push(t),
-            None => problems.push(format!("rule {n}: event type {e:?} is unknown; use one of {}", known_event_types())),
+            None => problems.push(format!("rule {n}: event type {e:?} is unknown; use one of {}", EventType::known_names())),
         }
     }
     let (from, to) = (from?, to?);
     (problems.len() == before).then_some(Rule { row: n, from, to, changed, emit })
-}
-
-fn known_event_types() -> String {
-    EventType::ALL.iter().map(|e| e.name()).collect::<Vec<_>>().join(", ")
 }
 
 /// Indexes the rules by transition, and rejects the ones that can never
@@ -221,7 +217,7 @@ fn timers(rows: Vec<TimerRowFile>, problems: &mut Problems) -> Vec<TimerRow> {
 fn timer(n: usize, row: &TimerRowFile, earlier: &[TimerRow], problems: &mut Problems) -> Option<TimerRow> {
     let event = EventType::from_name(&row.event);
     match event {
-        None => problems.push(format!("timer {n}: event type {:?} is unknown; use one of {}", row.event, known_event_types())),
+        None => problems.push(format!("timer {n}: event type {:?} is unknown; use one of {}", row.event, EventType::known_names())),
         Some(e) if earlier.iter().any(|t| t.event == e) => {
             problems.push(format!("timer {n}: {} has a timer already; one timer row per event type (its eventIds are made from it)", e.name()));
         }

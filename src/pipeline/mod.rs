@@ -100,6 +100,11 @@ impl EventType {
         }
     }
 
+    /// Every event type's name, comma-separated, for messages that list them.
+    pub fn known_names() -> String {
+        EventType::ALL.iter().map(|e| e.name()).collect::<Vec<_>>().join(", ")
+    }
+
     pub fn from_name(name: &str) -> Option<EventType> {
         EventType::ALL.into_iter().find(|e| e.name() == name)
     }
