@@ -3,15 +3,15 @@
 //!
 //! Records are processed and their outputs sent without waiting; new states
 //! wait in the [`WriteBackCache`]. Every `commit_interval_ms`, when the cache
-//! is full, at revocation and at shutdown, [`Coordinator::commit`] makes the
-//! interval durable, in this order:
+//! is full, at revocation and at shutdown, the interval ends and is made
+//! durable, in this order:
 //!
 //! at-least-once
-//! 1. every business event, route and dead letter sent is acknowledged;
-//! 2. the interval's dirty states go to the changelog and are acknowledged;
+//! 1. every business event, route and dead letter it sent is acknowledged;
+//! 2. its dirty states go to the changelog and are acknowledged;
 //! 3. each task's states and changelog checkpoint are written to RocksDB in
 //!    one WriteBatch;
-//! 4. the input offsets are committed.
+//! 4. its input offsets are committed.
 //!
 //! exactly-once: the interval is one transaction; step 2's records and the
 //! input offsets join it, the transaction commits, then step 3.
@@ -23,8 +23,24 @@
 //! from it never hides an event that was never written. A local store behind
 //! the changelog is caught up by restore.
 //!
-//! A failure anywhere rewinds the interval: the dirty states are dropped,
-//! the input is sought back to where the interval began, and the same
+//! **Off the processing path** (at-least-once). The loop does not wait for
+//! the acknowledgements: [`Coordinator::begin`] ends the interval (its sends
+//! are sealed into their own epoch, its states frozen in the cache) and
+//! [`Coordinator::advance`] takes each step as soon as the one before it is
+//! acknowledged, while the next interval is processed. At most one interval
+//! is committing; its states stay readable in the cache's frozen generation
+//! until its WriteBatch is done. The next interval's outputs may reach the
+//! broker before the committing one's changelog: that breaks nothing above,
+//! since each changelog record reflects only events of its own interval,
+//! which were acknowledged before it was sent. When the next interval is due
+//! while one is still committing, processing goes on until the cache bound,
+//! then waits for the commit (the loop counts that wait as a `cache-full`
+//! pause). Exactly-once commits synchronously: a transaction's records
+//! cannot be sent while the last one commits.
+//!
+//! A failure anywhere rewinds every interval not committed — the committing
+//! one and the one processing: the dirty states of both are dropped, the
+//! input is sought back to where the committing interval began, and the same
 //! records are processed again (eventIds repeat; nothing is lost, and each
 //! reservation's events keep their order). The I/O comes in through
 //! [`CommitIo`], so this ordering is unit-tested without a broker.
@@ -71,19 +87,23 @@ impl Progress {
     }
 }
 
-
-/// The I/O a commit needs, one method a step. Blocking: a commit also runs
-/// inside the rebalance callback (revocation), which cannot await; the
-/// service's loop calls it through `block_in_place`.
+/// The I/O a commit needs, one method a step. Blocking where it waits: a
+/// commit also runs inside the rebalance callback (revocation), which
+/// cannot await; the service's loop calls it through `block_in_place`.
 pub trait CommitIo {
-    /// At-least-once step 1: every record sent so far is acknowledged.
-    fn flush_outputs(&mut self) -> Result<(), Fault>;
-    /// Step 2: sends the dirty states to the changelog (not waiting).
-    fn send_changelog(&mut self, dirty: &DirtyStates) -> Result<(), Fault>;
-    /// Ends step 2: at-least-once waits for the changelog's
-    /// acknowledgements; exactly-once commits the transaction with `offsets`.
-    /// Returns, per task, the changelog offset its state is complete up to.
-    fn finish(&mut self, offsets: &BTreeMap<InputPartition, i64>) -> Result<BTreeMap<i32, u64>, Fault>;
+    /// Ends the current epoch of sends: what is sent from now on belongs to
+    /// the next interval. Returns the epoch ended.
+    fn seal(&mut self) -> Result<u64, Fault>;
+    /// Whether every record sent in `epoch` is acknowledged: `None` while
+    /// some are in flight, the first failure as soon as one is reported.
+    /// With `wait`, blocks until it is one or the other.
+    fn acknowledged(&mut self, epoch: u64, wait: bool) -> Option<Result<(), Fault>>;
+    /// Step 2: sends the dirty states to the changelog, in `epoch` (not waiting).
+    fn send_changelog(&mut self, epoch: u64, dirty: &DirtyStates) -> Result<(), Fault>;
+    /// Exactly-once: commits the transaction (every record of `epoch`) with `offsets`.
+    fn commit_transaction(&mut self, epoch: u64, offsets: &BTreeMap<InputPartition, i64>) -> Result<(), Fault>;
+    /// Per task, the changelog offset `epoch`'s states are complete up to.
+    fn changelog_next(&mut self, epoch: u64) -> BTreeMap<i32, u64>;
     /// Step 3: one task's states and changelog checkpoint, in one WriteBatch.
     fn write_state(&mut self, task: i32, states: &[(String, Option<Vec<u8>>)], changelog_next: Option<u64>) -> Result<(), Fault>;
     /// At-least-once step 4.
@@ -100,20 +120,46 @@ pub trait CommitIo {
 pub struct Committed {
     pub states: usize,
     pub partitions: usize,
+    /// From the interval's end to its offsets committed.
     pub took: Duration,
+    /// Of that, how long the processing loop spent on it (sealing, encoding,
+    /// queueing the changelog, the WriteBatch, and any wait).
+    pub paused: Duration,
+}
+
+/// The interval whose commit is under way while the next one is processed.
+struct InFlight {
+    /// Its sends' epoch, and its states' cache generation.
+    epoch: u64,
+    generation: u64,
+    dirty: DirtyStates,
+    progress: Progress,
+    /// Stream time as the interval left it.
+    clocks: BTreeMap<i32, StreamClock>,
+    /// Due-time index entries it used up.
+    used: Vec<(i32, Pending)>,
+    /// Step 1 is done and step 2's records are queued.
+    changelog_sent: bool,
+    started: Instant,
+    paused: Duration,
 }
 
 pub struct Coordinator {
     pub cache: WriteBackCache,
+    /// The interval processing now.
     pub progress: Progress,
-    /// Stream time of each task, as this interval moved it; a rewind puts
-    /// back what the last commit saw, since the same records move it again.
+    /// Stream time of each task, as the intervals not yet committed moved
+    /// it; a rewind puts back what the last commit saw, since the same
+    /// records move it again.
     pub clocks: BTreeMap<i32, StreamClock>,
     committed_clocks: BTreeMap<i32, StreamClock>,
-    /// Due-time index entries this interval used up: deleted once its
-    /// states are committed ([`Coordinator::take_used`]), kept on a rewind
-    /// (the timers fire again when the interval is processed again).
+    /// Due-time index entries the interval processing used up.
     used: Vec<(i32, Pending)>,
+    /// Those of committed intervals, to delete ([`Coordinator::take_used`]).
+    /// A rewind keeps the entries (the timers fire again when the interval
+    /// is processed again).
+    used_committed: Vec<(i32, Pending)>,
+    committing: Option<InFlight>,
     interval: Duration,
     exactly_once: bool,
     last_commit: Instant,
@@ -127,6 +173,8 @@ impl Coordinator {
             clocks: BTreeMap::new(),
             committed_clocks: BTreeMap::new(),
             used: Vec::new(),
+            used_committed: Vec::new(),
+            committing: None,
             interval,
             exactly_once,
             last_commit: Instant::now(),
@@ -140,15 +188,18 @@ impl Coordinator {
 
     /// The used entries of the intervals committed so far, to delete.
     pub fn take_used(&mut self) -> Vec<(i32, Pending)> {
-        std::mem::take(&mut self.used)
+        std::mem::take(&mut self.used_committed)
     }
 
-    /// A task moved away: its stream time goes with it.
+    /// A task moved away: its stream time goes with it. Called when no
+    /// commit is under way (a revocation commits first).
     pub fn drop_task(&mut self, task: i32) {
+        debug_assert!(self.committing.is_none(), "a task dropped during a commit");
         self.cache.drop_task(task);
         self.clocks.remove(&task);
         self.committed_clocks.remove(&task);
         self.used.retain(|(t, _)| *t != task);
+        self.used_committed.retain(|(t, _)| *t != task);
     }
 
     /// Whether the interval should end now: its time is up (and there is
@@ -162,62 +213,134 @@ impl Coordinator {
         self.interval.saturating_sub(now.duration_since(self.last_commit))
     }
 
-    /// Makes the interval durable in the module header's order, or rewinds
-    /// it. `Ok(None)`: there was nothing to commit.
+    /// An interval's commit is under way.
+    pub fn is_committing(&self) -> bool {
+        self.committing.is_some()
+    }
+
+    /// Whether commits overlap processing: at-least-once only.
+    pub fn overlaps(&self) -> bool {
+        !self.exactly_once
+    }
+
+    /// Makes everything processed durable, waiting for it: the commit under
+    /// way, then the current interval. Or rewinds both. `Ok(None)`: there
+    /// was nothing to commit. For revocation, shutdown and exactly-once.
     pub fn commit(&mut self, io: &mut impl CommitIo) -> Result<Option<Committed>, Fault> {
+        let earlier = self.advance(io, true)?;
+        let done = self.begin(io, true)?;
+        self.last_commit = Instant::now();
+        Ok(done.or(earlier))
+    }
+
+    /// Ends the interval: seals its sends, freezes its states and starts
+    /// its commit, which [`Coordinator::advance`] carries on (with `wait`,
+    /// to its end). Call only when no commit is under way. `Ok(Some)`: the
+    /// commit is done already; `Ok(None)`: under way, or nothing to commit.
+    pub fn begin(&mut self, io: &mut impl CommitIo, wait: bool) -> Result<Option<Committed>, Fault> {
+        debug_assert!(self.committing.is_none(), "one interval commits at a time");
         let started = Instant::now();
+        self.last_commit = started;
         if self.progress.is_empty() && self.cache.dirty_count() == 0 {
-            self.last_commit = started;
             return Ok(None);
         }
+        let epoch = match io.seal() {
+            Ok(epoch) => epoch,
+            Err(fault) => return Err(self.abandon(io, fault)),
+        };
         let dirty = self.cache.dirty_encoded();
-        match self.make_durable(io, &dirty) {
-            Ok(()) => {
-                self.cache.mark_clean();
-                self.committed_clocks = self.clocks.clone();
-                let done = Committed { states: dirty.iter().map(|(_, s)| s.len()).sum(), partitions: self.progress.next.len(), took: started.elapsed() };
-                self.progress = Progress::default();
-                self.last_commit = Instant::now();
-                Ok(Some(done))
+        let generation = self.cache.freeze();
+        self.committing = Some(InFlight {
+            epoch,
+            generation,
+            dirty,
+            progress: std::mem::take(&mut self.progress),
+            clocks: self.clocks.clone(),
+            used: std::mem::take(&mut self.used),
+            changelog_sent: false,
+            started,
+            paused: started.elapsed(),
+        });
+        self.advance(io, wait)
+    }
+
+    /// Takes the commit under way as far as its acknowledgements allow (with
+    /// `wait`, to its end). `Ok(Some)`: it is done; `Ok(None)`: still under
+    /// way, or none is. A failure rewinds every interval not committed.
+    pub fn advance(&mut self, io: &mut impl CommitIo, wait: bool) -> Result<Option<Committed>, Fault> {
+        let Some(flight) = self.committing.as_mut() else { return Ok(None) };
+        let started = Instant::now();
+        let done = steps(flight, io, wait, self.exactly_once);
+        flight.paused += started.elapsed();
+        match done {
+            Ok(false) => Ok(None),
+            Ok(true) => {
+                let flight = self.committing.take().expect("a commit under way");
+                self.cache.mark_clean(flight.generation);
+                self.committed_clocks = flight.clocks;
+                self.used_committed.extend(flight.used);
+                let states = flight.dirty.iter().map(|(_, s)| s.len()).sum();
+                Ok(Some(Committed { states, partitions: flight.progress.next.len(), took: flight.started.elapsed(), paused: flight.paused }))
             }
             Err(fault) => Err(self.abandon(io, fault)),
         }
     }
 
-    /// Gives the interval up after `fault`: seeks every partition back to
-    /// where the interval began, drops its states, and returns the fault (a
-    /// fatal one if the seek back failed). A caller that failed midway
-    /// through a batch records the batch's records in `progress` first, so
-    /// they are sought back too.
+    /// Gives up every interval not committed after `fault`: seeks each
+    /// partition back to where the earliest of them began, drops their
+    /// states, and returns the fault (a fatal one if the seek back failed).
+    /// A caller that failed midway through a batch records the batch's
+    /// records in `progress` first, so they are sought back too.
     pub fn abandon(&mut self, io: &mut impl CommitIo, fault: Fault) -> Fault {
-        let rewound = io.rewind(&self.progress.start);
+        let mut to = std::mem::take(&mut self.progress).start;
+        if let Some(flight) = self.committing.take() {
+            // The committing interval began earlier on every partition it read.
+            to.extend(flight.progress.start);
+        }
+        let rewound = io.rewind(&to);
         self.cache.drop_dirty();
         self.clocks = self.committed_clocks.clone();
         // Entries used since the last commit are still needed: the rewound
         // records fire their timers again.
         self.used.clear();
-        self.progress = Progress::default();
         self.last_commit = Instant::now();
         match rewound {
             Ok(()) => fault,
             Err(fatal) => Fault::Fatal(anyhow::anyhow!("{fault}; then {fatal}")),
         }
     }
+}
 
-    fn make_durable(&mut self, io: &mut impl CommitIo, dirty: &DirtyStates) -> Result<(), Fault> {
-        if !self.exactly_once {
-            io.flush_outputs()?;
+/// The steps of `flight`'s commit that its acknowledgements allow, in the
+/// module header's order. `Ok(true)`: all done.
+fn steps(flight: &mut InFlight, io: &mut impl CommitIo, wait: bool, exactly_once: bool) -> Result<bool, Fault> {
+    if exactly_once {
+        io.send_changelog(flight.epoch, &flight.dirty)?;
+        io.commit_transaction(flight.epoch, &flight.progress.next)?;
+    } else {
+        if !flight.changelog_sent {
+            // Step 1: the interval's outputs.
+            match io.acknowledged(flight.epoch, wait) {
+                None => return Ok(false),
+                Some(outputs) => outputs?,
+            }
+            io.send_changelog(flight.epoch, &flight.dirty)?;
+            flight.changelog_sent = true;
         }
-        io.send_changelog(dirty)?;
-        let changelog_next = io.finish(&self.progress.next)?;
-        for (task, states) in dirty {
-            io.write_state(*task, states, changelog_next.get(task).copied())?;
+        // Step 2: its changelog records (the last of the epoch).
+        match io.acknowledged(flight.epoch, wait) {
+            None => return Ok(false),
+            Some(changelog) => changelog?,
         }
-        if !self.exactly_once && !self.progress.is_empty() {
-            io.commit_offsets(&self.progress.next)?;
-        }
-        Ok(())
     }
+    let changelog_next = io.changelog_next(flight.epoch);
+    for (task, states) in &flight.dirty {
+        io.write_state(*task, states, changelog_next.get(task).copied())?;
+    }
+    if !exactly_once && !flight.progress.is_empty() {
+        io.commit_offsets(&flight.progress.next)?;
+    }
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -226,12 +349,17 @@ mod tests {
     use crate::machine::ReservationState;
 
     /// Records the calls in order; fails the step named in `fail_at`.
+    /// Acknowledgements are in only when `acked` (or when waited for).
     #[derive(Default)]
     struct Recorder {
         calls: Vec<String>,
         fail_at: Option<&'static str>,
         /// The seek back fails too.
         fail_rewind: bool,
+        acked: bool,
+        epoch: u64,
+        /// Epochs whose changelog was sent: their next acknowledgement is the changelog's.
+        changelog_sent: Vec<u64>,
     }
 
     impl Recorder {
@@ -242,16 +370,29 @@ mod tests {
     }
 
     impl CommitIo for Recorder {
-        fn flush_outputs(&mut self) -> Result<(), Fault> {
-            self.step("flush outputs".into(), "flush")
+        fn seal(&mut self) -> Result<u64, Fault> {
+            self.epoch += 1;
+            self.step(format!("seal {}", self.epoch - 1), "seal")?;
+            Ok(self.epoch - 1)
         }
-        fn send_changelog(&mut self, dirty: &DirtyStates) -> Result<(), Fault> {
+        fn acknowledged(&mut self, epoch: u64, wait: bool) -> Option<Result<(), Fault>> {
+            if !wait && !self.acked {
+                return None;
+            }
+            let (what, kind) = if self.changelog_sent.contains(&epoch) { ("changelog", "changelog acks") } else { ("outputs", "output acks") };
+            Some(self.step(format!("{what} {epoch} acknowledged"), kind))
+        }
+        fn send_changelog(&mut self, epoch: u64, dirty: &DirtyStates) -> Result<(), Fault> {
+            self.changelog_sent.push(epoch);
             let n: usize = dirty.iter().map(|(_, s)| s.len()).sum();
-            self.step(format!("changelog {n}"), "changelog")
+            self.step(format!("changelog {epoch}: {n}"), "changelog")
         }
-        fn finish(&mut self, offsets: &BTreeMap<InputPartition, i64>) -> Result<BTreeMap<i32, u64>, Fault> {
-            self.step(format!("finish {offsets:?}"), "finish")?;
-            Ok([(0, 17)].into())
+        fn commit_transaction(&mut self, epoch: u64, offsets: &BTreeMap<InputPartition, i64>) -> Result<(), Fault> {
+            self.step(format!("transaction {epoch} {offsets:?}"), "transaction")
+        }
+        /// Only partition 0 has a changelog position in this double.
+        fn changelog_next(&mut self, _epoch: u64) -> BTreeMap<i32, u64> {
+            [(0, 17)].into()
         }
         fn write_state(&mut self, task: i32, states: &[(String, Option<Vec<u8>>)], next: Option<u64>) -> Result<(), Fault> {
             self.step(format!("state {task} {} {next:?}", states.len()), "state")
@@ -265,30 +406,35 @@ mod tests {
         }
     }
 
-    fn interval(exactly_once: bool) -> Coordinator {
-        let mut c = Coordinator::new(WriteBackCache::new(1 << 20), Duration::from_secs(3600), exactly_once);
-        for (offset, id) in [(10, "a"), (11, "b"), (12, "a")] {
-            c.progress.record("raw", 0, offset);
-            c.cache.put(0, id, ReservationState::default());
-        }
-        c
+    fn state(room: &str) -> ReservationState {
+        ReservationState { fields: [None, Some(room.into()), None, None], ..Default::default() }
     }
 
-    fn run(c: &mut Coordinator, io: &mut Recorder) -> Result<Option<Committed>, Fault> {
-        c.commit(io)
+    /// Records `(partition, offset, reservation)` into the interval processing.
+    fn process(c: &mut Coordinator, records: &[(i32, i64, &str)]) {
+        for &(p, offset, id) in records {
+            c.progress.record("raw", p, offset);
+            c.cache.put(p, id, state(&offset.to_string()));
+        }
+    }
+
+    fn interval(exactly_once: bool) -> Coordinator {
+        let mut c = Coordinator::new(WriteBackCache::new(1 << 20), Duration::from_secs(3600), exactly_once);
+        process(&mut c, &[(0, 10, "a"), (0, 11, "b"), (0, 12, "a")]);
+        c
     }
 
     #[test]
     fn at_least_once_acknowledges_outputs_then_changelog_then_state_then_offsets() {
         let mut c = interval(false);
         let mut io = Recorder::default();
-        let done = run(&mut c, &mut io).unwrap().unwrap();
-        assert_eq!(io.calls, vec!["flush outputs", "changelog 2", "finish {(\"raw\", 0): 13}", "state 0 2 Some(17)", "offsets {(\"raw\", 0): 13}"]);
+        let done = c.commit(&mut io).unwrap().unwrap();
+        assert_eq!(io.calls, vec!["seal 0", "outputs 0 acknowledged", "changelog 0: 2", "changelog 0 acknowledged", "state 0 2 Some(17)", "offsets {(\"raw\", 0): 13}"]);
         assert_eq!(done.states, 2, "a reservation changed twice is written once");
-        assert!(c.progress.is_empty() && c.cache.dirty_count() == 0);
+        assert!(c.progress.is_empty() && c.cache.dirty_count() == 0 && !c.is_committing());
         // Nothing new: nothing to do.
         let mut io = Recorder::default();
-        assert_eq!(run(&mut c, &mut io).unwrap(), None);
+        assert_eq!(c.commit(&mut io).unwrap(), None);
         assert!(io.calls.is_empty());
     }
 
@@ -296,19 +442,19 @@ mod tests {
     fn exactly_once_commits_the_transaction_with_the_offsets_before_the_state() {
         let mut c = interval(true);
         let mut io = Recorder::default();
-        run(&mut c, &mut io).unwrap();
-        assert_eq!(io.calls, vec!["changelog 2", "finish {(\"raw\", 0): 13}", "state 0 2 Some(17)"]);
+        c.commit(&mut io).unwrap();
+        assert_eq!(io.calls, vec!["seal 0", "changelog 0: 2", "transaction 0 {(\"raw\", 0): 13}", "state 0 2 Some(17)"]);
     }
 
     #[test]
     fn a_failure_at_any_step_rewinds_the_interval_and_nothing_after_it_happens() {
-        for (fail_at, before) in [("flush", 1), ("changelog", 2), ("finish", 3), ("state", 4), ("offsets", 5)] {
+        for (fail_at, before) in [("seal", 0), ("output acks", 1), ("changelog", 2), ("changelog acks", 3), ("state", 4), ("offsets", 5)] {
             let mut c = interval(false);
             let mut io = Recorder { fail_at: Some(fail_at), ..Default::default() };
-            assert!(run(&mut c, &mut io).is_err());
-            assert_eq!(io.calls.len(), before + 1, "{fail_at}: {:?}", io.calls);
+            assert!(c.commit(&mut io).is_err());
+            assert_eq!(io.calls.len(), before + 2, "{fail_at}: {:?}", io.calls);
             assert_eq!(io.calls.last().unwrap(), "rewind {(\"raw\", 0): 10}", "{fail_at}: back to the interval's first record");
-            assert!(c.progress.is_empty(), "{fail_at}");
+            assert!(c.progress.is_empty() && !c.is_committing(), "{fail_at}");
             assert_eq!(c.cache.dirty_count(), 0, "{fail_at}: the uncommitted states are dropped");
             assert_eq!(c.cache.get(0, "a"), None, "{fail_at}");
         }
@@ -317,9 +463,67 @@ mod tests {
     #[test]
     fn a_rewind_that_cannot_seek_back_stops_the_instance() {
         let mut c = interval(false);
-        let mut io = Recorder { fail_at: Some("flush"), fail_rewind: true, ..Default::default() };
+        let mut io = Recorder { fail_at: Some("output acks"), fail_rewind: true, ..Default::default() };
         let err = c.commit(&mut io).unwrap_err();
         assert!(!err.is_transient(), "{err}");
+    }
+
+    #[test]
+    fn the_next_interval_is_processed_while_the_last_commits_and_each_commits_only_its_own() {
+        let mut c = interval(false);
+        let mut io = Recorder::default();
+        assert_eq!(c.begin(&mut io, false).unwrap(), None, "under way: the outputs are not acknowledged yet");
+        assert_eq!(io.calls, vec!["seal 0"]);
+        // The next interval reads the committing one's state and goes on.
+        assert_eq!(c.cache.get(0, "a"), Some(&state("12")));
+        process(&mut c, &[(0, 13, "a"), (1, 5, "c")]);
+        assert_eq!(c.advance(&mut io, false).unwrap(), None, "still nothing acknowledged");
+        io.acked = true;
+        let first = c.advance(&mut io, false).unwrap().expect("acknowledged: the commit ends");
+        assert_eq!(first.states, 2);
+        assert_eq!(io.calls[1..], ["outputs 0 acknowledged", "changelog 0: 2", "changelog 0 acknowledged", "state 0 2 Some(17)", "offsets {(\"raw\", 0): 13}"], "only the first interval's offsets");
+        assert_eq!(c.cache.dirty_count(), 2, "the next interval's states wait for their own commit");
+        assert_eq!(c.cache.get(0, "a"), Some(&state("13")));
+        io.calls.clear();
+        let second = c.commit(&mut io).unwrap().unwrap();
+        assert_eq!(second.states, 2);
+        assert_eq!(io.calls, vec!["seal 1", "outputs 1 acknowledged", "changelog 1: 2", "changelog 1 acknowledged", "state 0 1 Some(17)", "state 1 1 None", "offsets {(\"raw\", 0): 14, (\"raw\", 1): 6}"]);
+    }
+
+    #[test]
+    fn a_failure_in_the_committing_interval_rewinds_the_one_processing_too() {
+        for fail_at in ["output acks", "changelog", "changelog acks", "state"] {
+            let mut c = interval(false);
+            c.clocks.insert(0, StreamClock::default());
+            let mut io = Recorder { fail_at: Some(fail_at), ..Default::default() };
+            assert_eq!(c.begin(&mut io, false).unwrap(), None);
+            process(&mut c, &[(0, 13, "a"), (1, 5, "c")]);
+            c.clocks.insert(1, StreamClock::default());
+            io.acked = true;
+            assert!(c.advance(&mut io, false).is_err(), "{fail_at}");
+            assert_eq!(io.calls.last().unwrap(), "rewind {(\"raw\", 0): 10, (\"raw\", 1): 5}", "{fail_at}: each partition back to the earliest record not committed");
+            assert!(!io.calls.iter().any(|c| c.starts_with("offsets")), "{fail_at}");
+            assert!(!c.is_committing() && c.progress.is_empty(), "{fail_at}");
+            assert_eq!((c.cache.get(0, "a"), c.cache.get(1, "c"), c.cache.dirty_count()), (None, None, 0), "{fail_at}: both generations dropped");
+            assert_eq!(c.clocks.keys().collect::<Vec<_>>(), Vec::<&i32>::new(), "{fail_at}: stream time back to the last commit's");
+        }
+    }
+
+    #[test]
+    fn a_processing_failure_while_an_interval_commits_rewinds_both() {
+        let mut c = interval(false);
+        let mut io = Recorder::default();
+        c.begin(&mut io, false).unwrap();
+        process(&mut c, &[(0, 13, "b"), (0, 14, "d")]);
+        let fault = c.abandon(&mut io, Fault::Broker(anyhow::anyhow!("a batch failed")));
+        assert!(fault.is_transient());
+        assert_eq!(io.calls, vec!["seal 0", "rewind {(\"raw\", 0): 10}"]);
+        assert_eq!((c.cache.get(0, "b"), c.cache.get(0, "d"), c.is_committing()), (None, None, false));
+        // What comes next commits from a clean start.
+        process(&mut c, &[(0, 10, "a")]);
+        io.calls.clear();
+        c.commit(&mut io).unwrap().unwrap();
+        assert_eq!(io.calls.last().unwrap(), "offsets {(\"raw\", 0): 11}");
     }
 
     #[test]

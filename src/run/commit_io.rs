@@ -47,27 +47,30 @@ pub(super) fn offsets_list(offsets: &BTreeMap<InputPartition, i64>) -> Result<To
 }
 
 impl<X: ConsumerContext, C: Consumer<X>> CommitIo for ServiceIo<'_, X, C> {
-    fn flush_outputs(&mut self) -> Result<(), Fault> {
-        self.collector.flush()
+    fn seal(&mut self) -> Result<u64, Fault> {
+        self.collector.seal()
     }
 
-    fn send_changelog(&mut self, dirty: &DirtyStates) -> Result<(), Fault> {
+    fn acknowledged(&mut self, epoch: u64, wait: bool) -> Option<Result<(), Fault>> {
+        self.collector.acknowledged(epoch, wait)
+    }
+
+    fn send_changelog(&mut self, epoch: u64, dirty: &DirtyStates) -> Result<(), Fault> {
         for (task, states) in dirty {
             for (id, record) in states {
-                self.collector.send_changelog(*task, id, record.as_deref())?;
+                self.collector.send_changelog(epoch, *task, id, record.as_deref())?;
             }
         }
         Ok(())
     }
 
-    fn finish(&mut self, offsets: &BTreeMap<InputPartition, i64>) -> Result<BTreeMap<i32, u64>, Fault> {
-        if self.collector.is_transactional() {
-            let group = self.consumer.group_metadata().ok_or_else(|| Fault::Fatal(anyhow::anyhow!("no consumer group metadata for the transaction")))?;
-            self.collector.commit_transaction(&offsets_list(offsets)?, &group)?;
-        } else {
-            self.collector.flush()?;
-        }
-        Ok(self.collector.take_changelog_next())
+    fn commit_transaction(&mut self, epoch: u64, offsets: &BTreeMap<InputPartition, i64>) -> Result<(), Fault> {
+        let group = self.consumer.group_metadata().ok_or_else(|| Fault::Fatal(anyhow::anyhow!("no consumer group metadata for the transaction")))?;
+        self.collector.commit_transaction(epoch, &offsets_list(offsets)?, &group)
+    }
+
+    fn changelog_next(&mut self, epoch: u64) -> BTreeMap<i32, u64> {
+        self.collector.changelog_next(epoch)
     }
 
     fn write_state(&mut self, task: i32, states: &[(String, Option<Vec<u8>>)], changelog_next: Option<u64>) -> Result<(), Fault> {
@@ -92,7 +95,9 @@ impl<X: ConsumerContext, C: Consumer<X>> CommitIo for ServiceIo<'_, X, C> {
     }
 
     fn rewind(&mut self, to: &BTreeMap<InputPartition, i64>) -> Result<(), Fault> {
-        self.collector.abandon();
+        if let Err(e) = self.collector.abandon() {
+            return Err(Fault::Fatal(anyhow::anyhow!("{e}; stopping, so that the next start reads the interval from the committed offset")));
+        }
         let owned = self.consumer.assignment().map_err(|e| Fault::Fatal(anyhow::anyhow!("reading the assignment to rewind: {e}")))?;
         for ((topic, p), offset) in to {
             if let Err(e) = self.consumer.seek(topic, *p, Offset::Offset(*offset), Duration::from_secs(10)) {

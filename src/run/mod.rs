@@ -162,6 +162,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path
     if exactly_once {
         tracing::info!("exactly-once: transactional producer ready; one transaction per commit interval");
     }
+    let acks = collector.wake();
     let tasks = TaskManager {
         coordinator: Coordinator::new(WriteBackCache::new(cfg.cache_max_bytes), interval, exactly_once),
         collector,
@@ -186,7 +187,7 @@ pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path
 
     metrics.set_allowlist(engine.pipeline.allowlist.describe());
     let watch = reload::PipelineWatch::new(pipeline_file);
-    let mut service = StreamThread { cfg: &cfg, engine, watch, consumer: &consumer, codec, registry, summary: RunSummary::default(), since_log: Counts::default(), last_log: Instant::now() };
+    let mut service = StreamThread { cfg: &cfg, engine, watch, consumer: &consumer, codec, registry, summary: RunSummary::default(), since_log: Counts::default(), last_log: Instant::now(), acks };
     let outcome = service.run_loop(shutdown.as_mut(), &mut restored).await;
 
     tracing::info!("shutting down: committing and leaving the group");

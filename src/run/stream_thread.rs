@@ -44,6 +44,9 @@ pub(super) struct StreamThread<'a> {
     pub(super) summary: RunSummary,
     pub(super) since_log: Counts,
     pub(super) last_log: Instant,
+    /// Woken by the producer when the committing interval's records are
+    /// acknowledged (or one failed): the commit's next step is due.
+    pub(super) acks: Arc<tokio::sync::Notify>,
 }
 
 impl StreamThread<'_> {
@@ -86,19 +89,17 @@ impl StreamThread<'_> {
                         }
                         input::Arrived::Error => Vec::new(),
                     },
+                    _ = self.acks.notified() => Vec::new(),
                     _ = tokio::time::sleep(wait) => Vec::new(),
                 }
             };
             let mut result = if batch.is_empty() { Ok(()) } else { self.process(&batch).await };
-            // On the interval only: committing early when the input looked
-            // quiet cut the drain rate from ~70k to ~54k records/s on Tansu
-            // (scripts/bench, side by side), for a reason not yet found.
-            // The loop waits for the commit (issue 20 takes it off this
-            // path); `resevent_processing_paused_seconds` says for how long.
-            if let (Ok(()), Some(why)) = (&result, self.due()) {
-                let started = Instant::now();
-                result = self.commit(false).map(|_| ());
-                self.consumer.context().metrics.paused(why, started.elapsed().as_secs_f64());
+            // On the interval (or the cache bound) only: committing early
+            // when the input looked quiet cut the drain rate from ~70k to
+            // ~54k records/s on Tansu (scripts/bench, side by side), for a
+            // reason not yet found.
+            if result.is_ok() {
+                result = self.step_commit();
             }
             match result {
                 Ok(()) => {
@@ -188,51 +189,97 @@ impl StreamThread<'_> {
         Ok(())
     }
 
-    /// Whether the interval is to be committed now, and why.
-    fn due(&self) -> Option<Pause> {
-        let tasks = self.consumer.context().tasks.lock().expect("tasks lock");
-        let c = &tasks.coordinator;
-        if !c.is_due(Instant::now()) {
-            None
-        } else if c.cache.is_full() {
-            Some(Pause::CacheFull)
-        } else {
-            Some(Pause::Commit)
-        }
-    }
-
     fn until_due(&self) -> Duration {
         self.consumer.context().tasks.lock().expect("tasks lock").coordinator.until_due(Instant::now())
     }
 
-    /// Commits the interval (the coordinator rewinds it on failure).
+    /// The commit's part of one turn of the loop, never waiting unless it
+    /// must: carries the commit under way as far as its acknowledgements
+    /// allow, and ends the interval when it is due. At-least-once, an
+    /// interval that is due while the last one still commits goes on
+    /// processing; only when the cache is full as well does the loop wait
+    /// for the commit (a `cache-full` pause). Exactly-once commits while
+    /// the loop waits (a `commit` pause): the next transaction's records
+    /// cannot go out before this one commits.
+    fn step_commit(&mut self) -> Result<(), Fault> {
+        let ctx = self.consumer.context();
+        let mut guard = ctx.tasks.lock().expect("tasks lock");
+        let tasks = &mut *guard;
+        let mut io = ServiceIo::new(&mut tasks.collector, &ctx.store, self.consumer, false);
+        let c = &mut tasks.coordinator;
+        let mut finished = Vec::new();
+        tokio::task::block_in_place(|| {
+            if !c.overlaps() {
+                if c.is_due(Instant::now()) {
+                    finished.extend(c.commit(&mut io)?);
+                }
+                return Ok::<(), Fault>(());
+            }
+            finished.extend(c.advance(&mut io, false)?);
+            if c.is_due(Instant::now()) {
+                if c.is_committing() && c.cache.is_full() {
+                    let started = Instant::now();
+                    let done = c.advance(&mut io, true)?;
+                    let waited = started.elapsed();
+                    ctx.metrics.paused(Pause::CacheFull, waited.as_secs_f64());
+                    // Counted once, as the wait it was.
+                    finished.extend(done.map(|d| Committed { paused: d.paused.saturating_sub(waited), ..d }));
+                }
+                if !c.is_committing() {
+                    finished.extend(c.begin(&mut io, false)?);
+                }
+            }
+            Ok(())
+        })?;
+        drop(guard);
+        for done in finished {
+            self.committed(done)?;
+        }
+        Ok(())
+    }
+
+    /// Commits everything processed, waiting for it (the coordinator
+    /// rewinds it on failure): at shutdown and before the timer index is
+    /// rebuilt.
     pub(super) fn commit(&mut self, sync_offsets: bool) -> Result<Option<Committed>, Fault> {
         let ctx = self.consumer.context();
-        let mut tasks = ctx.tasks.lock().expect("tasks lock");
-        let tasks = &mut *tasks;
+        let mut guard = ctx.tasks.lock().expect("tasks lock");
+        let tasks = &mut *guard;
         let mut io = ServiceIo::new(&mut tasks.collector, &ctx.store, self.consumer, sync_offsets);
         let done = tokio::task::block_in_place(|| tasks.coordinator.commit(&mut io))?;
-        // The index entries the committed intervals used up (a crash before
-        // this write leaves them as hints the state finds stale).
-        let used = tasks.coordinator.take_used();
-        if !used.is_empty() {
-            let store = ctx.store.lock().expect("store lock");
-            let mut by_task: BTreeMap<i32, StateBatch> = BTreeMap::new();
-            for (task, p) in used.iter().filter(|(t, _)| tasks.ready.contains(t)) {
-                by_task.entry(*task).or_default().unindex(p);
-            }
-            for (task, batch) in by_task {
-                store.commit(&task_name(task), batch)?;
-            }
-        }
+        drop(guard);
         if let Some(done) = done {
-            self.summary.acknowledged();
-            ctx.metrics.committed(done.took.as_secs_f64());
-            let (live, stalled) = ctx.store.lock().expect("store lock").health();
-            ctx.metrics.store(live, stalled);
-            tracing::debug!(states = done.states, partitions = done.partitions, took_ms = done.took.as_millis() as u64, "committed");
+            self.committed(done)?;
         }
         Ok(done)
+    }
+
+    /// After a commit: the index entries the committed intervals used up are
+    /// deleted (a crash before this write leaves them as hints the state
+    /// finds stale), and the commit is counted and logged.
+    fn committed(&mut self, done: Committed) -> Result<(), Fault> {
+        let ctx = self.consumer.context();
+        {
+            let mut tasks = ctx.tasks.lock().expect("tasks lock");
+            let used = tasks.coordinator.take_used();
+            if !used.is_empty() {
+                let store = ctx.store.lock().expect("store lock");
+                let mut by_task: BTreeMap<i32, StateBatch> = BTreeMap::new();
+                for (task, p) in used.iter().filter(|(t, _)| tasks.ready.contains(t)) {
+                    by_task.entry(*task).or_default().unindex(p);
+                }
+                for (task, batch) in by_task {
+                    store.commit(&task_name(task), batch)?;
+                }
+            }
+        }
+        self.summary.acknowledged();
+        ctx.metrics.committed(done.took.as_secs_f64());
+        ctx.metrics.paused(Pause::Commit, done.paused.as_secs_f64());
+        let (live, stalled) = ctx.store.lock().expect("store lock").health();
+        ctx.metrics.store(live, stalled);
+        tracing::debug!(states = done.states, partitions = done.partitions, took_ms = done.took.as_millis() as u64, paused_ms = done.paused.as_millis() as u64, "committed");
+        Ok(())
     }
 
     /// One batch: decode, apply, send every output without waiting, keep

@@ -3,10 +3,15 @@
 //! Streams' `RecordCollector`.
 //!
 //! A send only queues the record. Acknowledgements arrive on the producer's
-//! own thread ([`CollectorContext::delivery`]), which remembers the first
-//! failure, the changelog's highest acknowledged offset per partition and
-//! each business event's latency. The commit coordinator asks for them at
-//! [`RecordCollector::flush`]; a failure there rewinds the interval.
+//! own thread ([`CollectorContext::delivery`]), which counts them per
+//! *epoch* (the sends of one commit interval), remembers each epoch's first
+//! failure and its changelog's highest acknowledged offset per partition, and
+//! records each business event's latency. The commit coordinator seals an
+//! epoch when its interval ends ([`RecordCollector::seal`]) and asks whether
+//! it is acknowledged ([`RecordCollector::acknowledged`]) without waiting,
+//! while the next interval's records go out in the next epoch; a failure
+//! there rewinds the interval. When the epoch it waits for is complete, the
+//! delivery wakes the loop ([`RecordCollector::wake`]).
 //!
 //! Every call blocks the calling thread (they also run in the rebalance
 //! callback); the service loop makes them through `block_in_place`. A send
@@ -19,7 +24,7 @@
 //! partition) arrive in the order they were sent.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -31,6 +36,7 @@ use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::TopicPartitionList;
+use tokio::sync::Notify;
 
 use crate::fault::Fault;
 use super::latency::Latency;
@@ -40,19 +46,42 @@ use crate::sink::deadletter::DeadLetter;
 /// given up as failed (and rewound). Within it, librdkafka keeps retrying.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The delivery opaque: what a record was, so its acknowledgement counts right.
+/// Epochs whose acknowledgements are counted apart. At most two are live
+/// (the interval committing and the one processing); the others are
+/// abandoned ones whose records may still be in flight (a broker outage
+/// rewinds once per retry), and a slot is reused only once its records are
+/// all reported ([`RecordCollector::seal`]).
+const EPOCH_SLOTS: usize = 64;
+/// The delivery opaque: the epoch's slot in the top bits, below it what the
+/// record was, so its acknowledgement counts right.
+const SLOT_SHIFT: u32 = 57;
 const CHANGELOG: usize = 0;
 const UNTIMED: usize = 1;
 /// A business event whose source record has a timestamp `t` (ms) is sent
 /// with `TIMED_BASE + t`.
 const TIMED_BASE: usize = 2;
 
-/// What the producer's delivery callbacks learn between two flushes.
-pub struct CollectorContext {
-    /// The first send that failed since the last flush, and to which topic.
+/// What the producer's delivery callbacks learn about one epoch's records.
+#[derive(Default)]
+struct Epoch {
+    /// Records sent and not yet reported. Counted up before the send, so a
+    /// report never finds it at zero.
+    pending: AtomicUsize,
+    /// The epoch's first send that failed, and to which topic. Written before
+    /// `pending` is counted down, so whoever sees zero sees the failure too.
     first_error: Mutex<Option<(KafkaError, String)>>,
     /// Per changelog partition, the offset after the highest acknowledged record.
     changelog_next: Mutex<BTreeMap<i32, u64>>,
+}
+
+/// What the producer's delivery callbacks learn, written on the producer's
+/// own thread and read by the collector.
+pub struct CollectorContext {
+    epochs: [Epoch; EPOCH_SLOTS],
+    /// The slot (plus one) the coordinator waits for; 0: none. Its last
+    /// report, or a failure in it, wakes [`CollectorContext::wake`].
+    watched: AtomicUsize,
+    wake: Arc<Notify>,
     /// Source record timestamp → business event acknowledged (shared with /metrics).
     latency: Arc<Mutex<Latency>>,
     /// Written by every delivery, waited on by a send that found the queue full.
@@ -94,30 +123,43 @@ impl ProducerContext for CollectorContext {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
-        match result {
-            Ok(m) => match opaque {
-                CHANGELOG => {
-                    let mut next = self.changelog_next.lock().expect("changelog lock");
-                    let e = next.entry(m.partition()).or_insert(0);
-                    *e = (*e).max(m.offset() as u64 + 1);
+        let slot = opaque >> SLOT_SHIFT;
+        let epoch = &self.epochs[slot];
+        let failed = match result {
+            Ok(m) => {
+                match opaque & ((1 << SLOT_SHIFT) - 1) {
+                    CHANGELOG => {
+                        let mut next = epoch.changelog_next.lock().expect("changelog lock");
+                        let e = next.entry(m.partition()).or_insert(0);
+                        *e = (*e).max(m.offset() as u64 + 1);
+                    }
+                    UNTIMED => {}
+                    t => self.latency.lock().expect("latency lock").record(crate::time::now_millis() - (t - TIMED_BASE) as i64),
                 }
-                UNTIMED => {}
-                t => self.latency.lock().expect("latency lock").record(crate::time::now_millis() - (t - TIMED_BASE) as i64),
-            },
+                false
+            }
             Err((e, m)) => {
-                let mut first = self.first_error.lock().expect("error lock");
+                let mut first = epoch.first_error.lock().expect("error lock");
                 if first.is_none() {
                     *first = Some((e.clone(), m.topic().to_owned()));
                 }
+                true
             }
+        };
+        let last = epoch.pending.fetch_sub(1, Ordering::AcqRel) == 1;
+        if (last || failed) && self.watched.load(Ordering::Acquire) == slot + 1 {
+            self.wake.notify_one();
         }
         self.room.freed();
     }
 }
 
-/// Queues `record`; when the producer's queue is full, waits for a delivery
-/// to make room. The one back-pressured send of every output.
-fn queue(producer: &ThreadedProducer<CollectorContext>, mut record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), Fault> {
+/// Queues `record` in `epoch`; when the producer's queue is full, waits for
+/// a delivery to make room. The one back-pressured send of every output.
+fn queue(producer: &ThreadedProducer<CollectorContext>, epoch: u64, mut record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), Fault> {
+    record.delivery_opaque |= slot(epoch) << SLOT_SHIFT;
+    let pending = &producer.context().epochs[slot(epoch)].pending;
+    pending.fetch_add(1, Ordering::AcqRel);
     loop {
         match producer.send(record) {
             Ok(()) => return Ok(()),
@@ -125,7 +167,10 @@ fn queue(producer: &ThreadedProducer<CollectorContext>, mut record: BaseRecord<'
                 record = r;
                 producer.context().room.wait(Duration::from_millis(10));
             }
-            Err((e, r)) => return Err(Fault::kafka(e, &format!("producing to {}", r.topic))),
+            Err((e, r)) => {
+                pending.fetch_sub(1, Ordering::AcqRel);
+                return Err(Fault::kafka(e, &format!("producing to {}", r.topic)));
+            }
         }
     }
 }
@@ -133,6 +178,8 @@ fn queue(producer: &ThreadedProducer<CollectorContext>, mut record: BaseRecord<'
 /// One producer for every output, sending without waiting.
 pub struct RecordCollector {
     producer: ThreadedProducer<CollectorContext>,
+    /// The epoch this collector's sends belong to: one per commit interval.
+    epoch: u64,
     /// To build a new producer when the old one failed for good.
     config: ClientConfig,
     changelog: String,
@@ -141,8 +188,12 @@ pub struct RecordCollector {
     in_transaction: bool,
 }
 
-fn context(latency: Arc<Mutex<Latency>>) -> CollectorContext {
-    CollectorContext { first_error: Mutex::new(None), changelog_next: Mutex::new(BTreeMap::new()), latency, room: Room::default() }
+fn context(latency: Arc<Mutex<Latency>>, wake: Arc<Notify>) -> CollectorContext {
+    CollectorContext { epochs: std::array::from_fn(|_| Epoch::default()), watched: AtomicUsize::new(0), wake, latency, room: Room::default() }
+}
+
+fn slot(epoch: u64) -> usize {
+    (epoch % EPOCH_SLOTS as u64) as usize
 }
 
 impl RecordCollector {
@@ -153,20 +204,97 @@ impl RecordCollector {
 
     /// As `new`, recording latencies into `latency` (which /metrics reads).
     pub fn with_latency(config: ClientConfig, changelog: String, latency: Arc<Mutex<Latency>>) -> anyhow::Result<RecordCollector> {
+        RecordCollector::create(config, changelog, latency, Arc::default(), 0)
+    }
+
+    fn create(config: ClientConfig, changelog: String, latency: Arc<Mutex<Latency>>, wake: Arc<Notify>, epoch: u64) -> anyhow::Result<RecordCollector> {
         let transactional = config.get("transactional.id").is_some();
-        let producer: ThreadedProducer<CollectorContext> = config.create_with_context(context(latency))?;
+        let producer: ThreadedProducer<CollectorContext> = config.create_with_context(context(latency, wake))?;
         if transactional {
             producer.init_transactions(FLUSH_TIMEOUT).map_err(|e| anyhow::anyhow!("exactly-once needs a broker with transactions: {e}"))?;
         }
-        Ok(RecordCollector { producer, config, changelog, transactional, in_transaction: false })
+        Ok(RecordCollector { producer, epoch, config, changelog, transactional, in_transaction: false })
     }
 
     /// Replaces a producer that failed for good (at-least-once only; what it
-    /// had not delivered is sent again by the rewound interval).
+    /// had not delivered is sent again by the rewound interval). The new one
+    /// starts a new epoch.
     pub fn renew(&mut self) -> anyhow::Result<()> {
-        let latency = self.producer.context().latency.clone();
-        *self = RecordCollector::with_latency(self.config.clone(), std::mem::take(&mut self.changelog), latency)?;
+        let ctx = self.producer.context();
+        let (latency, wake) = (ctx.latency.clone(), ctx.wake.clone());
+        *self = RecordCollector::create(self.config.clone(), std::mem::take(&mut self.changelog), latency, wake, self.epoch + 1)?;
         Ok(())
+    }
+
+    /// Woken when the epoch the coordinator waits for ([`Self::acknowledged`])
+    /// is complete or one of its records failed. Held by the loop, which
+    /// selects on it beside its input.
+    pub fn wake(&self) -> Arc<Notify> {
+        self.producer.context().wake.clone()
+    }
+
+    /// The epoch the sends go to now.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Ends the current epoch (an interval's sends) and returns it; what is
+    /// sent from now on belongs to the next epoch whose slot is free (a slot
+    /// still holding an abandoned epoch's records in flight is skipped; if
+    /// every one is, the next is waited for: their reports come within
+    /// `message.timeout.ms`).
+    pub fn seal(&mut self) -> Result<u64, Fault> {
+        let sealed = self.epoch;
+        let ctx = self.producer.context();
+        let free = |e: u64| ctx.epochs[slot(e)].pending.load(Ordering::Acquire) == 0;
+        let next = match (sealed + 1..sealed + EPOCH_SLOTS as u64).find(|&e| free(e)) {
+            Some(e) => e,
+            None => {
+                let deadline = std::time::Instant::now() + FLUSH_TIMEOUT;
+                while !free(sealed + 1) {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(Fault::Broker(anyhow::anyhow!("records of {EPOCH_SLOTS} abandoned intervals still unreported after {}s", FLUSH_TIMEOUT.as_secs())));
+                    }
+                    ctx.room.wait(Duration::from_millis(10));
+                }
+                sealed + 1
+            }
+        };
+        let epoch = &ctx.epochs[slot(next)];
+        epoch.first_error.lock().expect("error lock").take();
+        epoch.changelog_next.lock().expect("changelog lock").clear();
+        self.epoch = next;
+        Ok(sealed)
+    }
+
+    /// Whether every record of `epoch` is acknowledged: `None` while some
+    /// are in flight (and the collector's wake is armed for this epoch);
+    /// the first failure among them as soon as one is reported. With
+    /// `wait`, blocks until it is one or the other (at most the flush
+    /// timeout, then a failure).
+    pub fn acknowledged(&self, epoch: u64, wait: bool) -> Option<Result<(), Fault>> {
+        let ctx = self.producer.context();
+        let e = &ctx.epochs[slot(epoch)];
+        let deadline = std::time::Instant::now() + FLUSH_TIMEOUT;
+        loop {
+            // Armed before the check: a last report between the two still wakes.
+            ctx.watched.store(slot(epoch) + 1, Ordering::Release);
+            let done = e.pending.load(Ordering::Acquire) == 0;
+            if let Some((err, topic)) = e.first_error.lock().expect("error lock").take() {
+                return Some(Err(Fault::kafka(err, &format!("a record to {topic} was not acknowledged"))));
+            }
+            if done {
+                ctx.watched.store(0, Ordering::Release);
+                return Some(Ok(()));
+            }
+            if !wait {
+                return None;
+            }
+            if std::time::Instant::now() >= deadline {
+                return Some(Err(Fault::Broker(anyhow::anyhow!("outputs not acknowledged within {}s", FLUSH_TIMEOUT.as_secs()))));
+            }
+            ctx.room.wait(Duration::from_millis(10));
+        }
     }
 
     /// Exactly-once: the interval's transaction is open (begun at its first send).
@@ -182,7 +310,7 @@ impl RecordCollector {
     /// delivery to make room (the one back-pressured send of every output).
     fn send(&mut self, record: BaseRecord<'_, [u8], [u8], usize>) -> Result<(), Fault> {
         self.ensure_transaction()?;
-        queue(&self.producer, record)
+        queue(&self.producer, self.epoch, record)
     }
 
     /// A business event (JSON `payload`) to `topic`, keyed by reservation,
@@ -221,36 +349,28 @@ impl RecordCollector {
         self.send(r)
     }
 
-    /// A reservation's state to its task's changelog partition, inside a
-    /// commit (the outputs before it are acknowledged already). `None`
-    /// writes a tombstone: the reservation left the state (retention).
-    pub fn send_changelog(&mut self, partition: i32, id: &str, record: Option<&[u8]>) -> Result<(), Fault> {
+    /// A reservation's state to its task's changelog partition, inside the
+    /// commit of `epoch` (its outputs are acknowledged already), counted in
+    /// that epoch. `None` writes a tombstone: the reservation left the state
+    /// (retention).
+    pub fn send_changelog(&mut self, epoch: u64, partition: i32, id: &str, record: Option<&[u8]>) -> Result<(), Fault> {
         self.ensure_transaction()?;
         let mut r: BaseRecord<'_, [u8], [u8], _> = BaseRecord::with_opaque_to(&self.changelog, CHANGELOG).partition(partition).key(id.as_bytes());
         if let Some(record) = record {
             r = r.payload(record);
         }
-        queue(&self.producer, r)
+        queue(&self.producer, epoch, r)
     }
 
-    /// Waits until everything sent is acknowledged; the first failure since
-    /// the last flush, if any, is the interval's.
+    /// Waits until everything sent, in every epoch, is reported (shutdown,
+    /// the benchmark's end).
     pub fn flush(&mut self) -> Result<(), Fault> {
-        let flushed = self.producer.flush(FLUSH_TIMEOUT);
-        self.take_error()?;
-        flushed.map_err(|e| Fault::kafka(e, &format!("outputs not acknowledged within {}s", FLUSH_TIMEOUT.as_secs())))
+        self.producer.flush(FLUSH_TIMEOUT).map_err(|e| Fault::kafka(e, &format!("outputs not acknowledged within {}s", FLUSH_TIMEOUT.as_secs())))
     }
 
-    fn take_error(&self) -> Result<(), Fault> {
-        match self.producer.context().first_error.lock().expect("error lock").take() {
-            Some((e, topic)) => Err(Fault::kafka(e, &format!("a record to {topic} was not acknowledged"))),
-            None => Ok(()),
-        }
-    }
-
-    /// The changelog offsets acknowledged since the last call.
-    pub fn take_changelog_next(&self) -> BTreeMap<i32, u64> {
-        std::mem::take(&mut *self.producer.context().changelog_next.lock().expect("changelog lock"))
+    /// The changelog offsets `epoch`'s acknowledged records reached.
+    pub fn changelog_next(&self, epoch: u64) -> BTreeMap<i32, u64> {
+        std::mem::take(&mut *self.producer.context().epochs[slot(epoch)].changelog_next.lock().expect("changelog lock"))
     }
 
     /// Exactly-once: commits the interval's transaction with the input
@@ -260,8 +380,10 @@ impl RecordCollector {
     /// transient fault (abort, rewind); anything else stops the instance,
     /// whose next start resolves the transaction in `init_transactions`.
     /// Once the commit succeeded, nothing fails it.
-    pub fn commit_transaction(&mut self, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> Result<(), Fault> {
-        self.take_error()?;
+    pub fn commit_transaction(&mut self, epoch: u64, offsets: &TopicPartitionList, group: &ConsumerGroupMetadata) -> Result<(), Fault> {
+        if let Some(Err(failed)) = self.acknowledged(epoch, false) {
+            return Err(failed);
+        }
         self.ensure_transaction()?;
         self.producer.send_offsets_to_transaction(offsets, group, FLUSH_TIMEOUT).map_err(|e| transaction_fault(e, "sending the input offsets to the transaction"))?;
         let mut attempt = 0;
@@ -276,16 +398,14 @@ impl RecordCollector {
             }
         }
         self.in_transaction = false;
-        // Every record of the transaction was delivered; what is left are
-        // reports of records an earlier abort purged.
-        let _ = self.take_error();
         Ok(())
     }
 
-    /// Abandons the interval: aborts an open transaction (read_committed
-    /// consumers never see it), lets the purged records' reports arrive, and
-    /// forgets failures already reported.
-    pub fn abandon(&mut self) {
+    /// Abandons every interval not committed: aborts an open transaction
+    /// (read_committed consumers never see it) and lets the purged records'
+    /// reports arrive; then moves to a new epoch, so that the failures and
+    /// acknowledgements of the abandoned ones count for nothing.
+    pub fn abandon(&mut self) -> Result<(), Fault> {
         if self.in_transaction {
             if let Err(e) = self.producer.abort_transaction(FLUSH_TIMEOUT) {
                 tracing::warn!(error = %e, "aborting the transaction");
@@ -293,8 +413,8 @@ impl RecordCollector {
             self.in_transaction = false;
             let _ = self.producer.flush(Duration::from_secs(5));
         }
-        let _ = self.take_error();
-        self.take_changelog_next();
+        self.producer.context().watched.store(0, Ordering::Release);
+        self.seal().map(|_| ())
     }
 
     /// The latency histogram so far.
