@@ -96,8 +96,9 @@ impl Bench {
                     batch.put_encoded(id.as_bytes(), record);
                 }
             }
+            let generation = self.cache.freeze();
             self.store.commit(PARTITION, batch).unwrap();
-            self.cache.mark_clean();
+            self.cache.mark_clean(generation);
             self.since_commit = 0;
         }
         (n, t.elapsed())

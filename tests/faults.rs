@@ -182,7 +182,10 @@ fn broker_gone_for_30_seconds_mid_stream_loses_nothing() {
     // broker is gone whenever the cut comes: the retry path runs even on a
     // machine fast enough to have drained `rest` before the cut (a shorter
     // interval let that machine commit everything first, and the outage
-    // then found nothing to fail).
+    // then found nothing to fail). The commit that falls due seals its
+    // interval while the rest of the input goes on being processed into the
+    // next: the outage fails the one committing with the next in flight,
+    // and both are rewound.
     let env = [
         ("RESEVENT_MAX_BATCH_RECORDS", "20"),
         ("RESEVENT_PRODUCER__MESSAGE_TIMEOUT_MS", "10000"),

@@ -46,9 +46,12 @@ pub struct Board {
 /// one thing at a time, so each of these is time no record is processed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pause {
-    /// The commit interval ran out and the loop committed it.
+    /// The loop's own part of one commit: sealing the interval, queueing its
+    /// changelog records, the WriteBatch (at-least-once, the acknowledgements
+    /// are awaited while records flow); under exactly-once, the whole commit.
     Commit,
-    /// The write-back cache reached its bound and the loop committed early.
+    /// The cache reached its bound while an interval was still committing,
+    /// and the loop waited for that commit.
     CacheFull,
     /// Partitions were revoked; the revoke callback committed first (inside a poll).
     Revocation,
