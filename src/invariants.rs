@@ -281,6 +281,7 @@ mod tests {
             previous_departure_date: None,
             occurred_at: None,
             source_position: None,
+            fired_by: None,
         };
         assert_eq!(event_problem(&event("305", "2026-11-24T00:00:00Z")), None);
         assert!(event_problem(&event("{\"a\":1}", "2026-11-24T00:00:00Z")).is_some());

@@ -15,7 +15,7 @@
 //! | 6 engine | `engine`, `invariants` | one batch through decode, machine and state; computes, writes nothing |
 //! | 7 edges | `kafka`, `registry` | Kafka clients, contexts and topics; the Schema Registry client |
 //! | 8 outputs | `sink` | the event codec, dead letters, the record collector |
-//! | 9 commands | `replay`, `run`, `capture`, `dlq`, `tail`, `inspect` | what `resevent <command>` runs |
+//! | 9 commands | `replay`, `diff`, `run`, `capture`, `dlq`, `tail`, `inspect` | what `resevent <command>` runs |
 
 pub mod change;
 pub mod config;
@@ -42,6 +42,7 @@ pub mod registry;
 pub mod sink;
 
 pub mod capture;
+pub mod diff;
 pub mod dlq;
 pub mod inspect;
 pub mod replay;

@@ -78,6 +78,18 @@ pub struct BusinessEvent {
     pub previous_departure_date: Option<String>,
     pub occurred_at: Option<String>,
     pub source_position: Option<String>,
+    /// The pipeline row that emitted it (for `pipeline diff`); not part of the event.
+    #[serde(skip)]
+    pub fired_by: Option<FiredBy>,
+}
+
+/// A row of the pipeline file, by its 1-based position among the rows of its kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FiredBy {
+    /// A `[[rule]]` row.
+    Rule(usize),
+    /// A `[[timer]]` row.
+    Timer(usize),
 }
 
 /// What one change did.
@@ -208,6 +220,7 @@ fn events(pipeline: &Pipeline, change: &Change, live: Option<&ReservationState>,
                         previous_departure_date: previous(Field::Departure),
                         occurred_at: change.occurred_at_ms.map(time::format_millis),
                         source_position: change.position.map(|p| p.to_string()),
+                        fired_by: Some(FiredBy::Rule(rule.row)),
                     })
                     .collect()
             }

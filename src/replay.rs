@@ -72,34 +72,7 @@ pub fn replay(engine: &Engine, store: &mut StateStore, inputs: Vec<Input>, out: 
 
     for mut input in inputs {
         let first_in_input = line_no + 1;
-        let mut done = false;
-        while !done {
-            // Lines are bytes, not text: a line that is not UTF-8 is one
-            // rejected record (as the service dead-letters such a record),
-            // never the end of the replay. A last line without its newline
-            // is a line like any other.
-            let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(BATCH_LINES);
-            while batch.len() < BATCH_LINES {
-                let mut line = Vec::new();
-                let n = input.reader.read_until(b'\n', &mut line).with_context(|| format!("reading {} at line {}", input.name, line_no - first_in_input + 2))?;
-                if n == 0 {
-                    done = true;
-                    break;
-                }
-                line_no += 1;
-                if line.last() == Some(&b'\n') {
-                    line.pop();
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
-                    }
-                }
-                if !line.iter().all(u8::is_ascii_whitespace) {
-                    batch.push((line_no, line));
-                }
-            }
-            if batch.is_empty() {
-                continue;
-            }
+        while let Some(batch) = read_batch(&mut input, &mut line_no, first_in_input)? {
             let counts = run_batch(engine, store, &input.name, first_in_input, &batch, out, &mut opts, &mut clock)?;
             total.add(&counts);
             if last_report.elapsed() >= opts.progress_every {
@@ -132,32 +105,41 @@ pub fn replay(engine: &Engine, store: &mut StateStore, inputs: Vec<Input>, out: 
     Ok(total)
 }
 
-fn write_events(output: &BatchOutput, out: &mut dyn Write) -> anyhow::Result<()> {
-    for (_, event) in &output.events {
-        serde_json::to_writer(&mut *out, event)?;
-        out.write_all(b"\n")?;
+/// The next batch of non-blank lines of `input` (up to [`BATCH_LINES`]),
+/// each with its number across all inputs; `None` at the input's end.
+///
+/// Lines are bytes, not text: a line that is not UTF-8 is one rejected
+/// record (as the service dead-letters such a record), never the end of the
+/// replay. A last line without its newline is a line like any other.
+pub(crate) fn read_batch(input: &mut Input, line_no: &mut u64, first_in_input: u64) -> anyhow::Result<Option<Vec<(u64, Vec<u8>)>>> {
+    let mut batch: Vec<(u64, Vec<u8>)> = Vec::with_capacity(BATCH_LINES);
+    while batch.len() < BATCH_LINES {
+        let mut line = Vec::new();
+        let n = input.reader.read_until(b'\n', &mut line).with_context(|| format!("reading {} at line {}", input.name, *line_no - first_in_input + 2))?;
+        if n == 0 {
+            break;
+        }
+        *line_no += 1;
+        if line.last() == Some(&b'\n') {
+            line.pop();
+            if line.last() == Some(&b'\r') {
+                line.pop();
+            }
+        }
+        if !line.iter().all(u8::is_ascii_whitespace) {
+            batch.push((*line_no, line));
+        }
     }
-    out.flush()?;
-    Ok(())
+    Ok(if batch.is_empty() { None } else { Some(batch) })
 }
 
-/// Commits a batch's state with the stream time it reached, in one WriteBatch.
-fn commit(store: &StateStore, output: BatchOutput, clock: StreamClock) -> anyhow::Result<()> {
-    let mut batch = output.state_batch();
-    if let Some(t) = clock.0 {
-        batch.mark(STREAM_TIME, (t as u64) ^ (1 << 63));
-    }
-    store.commit(REPLAY_PARTITION, batch)?;
-    Ok(())
-}
-
-#[allow(clippy::too_many_arguments)]
-fn run_batch(engine: &Engine, store: &StateStore, name: &str, first_line: u64, batch: &[(u64, Vec<u8>)], out: &mut dyn Write, opts: &mut ReplayOptions, clock: &mut StreamClock) -> anyhow::Result<Counts> {
+/// A batch's lines as input records (`keyed`: `{"key", "value"}` lines),
+/// and the lines that are not even a key-value pair, with their kind and reason.
+pub(crate) fn frame(batch: &[(u64, Vec<u8>)], keyed: bool) -> (Vec<InputRecord<'_>>, Vec<(u64, &'static str, String)>) {
     let mut records = Vec::with_capacity(batch.len());
-    // Lines that are not even a {key, value} pair are rejected here, by line.
     let mut framing_errors: Vec<(u64, &'static str, String)> = Vec::new();
     for (n, line) in batch {
-        if opts.keyed {
+        if keyed {
             let text = match std::str::from_utf8(line) {
                 Ok(text) => text,
                 Err(e) => {
@@ -177,6 +159,32 @@ fn run_batch(engine: &Engine, store: &StateStore, name: &str, first_line: u64, b
             records.push(InputRecord { key: None, value: Some(line), offset: *n });
         }
     }
+    (records, framing_errors)
+}
+
+fn write_events(output: &BatchOutput, out: &mut dyn Write) -> anyhow::Result<()> {
+    for (_, event) in &output.events {
+        serde_json::to_writer(&mut *out, event)?;
+        out.write_all(b"\n")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Commits a batch's state with the stream time it reached, in one WriteBatch.
+pub(crate) fn commit(store: &StateStore, output: BatchOutput, clock: StreamClock) -> anyhow::Result<()> {
+    let mut batch = output.state_batch();
+    if let Some(t) = clock.0 {
+        batch.mark(STREAM_TIME, (t as u64) ^ (1 << 63));
+    }
+    store.commit(REPLAY_PARTITION, batch)?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_batch(engine: &Engine, store: &StateStore, name: &str, first_line: u64, batch: &[(u64, Vec<u8>)], out: &mut dyn Write, opts: &mut ReplayOptions, clock: &mut StreamClock) -> anyhow::Result<Counts> {
+    // Lines that are not even a {key, value} pair are rejected here, by line.
+    let (records, framing_errors) = frame(batch, opts.keyed);
     let output = engine.process(store, REPLAY_PARTITION, &records, clock)?;
     write_events(&output, out)?;
 

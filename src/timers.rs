@@ -195,6 +195,7 @@ pub fn fire(p: &Pipeline, pending: &Pending, s: Option<&ReservationState>) -> Fi
                     previous_departure_date: None,
                     occurred_at: Some(time::format_millis(pending.due)),
                     source_position: s.position.map(|p| p.to_string()),
+                    fired_by: p.timers.iter().position(|r| r.event == t).map(|i| crate::machine::FiredBy::Timer(i + 1)),
                 });
             Fired::Timer { state, event }
         }

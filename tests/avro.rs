@@ -399,7 +399,7 @@ fn schemas_evolve_both_ways_and_the_rules_are_enforced() {
     assert_eq!(got["eventType"], "UNKNOWN", "an unknown type reads as the enum's default");
     assert_eq!(got["propertyId"], "P-1");
     assert!(got.get("bookingChannel").is_none());
-    let event = resevent::machine::BusinessEvent { event_id: "e1".into(), event_type: "CHECKED_IN", reservation_id: "r1".into(), property_id: Some("P-1".into()), booking_status: Some("Arrived".into()), previous_booking_status: None, room_number: Some("7".into()), previous_room_number: None, arrival_date: None, departure_date: None, previous_departure_date: None, occurred_at: None, source_position: Some("1:1".into()) };
+    let event = resevent::machine::BusinessEvent { event_id: "e1".into(), event_type: "CHECKED_IN", reservation_id: "r1".into(), property_id: Some("P-1".into()), booking_status: Some("Arrived".into()), previous_booking_status: None, room_number: Some("7".into()), previous_room_number: None, arrival_date: None, departure_date: None, previous_departure_date: None, occurred_at: None, source_position: Some("1:1".into()), fired_by: None };
     let written_by_current = resevent::sink::codec::encode_event(&event);
     let got = read(&current, &next, &written_by_current);
     assert_eq!(got["bookingChannel"], Value::Null, "a new field reads as its default");

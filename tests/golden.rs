@@ -254,6 +254,60 @@ fn base64_decode(text: &str) -> Vec<u8> {
     out
 }
 
+fn diff(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_resevent")).current_dir(root()).env("RESEVENT_LOG", "warn").args(["pipeline", "diff"]).args(args).output().expect("run resevent pipeline diff")
+}
+
+/// An event line of `diff --json` without its `eventId` (the ids are hashes;
+/// the expected files give everything else, worked out by hand).
+fn without_event_id(mut line: Value) -> Value {
+    line["event"].as_object_mut().expect("an event").remove("eventId");
+    line
+}
+
+#[test]
+fn pipeline_diff_gives_the_hand_derived_differences_of_each_table_change() {
+    let same = diff(&["pipelines/reservations.toml", "pipelines/reservations.toml", "fixtures/diff/changes.jsonl", "--json"]);
+    assert_eq!(same.status.code(), Some(0), "{}", String::from_utf8_lossy(&same.stderr));
+    assert!(same.stdout.is_empty(), "the same table differs from itself: {}", String::from_utf8_lossy(&same.stdout));
+    for case in ["extra-row", "row-removed", "statuses", "allowlist"] {
+        let new = format!("fixtures/diff/{case}.toml");
+        let out = diff(&["pipelines/reservations.toml", &new, "fixtures/diff/changes.jsonl", "--json"]);
+        assert_eq!(out.status.code(), Some(1), "{case}: {}", String::from_utf8_lossy(&out.stderr));
+        let mut got: Vec<Value> = lines(&out.stdout).into_iter().map(without_event_id).collect();
+        let mut expected = lines(&std::fs::read(root().join(format!("fixtures/diff/{case}.expected.jsonl"))).unwrap());
+        let key = |v: &Value| (v["side"].to_string(), v["event"]["sourcePosition"].to_string(), v["event"]["eventType"].to_string());
+        got.sort_by_key(key);
+        expected.sort_by_key(key);
+        assert_eq!(got, expected, "{case}");
+    }
+    // For people: the row that fired each event, by file and line.
+    let report = diff(&["pipelines/reservations.toml", "fixtures/diff/statuses.toml", "fixtures/diff/changes.jsonl"]);
+    let text = String::from_utf8_lossy(&report.stdout);
+    assert!(text.contains("- CHECKED_OUT at 1795340004:1, only under the old table (pipelines/reservations.toml:76 [[rule]] #8)"), "{text}");
+    assert!(text.contains("+ CHECKIN_REVERSED at 1795340004:1, only under the new table (fixtures/diff/statuses.toml:88 [[rule]] #10)"), "{text}");
+}
+
+#[test]
+fn pipeline_diff_stops_on_a_table_that_fails_its_check_and_reports_a_bad_line_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let text = std::fs::read_to_string(root().join("pipelines/reservations.toml")).unwrap().replace("emit = [\"ACCIDENTAL_CHECKOUT\"]", "emit = [\"ACCIDENTAL_CHECKOUT_TYPO\"]");
+    std::fs::write(&bad, text).unwrap();
+    let out = diff(&["pipelines/reservations.toml", bad.to_str().unwrap(), "fixtures/diff/changes.jsonl"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rule 9: event type \"ACCIDENTAL_CHECKOUT_TYPO\" is unknown"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let input = dir.path().join("input.jsonl");
+    let mut changes = std::fs::read(root().join("fixtures/diff/changes.jsonl")).unwrap();
+    changes.extend_from_slice(b"{\"not\": \"a change\"}\n");
+    std::fs::write(&input, changes).unwrap();
+    let out = diff(&["pipelines/reservations.toml", "pipelines/reservations.toml", input.to_str().unwrap(), "--json"]);
+    assert_eq!(out.status.code(), Some(0), "a bad line is no difference");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches(":8: rejected").count(), 1, "reported once, as replay reports it: {stderr}");
+}
+
 #[test]
 fn pipeline_check_rejects_a_bad_table_naming_the_row() {
     let dir = tempfile::tempdir().unwrap();

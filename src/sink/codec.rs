@@ -143,6 +143,7 @@ mod tests {
             previous_departure_date: None,
             occurred_at: Some("2026-11-21T09:14:03.120Z".into()),
             source_position: Some("7303:4".into()),
+            fired_by: None,
         }
     }
 
