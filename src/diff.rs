@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 use crate::engine::{BatchOutput, Engine};
-use crate::machine::FiredBy;
+use crate::machine::{BusinessEvent, FiredBy};
 use crate::replay::{self, Input, REPLAY_PARTITION};
 use crate::state::store::StateStore;
 use crate::timers::StreamClock;
@@ -75,11 +75,30 @@ pub struct DiffOptions {
 /// (reservation, source position, event type): what an event is about.
 type Key = (String, Option<String>, &'static str);
 
-/// An event of one side: its JSON, its JSON without `eventId`, the row that fired it.
+/// An event of one side, kept to compare: the event with its `eventId` and
+/// row taken out (what is compared), and those two.
 struct Emitted {
-    json: serde_json::Value,
-    content: serde_json::Value,
+    content: BusinessEvent,
+    event_id: String,
     fired_by: Option<FiredBy>,
+}
+
+impl Emitted {
+    fn json(&self) -> serde_json::Value {
+        let mut json = serde_json::to_value(&self.content).unwrap_or_default();
+        if let Some(m) = json.as_object_mut() {
+            m.insert("eventId".into(), self.event_id.clone().into());
+        }
+        json
+    }
+
+    fn content_json(&self) -> serde_json::Value {
+        let mut json = serde_json::to_value(&self.content).unwrap_or_default();
+        if let Some(m) = json.as_object_mut() {
+            m.remove("eventId");
+        }
+        json
+    }
 }
 
 /// Events of each side the other side has not (yet) matched.
@@ -105,26 +124,23 @@ impl Unmatched {
         mine.entry(key).or_default().push(event);
     }
 
-    fn add(&mut self, old: &BatchOutput, new: &BatchOutput) -> anyhow::Result<()> {
-        for (_, e) in &old.events {
-            let (key, event) = emitted(e)?;
+    fn add(&mut self, old: BatchOutput, new: BatchOutput) {
+        for (_, e) in old.events {
+            let (key, event) = emitted(e);
             Unmatched::offer(&mut self.old, &mut self.new, key, event);
         }
-        for (_, e) in &new.events {
-            let (key, event) = emitted(e)?;
+        for (_, e) in new.events {
+            let (key, event) = emitted(e);
             Unmatched::offer(&mut self.new, &mut self.old, key, event);
         }
-        Ok(())
     }
 }
 
-fn emitted(e: &crate::machine::BusinessEvent) -> anyhow::Result<(Key, Emitted)> {
-    let json = serde_json::to_value(e)?;
-    let mut content = json.clone();
-    if let Some(m) = content.as_object_mut() {
-        m.remove("eventId");
-    }
-    Ok(((e.reservation_id.clone(), e.source_position.clone(), e.event_type), Emitted { json, content, fired_by: e.fired_by }))
+fn emitted(mut e: BusinessEvent) -> (Key, Emitted) {
+    let key = (e.reservation_id.clone(), e.source_position.clone(), e.event_type);
+    let event_id = std::mem::take(&mut e.event_id);
+    let fired_by = e.fired_by.take();
+    (key, Emitted { content: e, event_id, fired_by })
 }
 
 /// What differs, per key: only the old side's events, only the new side's, or both (changed).
@@ -176,6 +192,7 @@ pub fn diff(old: &Side, new: &Side, inputs: Vec<Input>, out: &mut dyn Write, opt
         store.ensure_index(REPLAY_PARTITION, &side.engine.pipeline)?;
     }
     let mut clocks = (StreamClock::default(), StreamClock::default());
+    let same_fields = old.engine.pipeline.paths == new.engine.pipeline.paths;
     let mut unmatched = Unmatched::default();
     let (started, mut last_report) = (Instant::now(), Instant::now());
     let (mut line_no, mut rejected) = (0u64, 0u64);
@@ -183,8 +200,30 @@ pub fn diff(old: &Side, new: &Side, inputs: Vec<Input>, out: &mut dyn Write, opt
         let first_in_input = line_no + 1;
         while let Some(batch) = replay::read_batch(&mut input, &mut line_no, first_in_input)? {
             let (records, framing) = replay::frame(&batch, opts.keyed);
-            let a = old.engine.process(&stores.0, REPLAY_PARTITION, &records, &mut clocks.0)?;
-            let b = new.engine.process(&stores.1, REPLAY_PARTITION, &records, &mut clocks.1)?;
+            // Decoded once when both sides map the same fields; then the two
+            // sides share nothing but the input: one thread each.
+            let shared = same_fields.then(|| old.engine.decode(&records));
+            let run = |side: &Side, store: &StateStore, clock: &mut StreamClock| -> anyhow::Result<BatchOutput> {
+                let out = match &shared {
+                    Some((changes, decoded)) => {
+                        let seed = BatchOutput { counts: decoded.counts, rejected: decoded.rejected.clone(), ..Default::default() };
+                        side.engine.process_decoded(store, REPLAY_PARTITION, &records, changes, seed, clock)?
+                    }
+                    None => side.engine.process(store, REPLAY_PARTITION, &records, clock)?,
+                };
+                let mut out = out;
+                let events = std::mem::take(&mut out.events);
+                let rejected = std::mem::take(&mut out.rejected);
+                replay::commit(store, out, *clock)?;
+                Ok(BatchOutput { events, rejected, ..Default::default() })
+            };
+            let (a, b) = std::thread::scope(|s| {
+                let (store, clock) = (&stores.0, &mut clocks.0);
+                let old_side = s.spawn(|| run(old, store, clock));
+                let b = run(new, &stores.1, &mut clocks.1);
+                (old_side.join().expect("the old side's thread"), b)
+            });
+            let (a, b) = (a?, b?);
             // Each line rejected is reported once, whichever side (or both) rejected it.
             let mut reasons: BTreeMap<u64, (&'static str, String)> = framing.into_iter().map(|(n, kind, msg)| (n, (kind, msg))).collect();
             for r in a.rejected.iter().chain(&b.rejected) {
@@ -194,9 +233,7 @@ pub fn diff(old: &Side, new: &Side, inputs: Vec<Input>, out: &mut dyn Write, opt
                 eprintln!("{}:{}: rejected ({kind}): {msg}", input.name, n - first_in_input + 1);
             }
             rejected += reasons.len() as u64;
-            unmatched.add(&a, &b)?;
-            replay::commit(&stores.0, a, clocks.0)?;
-            replay::commit(&stores.1, b, clocks.1)?;
+            unmatched.add(a, b);
             if last_report.elapsed() >= opts.progress_every {
                 last_report = Instant::now();
                 let pending = unmatched.old.len() + unmatched.new.len();
@@ -207,7 +244,7 @@ pub fn diff(old: &Side, new: &Side, inputs: Vec<Input>, out: &mut dyn Write, opt
     if let Some(until) = opts.until {
         let a = old.engine.advance(&stores.0, REPLAY_PARTITION, &mut clocks.0, until)?;
         let b = new.engine.advance(&stores.1, REPLAY_PARTITION, &mut clocks.1, until)?;
-        unmatched.add(&a, &b)?;
+        unmatched.add(a, b);
     }
     let differences = Differences::from(unmatched);
     if opts.json {
@@ -224,7 +261,7 @@ fn write_json(d: &Differences, out: &mut dyn Write) -> anyhow::Result<()> {
     for (_, old, new) in &d.keys {
         for (side, events) in [("old", old), ("new", new)] {
             for e in events {
-                serde_json::to_writer(&mut *out, &serde_json::json!({"side": side, "event": e.json}))?;
+                serde_json::to_writer(&mut *out, &serde_json::json!({"side": side, "event": e.json()}))?;
                 out.write_all(b"\n")?;
             }
         }
@@ -256,7 +293,7 @@ fn write_report(old: &Side, new: &Side, d: &Differences, lines: u64, rejected: u
         let at = position.as_deref().unwrap_or("no position");
         let pairs = olds.len().min(news.len());
         for (o, n) in olds.iter().zip(news) {
-            writeln!(out, "  ~ {t} at {at}: {} (old: {}; new: {})", changed_fields(&o.content, &n.content), old.locate(o.fired_by), new.locate(n.fired_by))?;
+            writeln!(out, "  ~ {t} at {at}: {} (old: {}; new: {})", changed_fields(&o.content_json(), &n.content_json()), old.locate(o.fired_by), new.locate(n.fired_by))?;
         }
         for o in &olds[pairs..] {
             writeln!(out, "  - {t} at {at}, only under the old table ({})", old.locate(o.fired_by))?;
@@ -294,23 +331,41 @@ mod tests {
 
     #[test]
     fn equal_events_cancel_across_sides_and_batches() {
-        let event = |room: &str| {
-            let json = serde_json::json!({"eventId": room, "roomNumber": room});
-            let mut content = json.clone();
-            content.as_object_mut().unwrap().remove("eventId");
-            Emitted { json, content, fired_by: None }
-        };
-        let key = || ("r1".to_string(), Some("1:1".to_string()), "CHECKED_IN");
+        let event = |id: &str, room: &str| emitted(BusinessEvent { event_id: id.into(), event_type: "CHECKED_IN", reservation_id: "r1".into(), room_number: Some(room.into()), source_position: Some("1:1".into()), ..blank() });
         let mut u = Unmatched::default();
-        Unmatched::offer(&mut u.old, &mut u.new, key(), event("101"));
+        let (key, e) = event("a", "101");
+        Unmatched::offer(&mut u.old, &mut u.new, key, e);
         assert_eq!(u.old.len(), 1);
         // The new side emits the same content later, under another eventId: no difference.
-        Unmatched::offer(&mut u.new, &mut u.old, key(), Emitted { json: serde_json::json!({"eventId": "x", "roomNumber": "101"}), ..event("101") });
+        let (key, e) = event("b", "101");
+        Unmatched::offer(&mut u.new, &mut u.old, key, e);
         assert!(u.old.is_empty() && u.new.is_empty());
-        Unmatched::offer(&mut u.old, &mut u.new, key(), event("101"));
-        Unmatched::offer(&mut u.new, &mut u.old, key(), event("202"));
+        let (key, e) = event("c", "101");
+        Unmatched::offer(&mut u.old, &mut u.new, key, e);
+        let (key, e) = event("d", "202");
+        Unmatched::offer(&mut u.new, &mut u.old, key, e);
         let d = Differences::from(u);
         assert_eq!(d.summary()["CHECKED_IN"], (0, 0, 1), "the same key with other content is one change");
-        assert_eq!(changed_fields(&d.keys[0].1[0].content, &d.keys[0].2[0].content), "roomNumber: \"101\" → \"202\"");
+        assert_eq!(changed_fields(&d.keys[0].1[0].content_json(), &d.keys[0].2[0].content_json()), "roomNumber: \"101\" → \"202\"");
+        assert_eq!(d.keys[0].2[0].json()["eventId"], "d");
+    }
+
+    fn blank() -> BusinessEvent {
+        BusinessEvent {
+            event_id: String::new(),
+            event_type: "",
+            reservation_id: String::new(),
+            property_id: None,
+            booking_status: None,
+            previous_booking_status: None,
+            room_number: None,
+            previous_room_number: None,
+            arrival_date: None,
+            departure_date: None,
+            previous_departure_date: None,
+            occurred_at: None,
+            source_position: None,
+            fired_by: None,
+        }
     }
 }

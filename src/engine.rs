@@ -170,6 +170,22 @@ impl Engine {
     pub fn process<S: StateSource + ?Sized>(&self, store: &S, partition: &str, records: &[InputRecord<'_>], clock: &mut StreamClock) -> Result<BatchOutput, StoreError> {
         let mut out = BatchOutput::default();
         let changes = self.decode_all(records, &mut out);
+        self.process_decoded(store, partition, records, &changes, out, clock)
+    }
+
+    /// The first half of [`Engine::process`], for a caller that runs the
+    /// same records through several engines with the same decoder
+    /// (`pipeline diff`): the changes with their record index, and an
+    /// output holding the counts and rejections so far.
+    pub fn decode(&self, records: &[InputRecord<'_>]) -> (Vec<(usize, Change)>, BatchOutput) {
+        let mut out = BatchOutput::default();
+        let changes = self.decode_all(records, &mut out);
+        (changes, out)
+    }
+
+    /// The second half of [`Engine::process`]: `changes` (from
+    /// [`Engine::decode`] of `records`) applied, into `out`.
+    pub fn process_decoded<S: StateSource + ?Sized>(&self, store: &S, partition: &str, records: &[InputRecord<'_>], changes: &[(usize, Change)], mut out: BatchOutput, clock: &mut StreamClock) -> Result<BatchOutput, StoreError> {
 
         // The batch's working set: stored state of each reservation it touches,
         // then updated in input order. `None` = not in the store.
@@ -180,7 +196,7 @@ impl Engine {
         // Due times armed by this batch, not yet in the store's index.
         let mut armed_here: Vec<Pending> = Vec::new();
 
-        for (index, change) in &changes {
+        for (index, change) in changes {
             if timed {
                 if let Some(t) = change.occurred_at_ms {
                     if clock.advance(t) {
