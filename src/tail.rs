@@ -3,6 +3,11 @@
 //! written as JSON or as Avro (recognised by the wire format's magic byte,
 //! decoded with the writer's schema from the registry).
 //!
+//! With `--raw` it reads an *input* topic instead and writes each record as
+//! `replay` reads it (one value per line, or `{"key", "value"}` lines with
+//! `--keyed`), so that `replay`, `pipeline diff` and the golden tests run on
+//! what really arrived.
+//!
 //! It reads by assignment, never joining a consumer group, and commits
 //! nothing: tailing a topic changes nothing for anyone.
 
@@ -28,6 +33,12 @@ Each line is one event as JSON, as PRODUCT.md shows it, whatever the topic's for
 cannot be decoded are reported on stderr with their partition and offset, and skipped.\n\
 Connection settings as for `resevent run`: --bootstrap-servers, bootstrap_servers, [kafka] and\n\
 [schema_registry] of --config, RESEVENT_* environment.\n\n\
+With --raw the topic is an input topic (change events), and each record is written as `resevent replay`\n\
+reads it: its value on one line, or {\"key\": K, \"value\": V} with --keyed (V null for a tombstone). An\n\
+Avro record is written as the JSON resevent decodes it into (and stderr says so). --raw stops at the\n\
+end of every partition unless --follow; --since and --until choose records by their timestamp:\n  \
+resevent tail --raw --topic property.reservation --keyed --since 2026-11-24T00:00:00Z > history.jsonl\n  \
+resevent replay --keyed history.jsonl\n\n\
 Exit status: 0 done (stopped, or --exit-at-end reached the end), 2 could not run.")]
 pub struct TailArgs {
     /// The business topic to read.
@@ -57,6 +68,25 @@ pub struct TailArgs {
     /// Stop after printing this many events.
     #[arg(long, value_name = "N")]
     pub max_events: Option<u64>,
+    /// Write an input topic's records as `resevent replay` reads them, not business events.
+    #[arg(long)]
+    pub raw: bool,
+    /// With --raw: {"key": K, "value": V} lines (what `replay --keyed` reads; Debezium deletes need the key).
+    #[arg(long, requires = "raw")]
+    pub keyed: bool,
+    /// Start at the first record with a timestamp at or after this moment (RFC 3339).
+    #[arg(long, value_name = "TIME", value_parser = parse_time, conflicts_with = "from_beginning")]
+    pub since: Option<i64>,
+    /// Leave out records with a timestamp after this moment (RFC 3339); stop once every partition is past it.
+    #[arg(long, value_name = "TIME", value_parser = parse_time)]
+    pub until: Option<i64>,
+    /// With --raw: keep reading new records after the end instead of stopping there.
+    #[arg(long, requires = "raw")]
+    pub follow: bool,
+}
+
+fn parse_time(text: &str) -> Result<i64, String> {
+    crate::time::parse_millis(text).ok_or_else(|| format!("{text:?} is not an RFC 3339 time; write it like 2026-11-25T00:00:00Z"))
 }
 
 /// What `tail` takes from `run`'s configuration (its `--config` file and
@@ -89,6 +119,10 @@ pub struct TailCounts {
     pub printed: u64,
     pub filtered: u64,
     pub undecodable: u64,
+    /// --raw: Avro records written as the JSON they decode into.
+    pub converted: u64,
+    /// --raw without --keyed: tombstones, which a value-only line cannot carry.
+    pub tombstones: u64,
 }
 
 /// Runs until `--exit-at-end`/`--max-events` says stop, or forever.
@@ -108,15 +142,31 @@ pub async fn run(args: &TailArgs, env: impl Iterator<Item = (String, String)>, o
         None => None,
     };
     let (consumer, partitions) = assign(args, &kafka)?;
-    eprintln!("resevent tail: reading {} ({} partitions) from the {}", args.topic, partitions.len(), if args.from_beginning { "beginning" } else { "end" });
+    let from = match args.since {
+        Some(t) => format!("first record at or after {}", crate::time::format_millis(t)),
+        None if args.from_beginning => "beginning".into(),
+        None => "end".into(),
+    };
+    eprintln!("resevent tail: reading {} ({} partitions) from the {from}{}", args.topic, partitions.len(), if args.raw { ", records as replay reads them" } else { "" });
     let types = event_types(args);
     let mut counts = TailCounts::default();
     // Partitions read to their end (librdkafka's end-of-partition event,
-    // taken back when a record arrives after it), for --exit-at-end.
+    // taken back when a record arrives after it), for --exit-at-end; and
+    // those past --until.
     let mut at_end: BTreeSet<i32> = BTreeSet::new();
+    let mut past_until: BTreeSet<i32> = BTreeSet::new();
+    let stop_at_end = args.exit_at_end || (args.raw && !args.follow);
+    let (started, mut last_report) = (std::time::Instant::now(), std::time::Instant::now());
     loop {
-        if args.exit_at_end && at_end.len() == partitions.len() {
+        if stop_at_end && at_end.union(&past_until).count() == partitions.len() {
             break;
+        }
+        if args.until.is_some() && past_until.len() == partitions.len() {
+            break;
+        }
+        if args.raw && last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = std::time::Instant::now();
+            eprintln!("resevent tail: {} records written ({:.0}/s)", counts.printed, counts.printed as f64 / started.elapsed().as_secs_f64());
         }
         if args.max_events.is_some_and(|m| counts.printed >= m) {
             break;
@@ -135,6 +185,28 @@ pub async fn run(args: &TailArgs, env: impl Iterator<Item = (String, String)>, o
         };
         let (p, offset) = (m.partition(), m.offset());
         at_end.remove(&p);
+        if let (Some(until), Some(t)) = (args.until, m.timestamp().to_millis()) {
+            if t > until {
+                past_until.insert(p);
+                counts.filtered += 1;
+                continue;
+            }
+        }
+        if args.raw {
+            match raw_line(args.keyed, registry.as_ref(), &m).await {
+                Ok(Raw::Line { text, converted }) => {
+                    writeln!(out, "{text}")?;
+                    counts.printed += 1;
+                    counts.converted += u64::from(converted);
+                }
+                Ok(Raw::Tombstone) => counts.tombstones += 1,
+                Err(e) => {
+                    eprintln!("resevent tail: {}/{p} offset {offset}: {e}; skipped", args.topic);
+                    counts.undecodable += 1;
+                }
+            }
+            continue;
+        }
         if !wanted(args, &types, &m) {
             counts.filtered += 1;
             continue;
@@ -151,7 +223,70 @@ pub async fn run(args: &TailArgs, env: impl Iterator<Item = (String, String)>, o
         }
     }
     out.flush()?;
+    if args.raw {
+        eprintln!("resevent tail: {} records written", counts.printed);
+        if counts.converted > 0 {
+            eprintln!("resevent tail: {} of them were Avro and are written as the JSON resevent decodes them into", counts.converted);
+        }
+        if counts.tombstones > 0 {
+            eprintln!("resevent tail: {} tombstones (null values) left out: a value-only line cannot carry them; give --keyed", counts.tombstones);
+        }
+    }
     Ok(counts)
+}
+
+/// What `--raw` writes for one record.
+enum Raw {
+    Line { text: String, converted: bool },
+    /// A null value without --keyed.
+    Tombstone,
+}
+
+/// One input record as `replay` reads it: the value's JSON on one line, or
+/// `{"key": K, "value": V}`. Avro (the Confluent wire format) is converted
+/// through the registry exactly as `run` converts it before decoding.
+async fn raw_line(keyed: bool, registry: Option<&Registry>, m: &rdkafka::message::BorrowedMessage<'_>) -> anyhow::Result<Raw> {
+    let (mut key, mut value) = (m.key().map(<[u8]>::to_vec), m.payload().map(<[u8]>::to_vec));
+    let framed = key.as_deref().and_then(crate::decode::avro::unframe).is_some() || value.as_deref().and_then(crate::decode::avro::unframe).is_some();
+    if framed {
+        let Some(registry) = registry else { anyhow::bail!("the record is Avro; give --schema-registry-url to write it as JSON") };
+        match crate::registry::resolve(registry, m.key(), m.payload()).await? {
+            crate::registry::Resolved::Plain => {}
+            crate::registry::Resolved::Converted { key: k, value: v } => {
+                key = k.or(key);
+                value = v.or(value);
+            }
+            crate::registry::Resolved::Rejected(e) => anyhow::bail!("{e}"),
+        }
+    }
+    let value_json = match &value {
+        Some(v) => Some(one_line(v).context("the value")?),
+        None if keyed => None,
+        None => return Ok(Raw::Tombstone),
+    };
+    let text = if keyed {
+        // A key that is not JSON (a bare id) is written as a JSON string.
+        let key_json = match &key {
+            Some(k) => one_line(k).or_else(|_| Ok::<_, anyhow::Error>(serde_json::to_string(&String::from_utf8_lossy(k))?))?,
+            None => "null".into(),
+        };
+        format!("{{\"key\": {key_json}, \"value\": {}}}", value_json.as_deref().unwrap_or("null"))
+    } else {
+        value_json.expect("not a tombstone")
+    };
+    Ok(Raw::Line { text, converted: framed })
+}
+
+/// JSON bytes as one line: as they are when they are one line already,
+/// else re-written without the line breaks (the value is the same JSON).
+fn one_line(bytes: &[u8]) -> anyhow::Result<String> {
+    let text = std::str::from_utf8(bytes).map_err(|e| anyhow::anyhow!("not UTF-8 (byte {}); replay cannot read it as a line", e.valid_up_to()))?;
+    let raw: &serde_json::value::RawValue = serde_json::from_str(text).map_err(|e| anyhow::anyhow!("not JSON: {e}"))?;
+    if !raw.get().contains(['\n', '\r']) {
+        return Ok(raw.get().to_owned());
+    }
+    let v: serde_json::Value = serde_json::from_str(text)?;
+    Ok(v.to_string())
 }
 
 /// A consumer of no group, assigned every partition of the topic at its
@@ -166,7 +301,16 @@ fn assign(args: &TailArgs, kafka: &crate::config::KafkaSettings<'_>) -> anyhow::
         .ok_or_else(|| anyhow::anyhow!("topic {} does not exist (or has no partitions) on {}", args.topic, kafka.bootstrap_servers))?;
     let mut tpl = TopicPartitionList::new();
     for &p in &partitions {
-        tpl.add_partition_offset(&args.topic, p, if args.from_beginning { Offset::Beginning } else { Offset::End })?;
+        let start = match args.since {
+            Some(t) => Offset::Offset(t),
+            None if args.from_beginning => Offset::Beginning,
+            None => Offset::End,
+        };
+        tpl.add_partition_offset(&args.topic, p, start)?;
+    }
+    if args.since.is_some() {
+        // Timestamps to offsets: the first record at or after the time (the end where there is none).
+        tpl = tokio::task::block_in_place(|| consumer.offsets_for_times(tpl, Duration::from_secs(10))).map_err(|e| anyhow::anyhow!("finding the offsets of --since in {}: {e}", args.topic))?;
     }
     consumer.assign(&tpl)?;
     Ok((consumer, partitions))

@@ -79,6 +79,21 @@ fn end_to_end_the_business_topic_holds_what_replay_emits() {
     let replayed = replay_state(&records);
     assert_eq!(last.len(), replayed.len(), "one changelog key per reservation");
     assert!(last == replayed, "the changelog's last states differ from replay's");
+
+    // History straight from the topic: `tail --raw` writes the input as
+    // replay reads it, and replaying that file gives what `run` emitted.
+    let history = state.path().join("history.jsonl");
+    let tail = std::process::Command::new(env!("CARGO_BIN_EXE_resevent"))
+        .args(["tail", "--raw", "--keyed", "--from-beginning", "--bootstrap-servers", &broker.bootstrap, "--topic", &input])
+        .env("RESEVENT_LOG", "warn")
+        .stdout(std::fs::File::create(&history).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(tail.status.code(), Some(0), "{}", String::from_utf8_lossy(&tail.stderr));
+    let replay = std::process::Command::new(env!("CARGO_BIN_EXE_resevent")).args(["replay", "--keyed"]).arg(&history).env("RESEVENT_LOG", "warn").output().unwrap();
+    let from_history: Vec<serde_json::Value> = String::from_utf8_lossy(&replay.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(from_history.len(), got.len(), "replay of tail --raw's file emits as many events as run did");
+    assert_same_per_reservation(&from_history, &got);
 }
 
 #[test]
