@@ -47,6 +47,11 @@ pub struct FieldPaths {
     pub status: String,
     /// Indexed by `Field as usize`.
     pub fields: [String; 4],
+    /// A Debezium ExtractNewDocumentState document that is not a delete is
+    /// a partial update (`[input] debezium_flattened_updates = "partial"`,
+    /// for `capture.mode=change_streams`): the fields it holds are set, the
+    /// others kept. Otherwise (`"full"`) it is the whole document.
+    pub partial_flattened: bool,
 }
 
 impl Default for FieldPaths {
@@ -55,6 +60,7 @@ impl Default for FieldPaths {
             id: "_id".into(),
             status: "bookingStatus".into(),
             fields: ["propertyId".into(), "roomNumber".into(), "arrivalDate".into(), "departureDate".into()],
+            partial_flattened: false,
         }
     }
 }

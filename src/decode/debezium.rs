@@ -217,7 +217,16 @@ pub(super) fn decode_document(top: Envelope<'_>, key: Option<&str>, paths: &Fiel
         Some(id) => id?,
         None => key_id(key)?.ok_or_else(|| DecodeError::MissingId(format!("the document has no {:?} and the record no key", paths.id)))?,
     };
-    let operation = if deleted { Operation::Delete } else { Operation::Replace(top.document.values(paths, "document").map_err(DecodeError::InvalidValue)?) };
+    let operation = if deleted {
+        Operation::Delete
+    } else if paths.partial_flattened {
+        // capture.mode=change_streams: the fields the change set, plus _id;
+        // the rest is kept as it was. (A removed field simply vanishes from
+        // this form, so a removal cannot be seen.)
+        Operation::Update { delta: delta(&top.document, &[], paths)?, lookup: None }
+    } else {
+        Operation::Replace(top.document.values(paths, "document").map_err(DecodeError::InvalidValue)?)
+    };
     let ts_ms = flat.get("__source_ts_ms").and_then(as_i64);
     let position = match (ts_ms, flat.get("__source_ord").and_then(as_i64)) {
         (Some(ms), Some(ord)) => cluster_position(ms, ord),

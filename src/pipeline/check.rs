@@ -17,7 +17,8 @@ type ByTransition = [[Vec<usize>; 4]; 4];
 
 pub(super) fn compile(file: PipelineFile) -> Result<Pipeline, Problems> {
     let mut problems = Problems::new();
-    let paths = fields(file.fields, &mut problems);
+    let mut paths = fields(file.fields, &mut problems);
+    paths.partial_flattened = partial_flattened(file.input, &mut problems);
     let statuses = statuses(&file.statuses, &mut problems);
     let allowlist = allowlist(file.allowlist.properties, &mut problems);
     let rules = rules(file.rules, &mut problems);
@@ -29,13 +30,26 @@ pub(super) fn compile(file: PipelineFile) -> Result<Pipeline, Problems> {
 }
 
 fn fields(f: super::file::FieldsSection, problems: &mut Problems) -> FieldPaths {
-    let paths = FieldPaths { id: f.id, status: f.status, fields: [f.property, f.room, f.arrival, f.departure] };
+    let paths = FieldPaths { id: f.id, status: f.status, fields: [f.property, f.room, f.arrival, f.departure], partial_flattened: false };
     for (name, path) in [("id", &paths.id), ("status", &paths.status)].into_iter().chain(Field::ALL.iter().map(|x| (x.name(), &paths.fields[*x as usize]))) {
         if path.is_empty() || path.split('.').any(str::is_empty) {
             problems.push(format!("[fields] {name} = {path:?} is not a document path; write it like \"roomNumber\" or \"stay.room\""));
         }
     }
     paths
+}
+
+/// `[input] debezium_flattened_updates`: whether a flattened Debezium
+/// update holds only the fields the change set.
+fn partial_flattened(input: super::file::InputSection, problems: &mut Problems) -> bool {
+    match input.debezium_flattened_updates.as_deref() {
+        None | Some("full") => false,
+        Some("partial") => true,
+        Some(other) => {
+            problems.push(format!("[input] debezium_flattened_updates = {other:?}: write \"full\" (capture.mode=change_streams_update_full, the default) or \"partial\" (capture.mode=change_streams)"));
+            false
+        }
+    }
 }
 
 fn statuses(file: &std::collections::BTreeMap<String, String>, problems: &mut Problems) -> HashMap<String, State> {

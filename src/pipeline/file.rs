@@ -20,6 +20,16 @@ pub(super) struct PipelineFile {
     pub(super) timers: Vec<TimerRowFile>,
     #[serde(default)]
     pub(super) retention: Option<RetentionSection>,
+    #[serde(default)]
+    pub(super) input: InputSection,
+}
+
+/// `[input]`: what the records' form does not say about themselves.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct InputSection {
+    /// "full" (the default) or "partial".
+    pub(super) debezium_flattened_updates: Option<String>,
 }
 
 #[derive(Deserialize)]
