@@ -19,6 +19,7 @@ use anyhow::Context;
 
 use crate::engine::{BatchOutput, Engine};
 use crate::machine::{BusinessEvent, FiredBy};
+use crate::pipeline::RowLocator;
 use crate::replay::{self, Input, REPLAY_PARTITION};
 use crate::state::store::StateStore;
 use crate::timers::StreamClock;
@@ -29,38 +30,19 @@ const SHOWN_RESERVATIONS: usize = 20;
 /// One side of the comparison: a pipeline and the file it came from.
 pub struct Side {
     pub engine: Engine,
-    /// The pipeline file, to name the row (file:line) that fired an event.
     pub file: PathBuf,
-    /// The line of each `[[rule]]` and `[[timer]]` row header, in order.
-    rule_lines: Vec<usize>,
-    timer_lines: Vec<usize>,
+    /// To name the row (file:line) that fired an event.
+    rows: RowLocator,
 }
 
 impl Side {
     pub fn new(engine: Engine, file: PathBuf) -> Side {
-        let text = std::fs::read_to_string(&file).unwrap_or_default();
-        Side { engine, file, rule_lines: header_lines(&text, "rule"), timer_lines: header_lines(&text, "timer") }
+        Side { engine, rows: RowLocator::new(Some(&file)), file }
     }
 
-    /// Where the row that fired an event is: `file:line`, or its number
-    /// when the file does not write it as a `[[rule]]` header.
-    pub fn locate(&self, fired: Option<FiredBy>) -> String {
-        let (kind, n, lines) = match fired {
-            Some(FiredBy::Rule(n)) => ("rule", n, &self.rule_lines),
-            Some(FiredBy::Timer(n)) => ("timer", n, &self.timer_lines),
-            None => return "no row".into(),
-        };
-        match lines.get(n.wrapping_sub(1)) {
-            Some(line) => format!("{}:{line} [[{kind}]] #{n}", self.file.display()),
-            None => format!("{} [[{kind}]] #{n}", self.file.display()),
-        }
+    fn locate(&self, fired: Option<FiredBy>) -> String {
+        fired.map_or_else(|| "no row".into(), |f| self.rows.locate(f))
     }
-}
-
-/// The 1-based line numbers of the `[[table]]` headers in TOML text.
-fn header_lines(text: &str, table: &str) -> Vec<usize> {
-    let header = format!("[[{table}]]");
-    text.lines().enumerate().filter(|(_, l)| l.trim_start().starts_with(&header)).map(|(i, _)| i + 1).collect()
 }
 
 pub struct DiffOptions {
@@ -321,13 +303,6 @@ fn changed_fields(old: &serde_json::Value, new: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rows_are_found_by_their_headers() {
-        let text = "[statuses]\n\"Arrived\" = \"InHouse\"\n\n[[rule]]\nfrom = \"a\"\n  [[rule]]\n[[timer]]\n[[rule]] # third\n";
-        assert_eq!(header_lines(text, "rule"), vec![4, 6, 8]);
-        assert_eq!(header_lines(text, "timer"), vec![7]);
-    }
 
     #[test]
     fn equal_events_cancel_across_sides_and_batches() {

@@ -89,6 +89,18 @@ pub struct BatchOutput {
     /// one log line per batch.
     pub unmapped: Vec<(String, Option<String>)>,
     pub counts: Counts,
+    /// With [`Engine::explaining`]: why each change emitted what it did.
+    pub explained: Vec<Explained>,
+}
+
+/// One change's explanation, with the record it came from.
+#[derive(Debug, Clone)]
+pub struct Explained {
+    /// Index of the record in the batch.
+    pub index: usize,
+    pub reservation_id: String,
+    pub position: Option<String>,
+    pub why: machine::Explanation,
 }
 
 impl BatchOutput {
@@ -155,11 +167,19 @@ impl Working {
 pub struct Engine {
     pub pipeline: Pipeline,
     pub decoder: Decoder,
+    /// Record why each change emitted what it did ([`BatchOutput::explained`]).
+    pub explain: bool,
 }
 
 impl Engine {
     pub fn new(pipeline: Pipeline, decoder: Decoder) -> Engine {
-        Engine { pipeline, decoder }
+        Engine { pipeline, decoder, explain: false }
+    }
+
+    /// As `new`, recording an explanation of every change (`replay --explain`).
+    pub fn explaining(mut self) -> Engine {
+        self.explain = true;
+        self
     }
 
     /// Processes a batch against the partition's stored state. Reads from the
@@ -220,7 +240,12 @@ impl Engine {
             } else {
                 change
             };
-            match machine::apply(&self.pipeline, w.current[slot].as_ref(), change) {
+            let outcome = machine::apply(&self.pipeline, w.current[slot].as_ref(), change);
+            if self.explain {
+                let why = machine::explain(&self.pipeline, w.current[slot].as_ref(), change, &outcome);
+                out.explained.push(Explained { index: *index, reservation_id: change.reservation_id.clone(), position: change.position.map(|p| p.to_string()), why });
+            }
+            match outcome {
                 Outcome::Stale => out.counts.stale += 1,
                 Outcome::Duplicate => out.counts.duplicates += 1,
                 Outcome::Invalid(bad) => {

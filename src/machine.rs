@@ -83,14 +83,7 @@ pub struct BusinessEvent {
     pub fired_by: Option<FiredBy>,
 }
 
-/// A row of the pipeline file, by its 1-based position among the rows of its kind.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum FiredBy {
-    /// A `[[rule]]` row.
-    Rule(usize),
-    /// A `[[timer]]` row.
-    Timer(usize),
-}
+pub use crate::pipeline::FiredBy;
 
 /// What one change did.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -305,3 +298,121 @@ pub fn event_id(reservation_id: &str, position: Option<SourcePosition>, identity
 
 #[cfg(test)]
 mod tests;
+
+/// Why a change emitted what it did (`replay --explain`): worked out from the
+/// same inputs as [`apply`] and its outcome, so it cannot disagree with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Explanation {
+    /// A row fired: the transition and the fields that changed (the row's
+    /// own `changed` is what made it match).
+    Fired { from: State, to: State, changed: FieldSet, row: usize, row_requires: FieldSet },
+    /// Nothing was emitted, and why.
+    NoEvent(NoEvent),
+}
+
+/// The reasons a change emits nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NoEvent {
+    /// Older than the stored position, which it lost to.
+    Stale { stored: Option<String> },
+    /// This very change was applied already, at the stored position.
+    Duplicate { stored: Option<String> },
+    /// The status is missing, or a value the pipeline does not map.
+    StatusNotMapped { status: Option<String> },
+    /// A row matched, but the reservation's property is not in the allowlist.
+    PropertyNotAllowed { property: Option<String>, row: usize },
+    /// No row for this transition (with these fields changed).
+    NoRow { from: State, to: State, changed: FieldSet },
+    /// Same state, and none of the fields the table watches changed.
+    NothingWatchedChanged { state: State },
+    /// The row for this transition emits nothing.
+    RowEmitsNothing { from: State, to: State, row: usize },
+    /// A delete (or removal) of a reservation that was not there.
+    NoDocument,
+    /// A snapshot (copy-existing, Debezium `r`) seeds state and emits nothing.
+    Snapshot,
+    /// The record is rejected (dead-lettered) for a bad value.
+    Invalid,
+}
+
+impl NoEvent {
+    /// The reason's kind, as `--explain=json` writes it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NoEvent::Stale { .. } => "stale",
+            NoEvent::Duplicate { .. } => "duplicate",
+            NoEvent::StatusNotMapped { .. } => "status-not-mapped",
+            NoEvent::PropertyNotAllowed { .. } => "property-not-allowed",
+            NoEvent::NoRow { .. } => "no-row",
+            NoEvent::NothingWatchedChanged { .. } => "nothing-watched-changed",
+            NoEvent::RowEmitsNothing { .. } => "row-emits-nothing",
+            NoEvent::NoDocument => "no-document",
+            NoEvent::Snapshot => "snapshot",
+            NoEvent::Invalid => "invalid-value",
+        }
+    }
+}
+
+impl std::fmt::Display for NoEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pos = |p: &Option<String>| p.clone().unwrap_or_else(|| "none".into());
+        match self {
+            NoEvent::Stale { stored } => write!(f, "stale: older than the stored position {}", pos(stored)),
+            NoEvent::Duplicate { stored } => write!(f, "duplicate: already applied at the stored position {}", pos(stored)),
+            NoEvent::StatusNotMapped { status: Some(s) } => write!(f, "status {s:?} is not mapped by the pipeline ([statuses])"),
+            NoEvent::StatusNotMapped { status: None } => write!(f, "the document has no status"),
+            NoEvent::PropertyNotAllowed { property, row } => write!(f, "property {} is not in the allowlist (rule #{row} matched)", property.as_deref().unwrap_or("(none)")),
+            NoEvent::NoRow { from, to, changed } => write!(f, "no row for {} → {} with {} changed", from.name(), to.name(), fields_text(*changed)),
+            NoEvent::NothingWatchedChanged { state } => write!(f, "still {}, and none of the fields the table watches changed", state.name()),
+            NoEvent::RowEmitsNothing { from, to, row } => write!(f, "rule #{row} for {} → {} emits nothing", from.name(), to.name()),
+            NoEvent::NoDocument => write!(f, "about no document: a delete of a reservation that was not there"),
+            NoEvent::Snapshot => write!(f, "a snapshot record: it seeds the state and emits nothing"),
+            NoEvent::Invalid => write!(f, "rejected for a bad value"),
+        }
+    }
+}
+
+/// The fields of a set, by name (`room, departure`; `no field`).
+pub fn fields_text(set: FieldSet) -> String {
+    let names: Vec<&str> = Field::ALL.iter().filter(|f| set.contains(**f)).map(|f| f.name()).collect();
+    if names.is_empty() { "no field".into() } else { names.join(", ") }
+}
+
+/// The explanation of `outcome`, which [`apply`] gave for `change` over `prev`.
+pub fn explain(pipeline: &Pipeline, prev: Option<&ReservationState>, change: &Change, outcome: &Outcome) -> Explanation {
+    let stored = || prev.and_then(|p| p.position).map(|p| p.to_string());
+    let new = match outcome {
+        Outcome::Stale => return Explanation::NoEvent(NoEvent::Stale { stored: stored() }),
+        Outcome::Duplicate => return Explanation::NoEvent(NoEvent::Duplicate { stored: stored() }),
+        Outcome::Unmapped { status, .. } => return Explanation::NoEvent(NoEvent::StatusNotMapped { status: status.clone() }),
+        Outcome::Invalid(_) => return Explanation::NoEvent(NoEvent::Invalid),
+        Outcome::Applied { state, .. } => state,
+    };
+    if change.snapshot {
+        return Explanation::NoEvent(NoEvent::Snapshot);
+    }
+    let live = prev.filter(|p| p.state != State::None);
+    let from = live.map_or(State::None, |p| p.state);
+    let mut changed = FieldSet::default();
+    if new.state != State::None {
+        for f in Field::ALL {
+            if live.and_then(|p| p.get(f)) != new.get(f) {
+                changed.insert(f);
+            }
+        }
+    }
+    match pipeline.rule_for(from, new.state, changed) {
+        None if from == State::None && new.state == State::None => Explanation::NoEvent(NoEvent::NoDocument),
+        None if from == new.state && changed.is_empty() => Explanation::NoEvent(NoEvent::NothingWatchedChanged { state: from }),
+        None => Explanation::NoEvent(NoEvent::NoRow { from, to: new.state, changed }),
+        Some(rule) if rule.emit.is_empty() => Explanation::NoEvent(NoEvent::RowEmitsNothing { from, to: new.state, row: rule.row }),
+        Some(rule) => {
+            let current = if new.state == State::None { live.unwrap_or(new) } else { new };
+            if pipeline.allowlist.allows(current.get(Field::Property)) {
+                Explanation::Fired { from, to: new.state, changed, row: rule.row, row_requires: rule.changed }
+            } else {
+                Explanation::NoEvent(NoEvent::PropertyNotAllowed { property: current.get(Field::Property).map(str::to_owned), row: rule.row })
+            }
+        }
+    }
+}

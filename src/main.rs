@@ -173,6 +173,13 @@ struct ReplayArgs {
     /// Stream time is otherwise the latest event time in the input.
     #[arg(long, value_name = "TIME", value_parser = parse_until)]
     until: Option<i64>,
+    /// Why each event fired and why each other change emitted nothing: every
+    /// event line gains an "explain" object (the row, file:line, the
+    /// transition, the fields that changed); each change without an event gets
+    /// a line on stderr with its reason, or, with --explain=json, a
+    /// {"noEvent": …} line on stdout.
+    #[arg(long, value_name = "FORMAT", num_args = 0..=1, require_equals = true, default_missing_value = "text", value_parser = ["text", "json"])]
+    explain: Option<String>,
     /// JSON Lines files of record values; none or "-" reads stdin.
     #[arg(value_name = "FILE")]
     files: Vec<PathBuf>,
@@ -465,7 +472,7 @@ fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
 /// `resevent replay`: files (or stdin) through the engine into a fresh or
 /// given state directory; exit 1 when any line was rejected.
 fn replay_files(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let ReplayArgs { pipeline, format, keyed, allow_properties, state_dir, dead_letters, until, files } = args;
+    let ReplayArgs { pipeline, format, keyed, allow_properties, state_dir, dead_letters, until, explain, files } = args;
     let (mut pipeline, origin) = load_pipeline(pipeline.as_deref())?;
     if let Some(list) = allow_properties {
         pipeline.allowlist = Allowlist::parse_list(&list);
@@ -485,10 +492,15 @@ fn replay_files(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         Some(p) => Some(Box::new(BufWriter::new(File::create(&p).with_context(|| format!("creating dead-letter file {}", p.display()))?))),
         None => None,
     };
-    let engine = Engine::new(pipeline.clone(), Decoder::new(format, pipeline.paths.clone()));
+    let mut engine = Engine::new(pipeline.clone(), Decoder::new(format, pipeline.paths.clone()));
+    let explain = explain.map(|mode| {
+        engine.explain = true;
+        let file = if origin == "built-in default" { None } else { Some(PathBuf::from(&origin)) };
+        replay::Explain { json: mode == "json", rows: resevent::pipeline::RowLocator::new(file.as_deref()) }
+    });
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(1 << 16, stdout.lock());
-    let opts = ReplayOptions { keyed, dead_letters, progress_every: Duration::from_secs(5), until };
+    let opts = ReplayOptions { keyed, dead_letters, progress_every: Duration::from_secs(5), until, explain };
     let counts = replay::replay(&engine, &mut store, inputs, &mut out, opts)?;
     tracing::info!(
         records = counts.records,

@@ -37,6 +37,17 @@ pub struct ReplayOptions {
     /// After the input, move stream time to this moment (ms) and fire the
     /// timers due by then (`--until`).
     pub until: Option<i64>,
+    /// `--explain`: each event with the row that fired it, each change that
+    /// emitted nothing with the reason. The engine must be [`Engine::explaining`].
+    pub explain: Option<Explain>,
+}
+
+/// How `--explain` writes the changes that emitted nothing.
+pub struct Explain {
+    /// `--explain=json`: as `{"noEvent": …}` lines on stdout, not on stderr.
+    pub json: bool,
+    /// Names the row that fired an event (file:line).
+    pub rows: crate::pipeline::RowLocator,
 }
 
 /// One input: a name for messages and a reader.
@@ -94,7 +105,10 @@ pub fn replay(engine: &Engine, store: &mut StateStore, inputs: Vec<Input>, out: 
     if let Some(until) = opts.until {
         let output = engine.advance(store, REPLAY_PARTITION, &mut clock, until)?;
         let counts = output.counts;
-        write_events(&output, out)?;
+        match &opts.explain {
+            Some(explain) => write_explained(&output, &[], "--until", 0, explain, out)?,
+            None => write_events(&output, out)?,
+        }
         commit(store, output, clock)?;
         total.add(&counts);
     }
@@ -171,6 +185,46 @@ fn write_events(output: &BatchOutput, out: &mut dyn Write) -> anyhow::Result<()>
     Ok(())
 }
 
+/// `--explain`: each event with an `explain` object (the row that fired it,
+/// the transition, the fields that changed), and each change that emitted
+/// nothing with its reason (stderr, or stdout as `{"noEvent": …}`).
+fn write_explained(output: &BatchOutput, records: &[InputRecord<'_>], name: &str, first_line: u64, explain: &Explain, out: &mut dyn Write) -> anyhow::Result<()> {
+    use crate::machine::{Explanation, FiredBy};
+    let by_index: std::collections::HashMap<usize, &crate::engine::Explained> = output.explained.iter().map(|e| (e.index, e)).collect();
+    let names = |set: crate::pipeline::FieldSet| -> Vec<&'static str> { crate::change::Field::ALL.iter().filter(|f| set.contains(**f)).map(|f| f.name()).collect() };
+    for (index, event) in &output.events {
+        let mut line = serde_json::to_value(event)?;
+        let why = match (event.fired_by, by_index.get(index).map(|e| &e.why)) {
+            (Some(FiredBy::Timer(n)), _) => serde_json::json!({"row": explain.rows.locate(FiredBy::Timer(n)), "timer": true}),
+            (Some(row), Some(Explanation::Fired { from, to, changed, row_requires, .. })) => serde_json::json!({
+                "row": explain.rows.locate(row),
+                "from": from.name(),
+                "to": to.name(),
+                "changed": names(*changed),
+                "rowRequires": names(*row_requires),
+            }),
+            (row, _) => serde_json::json!({"row": row.map(|r| explain.rows.locate(r))}),
+        };
+        line["explain"] = why;
+        serde_json::to_writer(&mut *out, &line)?;
+        out.write_all(b"\n")?;
+    }
+    for e in &output.explained {
+        let Explanation::NoEvent(reason) = &e.why else { continue };
+        let line = records[e.index].offset - first_line + 1;
+        let position = e.position.as_deref().unwrap_or("none");
+        if explain.json {
+            let json = serde_json::json!({"noEvent": {"input": name, "line": line, "reservationId": e.reservation_id, "position": position, "reason": reason.kind(), "detail": reason.to_string()}});
+            serde_json::to_writer(&mut *out, &json)?;
+            out.write_all(b"\n")?;
+        } else {
+            eprintln!("{name}:{line}: no event for reservation {} at {position}: {reason}", e.reservation_id);
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
 /// Commits a batch's state with the stream time it reached, in one WriteBatch.
 pub(crate) fn commit(store: &StateStore, output: BatchOutput, clock: StreamClock) -> anyhow::Result<()> {
     let mut batch = output.state_batch();
@@ -186,7 +240,10 @@ fn run_batch(engine: &Engine, store: &StateStore, name: &str, first_line: u64, b
     // Lines that are not even a {key, value} pair are rejected here, by line.
     let (records, framing_errors) = frame(batch, opts.keyed);
     let output = engine.process(store, REPLAY_PARTITION, &records, clock)?;
-    write_events(&output, out)?;
+    match &opts.explain {
+        Some(explain) => write_explained(&output, &records, name, first_line, explain, out)?,
+        None => write_events(&output, out)?,
+    }
 
     let mut rejects = framing_errors;
     rejects.extend(output.rejected.iter().map(|r| (r.offset, r.error.kind(), r.error.to_string())));

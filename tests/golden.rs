@@ -308,6 +308,48 @@ fn pipeline_diff_stops_on_a_table_that_fails_its_check_and_reports_a_bad_line_on
     assert_eq!(stderr.matches(":8: rejected").count(), 1, "reported once, as replay reports it: {stderr}");
 }
 
+/// The reasons `replay --explain` documents (README, `resevent replay --help`).
+const NO_EVENT_KINDS: [&str; 10] = ["stale", "duplicate", "status-not-mapped", "property-not-allowed", "no-row", "nothing-watched-changed", "row-emits-nothing", "no-document", "snapshot", "invalid-value"];
+
+#[test]
+fn replay_explain_names_an_existing_row_for_every_event_and_a_documented_reason_for_every_silent_change() {
+    let out = replay(&["--explain=json", "fixtures/busy-day.jsonl"]);
+    let table: Vec<String> = std::fs::read_to_string(root().join("pipelines/reservations.toml")).unwrap().lines().map(String::from).collect();
+    let (mut events, mut silent) = (0, 0);
+    for line in lines(&out.stdout) {
+        if let Some(no) = line.get("noEvent") {
+            silent += 1;
+            let kind = no["reason"].as_str().unwrap();
+            assert!(NO_EVENT_KINDS.contains(&kind), "undocumented reason {kind}: {line}");
+            assert!(no["line"].as_u64().is_some() && no["reservationId"].is_string() && !no["detail"].as_str().unwrap().is_empty(), "{line}");
+            continue;
+        }
+        events += 1;
+        let row = line["explain"]["row"].as_str().unwrap_or_else(|| panic!("an event without its row: {line}"));
+        let (file, rest) = row.split_once(':').unwrap();
+        assert_eq!(file, "pipelines/reservations.toml", "{row}");
+        let number: usize = rest.split_whitespace().next().unwrap().parse().unwrap();
+        assert!(table[number - 1].trim_start().starts_with("[[rule]]"), "{row}: line {number} is {:?}, not a row", table[number - 1]);
+        assert!(line["explain"]["from"].is_string() && line["explain"]["to"].is_string(), "{line}");
+    }
+    assert!(events > 50 && silent > 10, "{events} events, {silent} silent changes");
+
+    // The stale and duplicate lines of a fixture, and a status the table does not map.
+    let reasons = |args: &[&str]| -> Vec<(u64, String)> {
+        lines(&replay(args).stdout).iter().filter_map(|l| l.get("noEvent")).map(|n| (n["line"].as_u64().unwrap(), n["reason"].as_str().unwrap().to_string())).collect()
+    };
+    let relaxed = reasons(&["--explain=json", "fixtures/mongo-relaxed.jsonl"]);
+    assert!(relaxed.contains(&(7, "stale".into())) && relaxed.contains(&(11, "duplicate".into())), "{relaxed:?}");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("unmapped.jsonl");
+    std::fs::write(&input, r#"{"_id": {"_data": "826B0000010000000129"}, "operationType": "insert", "clusterTime": {"$timestamp": {"t": 1795340000, "i": 1}}, "fullDocument": {"_id": "u1", "propertyId": "P-1", "bookingStatus": "Cancelled"}, "ns": {"db": "property", "coll": "reservation"}, "documentKey": {"_id": "u1"}}"#.to_string() + "\n").unwrap();
+    assert_eq!(reasons(&["--explain=json", input.to_str().unwrap()]), vec![(1, "status-not-mapped".to_string())]);
+    // Without =json the reasons go to stderr, naming the line, the reservation and the position.
+    let text = replay(&["--explain", "fixtures/mongo-relaxed.jsonl"]);
+    let stderr = String::from_utf8_lossy(&text.stderr);
+    assert!(stderr.contains("fixtures/mongo-relaxed.jsonl:7: no event for reservation 6502a1f0c3b7e41d9a0c0002 at 1795334400:1: stale: older than the stored position"), "{stderr}");
+}
+
 #[test]
 fn pipeline_check_rejects_a_bad_table_naming_the_row() {
     let dir = tempfile::tempdir().unwrap();

@@ -453,3 +453,61 @@ mod tests {
         assert!(!Allowlist::parse_list("P1").allows(None));
     }
 }
+
+/// A row of the pipeline file, by its 1-based position among the rows of its
+/// kind: what fired an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FiredBy {
+    /// A `[[rule]]` row.
+    Rule(usize),
+    /// A `[[timer]]` row.
+    Timer(usize),
+}
+
+/// Where a pipeline file's rows are: the line of each `[[rule]]` and
+/// `[[timer]]` header, to name the row that fired an event as `file:line`.
+#[derive(Clone, Debug, Default)]
+pub struct RowLocator {
+    /// The file, as given; `None`: the built-in pipeline.
+    pub file: Option<std::path::PathBuf>,
+    rule_lines: Vec<usize>,
+    timer_lines: Vec<usize>,
+}
+
+impl RowLocator {
+    /// Reads `file` for its row headers (a file it cannot read names rows by number only).
+    pub fn new(file: Option<&Path>) -> RowLocator {
+        let text = file.and_then(|f| std::fs::read_to_string(f).ok()).unwrap_or_default();
+        RowLocator { file: file.map(Path::to_path_buf), rule_lines: header_lines(&text, "rule"), timer_lines: header_lines(&text, "timer") }
+    }
+
+    /// `file:line [[rule]] #n`, or without the line when the file does not
+    /// write the row as a header (an inline array, the built-in pipeline).
+    pub fn locate(&self, fired: FiredBy) -> String {
+        let (kind, n, lines) = match fired {
+            FiredBy::Rule(n) => ("rule", n, &self.rule_lines),
+            FiredBy::Timer(n) => ("timer", n, &self.timer_lines),
+        };
+        let file = self.file.as_ref().map_or_else(|| "built-in pipeline".to_string(), |f| f.display().to_string());
+        match lines.get(n.wrapping_sub(1)) {
+            Some(line) => format!("{file}:{line} [[{kind}]] #{n}"),
+            None => format!("{file} [[{kind}]] #{n}"),
+        }
+    }
+}
+
+/// The 1-based line numbers of the `[[table]]` headers in TOML text.
+fn header_lines(text: &str, table: &str) -> Vec<usize> {
+    let header = format!("[[{table}]]");
+    text.lines().enumerate().filter(|(_, l)| l.trim_start().starts_with(&header)).map(|(i, _)| i + 1).collect()
+}
+
+#[cfg(test)]
+mod row_tests {
+    #[test]
+    fn rows_are_found_by_their_headers() {
+        let text = "[statuses]\n\"Arrived\" = \"IN_HOUSE\"\n\n[[rule]]\nfrom = \"a\"\n  [[rule]]\n[[timer]]\n[[rule]] # third\n";
+        assert_eq!(super::header_lines(text, "rule"), vec![4, 6, 8]);
+        assert_eq!(super::header_lines(text, "timer"), vec![7]);
+    }
+}
