@@ -662,6 +662,9 @@ fn metrics_and_lookups_report_what_the_instance_did() {
         let tail: Vec<(&str, &str)> = mine[mine.len().saturating_sub(last.len())..].iter().map(|e| (e["eventType"].as_str().unwrap(), e["eventId"].as_str().unwrap())).collect();
         assert_eq!(last.len(), mine.len().min(5), "{id}");
         assert_eq!(last, tail, "{id}");
+        for e in got["lastEvents"].as_array().unwrap() {
+            assert!(e["firedBy"].as_str().is_some_and(|r| r.contains("[[rule]] #")), "each last event names the row that fired it: {e}");
+        }
     }
     let (status, body) = http_get(&http, "/reservations/never-seen");
     assert_eq!(status, 404);
@@ -675,6 +678,8 @@ fn metrics_and_lookups_report_what_the_instance_did() {
     assert!(page.contains(&format!("<b id=\"records\">{}</b>", records.len())), "{page}");
     assert_eq!(page.matches("<td>processing</td>").count(), 2, "both partitions shown as processing: {page}");
     assert!(page.contains("every property") && page.contains("CHECKED_IN") && page.contains("<polyline"), "{page}");
+    let drawn = page.split("points=\"").skip(1).map(|rest| rest.split('"').next().unwrap_or("").split_whitespace().count()).max().unwrap_or(0);
+    assert!(drawn >= 2, "the chart has a line after a few seconds of traffic (its longest has {drawn} points): {page}");
     assert!(page.contains("<table id=\"paused\">") && page.contains("<td>commit</td>"), "the commit's pauses on the page: {page}");
     // Its figures move with traffic (these are the same reservations' older
     // changes again: counted, stale, changing no state).
@@ -687,11 +692,12 @@ fn metrics_and_lookups_report_what_the_instance_did() {
         std::thread::sleep(Duration::from_millis(500));
     }
     // The lookup box finds a reservation.
-    let (id, s) = final_state.iter().find(|(_, s)| s.get(resevent::change::Field::Room).is_some()).unwrap();
+    let (id, s) = final_state.iter().find(|(id, s)| s.get(resevent::change::Field::Room).is_some() && expected.iter().any(|e| e["reservationId"] == id.as_str())).unwrap();
     let url = format!("http://{http}/?id={id}");
     let found = chromium_dom(&url);
     assert!(found.contains("id=\"lookup\"") && found.contains(id.as_str()), "{found}");
     assert!(found.contains(&format!("<td>{}</td>", s.get(resevent::change::Field::Room).unwrap())), "the room as replay left it: {found}");
+    assert!(found.contains("<table id=\"last-events\">") && found.contains("[[rule]] #"), "its last events as a table, each with the row that fired it: {found}");
     let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("status-page.png");
     chromium(&["--window-size=1000,1400", &format!("--screenshot={}", shot.display()), &url]);
     let png = std::fs::read(&shot).expect("a screenshot");

@@ -316,16 +316,21 @@ fn rates(html: &mut String, b: &Board) {
         })
         .collect();
     let max = points.iter().flat_map(|(_, v)| v.iter().copied()).fold(1.0_f64, f64::max);
-    let (t_first, t_last) = (points.first().map_or(0.0, |p| p.0), points.last().map_or(1.0, |p| p.0));
+    // The window grows with the run, from one minute to ten: a short run
+    // fills the chart from the left instead of being squeezed into a corner.
+    let t_last = points.last().map_or(0.0, |p| p.0);
+    let window = (t_last - points.first().map_or(0.0, |p| p.0)).clamp(60.0, 600.0);
+    let x = |t: f64| (t - (t_last - window)) / window * (w - 20.0) + 10.0;
     html.push_str(&format!("<svg id=\"chart\" width=\"{w}\" height=\"{}\" style=\"border:1px solid #cbd5e0\">", h + 20.0));
     for i in 0..types.len() {
-        let pts: Vec<String> = points
-            .iter()
-            .map(|(x, v)| format!("{:.1},{:.1}", (x - t_first) / (t_last - t_first).max(1.0) * (w - 20.0) + 10.0, h - v[i] / max * (h - 10.0)))
-            .collect();
+        let pts: Vec<String> = points.iter().map(|(t, v)| format!("{:.1},{:.1}", x(*t), h - v[i] / max * (h - 10.0))).collect();
         html.push_str(&format!("<polyline fill=\"none\" stroke=\"{}\" stroke-width=\"2\" points=\"{}\"/>", COLOURS[i % COLOURS.len()], pts.join(" ")));
+        // A lone point draws no line: show it as a dot.
+        if let [(t, v)] = points.as_slice() {
+            html.push_str(&format!("<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3\" fill=\"{}\"/>", x(*t), h - v[i] / max * (h - 10.0), COLOURS[i % COLOURS.len()]));
+        }
     }
-    html.push_str(&format!("<text x=\"10\" y=\"{}\" font-size=\"11\">peak {max:.0}/s</text></svg>", h + 15.0));
+    html.push_str(&format!("<text x=\"10\" y=\"{}\" font-size=\"11\">peak {max:.0}/s; the last {:.0} s</text></svg>", h + 15.0, window));
     html.push_str("<table id=\"rates\"><tr><th>event type</th><th>per second now</th><th>total</th></tr>");
     for (i, t) in types.iter().enumerate() {
         let now = points.last().map_or(0.0, |(_, v)| v[i]);
@@ -366,10 +371,21 @@ fn lookup_result(html: &mut String, id: &str, found: Result<anyhow::Result<Optio
         Ok(Ok(Some(j))) => {
             html.push_str(&format!("<table id=\"lookup\"><tr><th colspan=\"2\">{}</th></tr>", esc(id)));
             if let Some(o) = j.as_object() {
-                for (k, v) in o {
+                for (k, v) in o.iter().filter(|(k, _)| *k != "lastEvents") {
                     let v = v.as_str().map_or_else(|| v.to_string(), String::from);
                     html.push_str(&format!("<tr><td>{}</td><td>{}</td></tr>", esc(k), esc(&v)));
                 }
+            }
+            html.push_str("</table>");
+            // Its last events, oldest first, each with the row that fired it.
+            let events = j.get("lastEvents").and_then(|e| e.as_array()).cloned().unwrap_or_default();
+            html.push_str("<h3>Last events</h3><table id=\"last-events\"><tr><th>type</th><th>occurred at</th><th>source position</th><th>fired by</th><th>eventId</th></tr>");
+            if events.is_empty() {
+                html.push_str("<tr><td colspan=\"5\">none since this instance started</td></tr>");
+            }
+            for e in &events {
+                let cell = |k: &str| esc(e.get(k).and_then(|v| v.as_str()).unwrap_or("—"));
+                html.push_str(&format!("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>", cell("eventType"), cell("occurredAt"), cell("sourcePosition"), cell("firedBy"), cell("eventId")));
             }
             html.push_str("</table>");
         }

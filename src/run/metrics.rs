@@ -70,9 +70,11 @@ impl Pause {
     }
 }
 
-/// How often the events-per-second history takes a sample, and how many it keeps (10 minutes).
-const SAMPLE: Duration = Duration::from_secs(5);
-const HISTORY: usize = 120;
+/// How often the events-per-second history takes a sample, and how many it
+/// keeps (10 minutes): one a second, so the chart has points from the first
+/// seconds of a run.
+const SAMPLE: Duration = Duration::from_secs(1);
+const HISTORY: usize = 600;
 
 /// Every metric of the service, registered once.
 pub struct Metrics {

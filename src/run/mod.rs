@@ -186,8 +186,9 @@ pub async fn run(cfg: RunConfig, engine: Engine, pipeline_file: Option<std::path
     consumer.subscribe(&cfg.input_topics.iter().map(String::as_str).collect::<Vec<_>>())?;
 
     metrics.set_allowlist(engine.pipeline.allowlist.describe());
+    let rows = crate::pipeline::RowLocator::new(pipeline_file.as_deref());
     let watch = reload::PipelineWatch::new(pipeline_file);
-    let mut service = StreamThread { cfg: &cfg, engine, watch, consumer: &consumer, codec, registry, summary: RunSummary::default(), since_log: Counts::default(), last_log: Instant::now(), acks };
+    let mut service = StreamThread { cfg: &cfg, engine, watch, consumer: &consumer, codec, registry, summary: RunSummary::default(), since_log: Counts::default(), last_log: Instant::now(), acks, rows };
     let outcome = service.run_loop(shutdown.as_mut(), &mut restored).await;
 
     tracing::info!("shutting down: committing and leaving the group");

@@ -19,6 +19,8 @@ pub struct RecentEvent {
     pub event_id: String,
     pub occurred_at: Option<String>,
     pub source_position: Option<String>,
+    /// The pipeline row that fired it (`file:line [[rule]] #n`), as `replay --explain` names it.
+    pub fired_by: Option<String>,
 }
 
 #[derive(Default)]
@@ -60,7 +62,7 @@ mod tests {
     use super::*;
 
     fn ev(n: usize) -> RecentEvent {
-        RecentEvent { event_type: "ROOM_CHANGED", event_id: n.to_string(), occurred_at: None, source_position: None }
+        RecentEvent { event_type: "ROOM_CHANGED", event_id: n.to_string(), occurred_at: None, source_position: None, fired_by: None }
     }
 
     #[test]

@@ -19,13 +19,27 @@ const POLL: Duration = Duration::from_secs(1);
 pub struct PipelineWatch {
     /// `None`: the built-in pipeline is in force; nothing to re-read.
     path: Option<PathBuf>,
-    /// The modification time of the file when last read.
-    modified: Option<SystemTime>,
+    /// What the file was when last read.
+    modified: Option<Fingerprint>,
     last_poll: Instant,
 }
 
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+/// What tells one version of the file from the next: the file the path
+/// resolves to, its modification time and its length. An edit in place
+/// changes the time; a Kubernetes ConfigMap update swaps the `..data`
+/// symlink to a new `..2026_…` directory, which changes the file the path
+/// resolves to (whatever the new file's time says).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    resolved: PathBuf,
+    modified: SystemTime,
+    len: u64,
+}
+
+fn modified(path: &Path) -> Option<Fingerprint> {
+    let resolved = std::fs::canonicalize(path).ok()?;
+    let meta = std::fs::metadata(&resolved).ok()?;
+    Some(Fingerprint { resolved, modified: meta.modified().ok()?, len: meta.len() })
 }
 
 impl PipelineWatch {
@@ -144,5 +158,38 @@ mod tests {
         w.last_poll -= POLL;
         assert!(!w.changed_on_disk(), "and not read again until it changes");
         assert!(PipelineWatch::new(None).read().unwrap().is_none());
+    }
+
+    /// What kubelet does to a mounted ConfigMap: the new version goes into a
+    /// new `..<timestamp>` directory, then the `..data` symlink is swapped to
+    /// it by a rename; the file itself is a symlink through `..data`.
+    #[test]
+    fn a_configmap_update_is_seen_even_when_the_new_file_has_the_old_ones_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let version = |name: &str, text: &str, time: SystemTime| {
+            let d = dir.path().join(name);
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join("pipeline.toml"), text).unwrap();
+            std::fs::File::options().write(true).open(d.join("pipeline.toml")).unwrap().set_modified(time).unwrap();
+        };
+        let time = SystemTime::now() - Duration::from_secs(60);
+        version("..2026_12_08_00_00_00.1", crate::pipeline::DEFAULT_PIPELINE, time);
+        std::os::unix::fs::symlink("..2026_12_08_00_00_00.1", dir.path().join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/pipeline.toml", dir.path().join("pipeline.toml")).unwrap();
+        let mut w = PipelineWatch::new(Some(dir.path().join("pipeline.toml")));
+        w.last_poll -= POLL;
+        assert!(!w.changed_on_disk());
+
+        let allow_one = crate::pipeline::DEFAULT_PIPELINE.replace("properties = \"*\"", "properties = [\"P-OSL-01\"]");
+        // Same length is not needed to fool a time check; the same time is.
+        version("..2026_12_08_00_05_00.2", &allow_one, time);
+        std::os::unix::fs::symlink("..2026_12_08_00_05_00.2", dir.path().join("..data_tmp")).unwrap();
+        std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+        w.last_poll -= POLL;
+        assert!(w.changed_on_disk(), "the swap is a change");
+        let new = w.read().unwrap().unwrap();
+        assert_eq!(new.allowlist, Allowlist::Only(vec!["P-OSL-01".into()]));
+        w.last_poll -= POLL;
+        assert!(!w.changed_on_disk(), "read once");
     }
 }

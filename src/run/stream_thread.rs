@@ -44,6 +44,8 @@ pub(super) struct StreamThread<'a> {
     pub(super) summary: RunSummary,
     pub(super) since_log: Counts,
     pub(super) last_log: Instant,
+    /// Names the row that fired an event, for lookups; re-read with the pipeline.
+    pub(super) rows: crate::pipeline::RowLocator,
     /// Woken by the producer when the committing interval's records are
     /// acknowledged (or one failed): the commit's next step is due.
     pub(super) acks: Arc<tokio::sync::Notify>,
@@ -173,6 +175,7 @@ impl StreamThread<'_> {
                 };
                 self.consumer.context().metrics.set_allowlist(new.allowlist.describe());
                 self.engine = Engine::new(new, decoder);
+                self.rows = crate::pipeline::RowLocator::new(self.watch.path());
                 tracing::info!(trigger = why, file = %path, changes = %differences.join("; "), "pipeline reloaded; in force from the next change");
             }
         }
@@ -357,7 +360,8 @@ impl StreamThread<'_> {
         }
         let mut recent = self.consumer.context().recent.lock().expect("recent lock");
         for (_, e) in &out.events {
-            recent.record(&e.reservation_id, recent::RecentEvent { event_type: e.event_type, event_id: e.event_id.clone(), occurred_at: e.occurred_at.clone(), source_position: e.source_position.clone() });
+            let fired_by = e.fired_by.map(|f| self.rows.locate(f));
+            recent.record(&e.reservation_id, recent::RecentEvent { event_type: e.event_type, event_id: e.event_id.clone(), occurred_at: e.occurred_at.clone(), source_position: e.source_position.clone(), fired_by });
         }
     }
 
