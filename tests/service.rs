@@ -512,26 +512,35 @@ fn the_allowlist_changes_without_a_restart_and_a_broken_file_is_refused() {
     // One partition: a part's last record (a walk-in that is always allowed)
     // shows the whole part was processed before the file changes.
     broker.create_topic(&input, 1, &[]);
-    let records = workload(150, 8000, 23);
+    let records = workload(150, 10_000, 23);
     let sentinel = |n: usize, property: &str| {
         let id = format!("sentinel-{n}");
         (id.clone(), format!(r#"{{"_id": {{"_data": "82S{n}"}}, "operationType": "insert", "clusterTime": {{"$timestamp": {{"t": 1795300000, "i": {n}}}}}, "documentKey": {{"_id": "{id}"}}, "fullDocument": {{"_id": "{id}", "propertyId": "{property}", "bookingStatus": "Arrived", "roomNumber": "1"}}}}"#))
     };
     let mut parts: Vec<Vec<(String, String)>> = records.chunks(2000).map(<[_]>::to_vec).collect();
-    for (n, property) in [(1, "P-001"), (2, "P-001"), (3, "P-001"), (4, "P-002")] {
+    for (n, property) in [(1, "P-001"), (2, "P-001"), (3, "P-001"), (4, "P-002"), (5, "P-001")] {
         parts[n - 1].push(sentinel(n, property));
     }
     let default = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines/reservations.toml")).unwrap();
     assert!(default.contains("properties = \"*\""));
     let with_allowlist = |list: &str| default.replace("properties = \"*\"", &format!("properties = [{list}]"));
+    // The file as a mounted Kubernetes ConfigMap lays it out: pipeline.toml ->
+    // ..data/pipeline.toml, ..data -> ..<timestamp>/ (kubelet swaps ..data on
+    // an update). Edits in place go through the links.
     let dir = tempfile::tempdir().unwrap();
+    let version = |name: &str, text: &str| {
+        std::fs::create_dir(dir.path().join(name)).unwrap();
+        std::fs::write(dir.path().join(name).join("pipeline.toml"), text).unwrap();
+    };
+    version("..2026_12_08_00_00_00.1", &with_allowlist("\"P-001\""));
+    std::os::unix::fs::symlink("..2026_12_08_00_00_00.1", dir.path().join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/pipeline.toml", dir.path().join("pipeline.toml")).unwrap();
     let file = dir.path().join("pipeline.toml");
-    std::fs::write(&file, with_allowlist("\"P-001\"")).unwrap();
 
     // What replay says for each part, with the allowlist in force then.
     let replay_state = tempfile::tempdir().unwrap();
     let replay_dir = replay_state.path().join("state");
-    let lists = ["P-001", "P-001,P-002", "P-001,P-002", "P-002"];
+    let lists = ["P-001", "P-001,P-002", "P-001,P-002", "P-002", "P-001"];
     let expected: Vec<serde_json::Value> = parts.iter().zip(lists).flat_map(|(part, list)| replay_with(&replay_dir, list, part)).collect();
     assert!(expected.iter().any(|e| e["propertyId"] == "P-002" && e["eventType"] != "CHECKED_IN"), "a P-002 guest known before it was allowed");
 
@@ -559,16 +568,27 @@ fn the_allowlist_changes_without_a_restart_and_a_broken_file_is_refused() {
     let before = std::fs::metadata(&file).unwrap().modified().unwrap();
     // Written aside with the old time, then renamed over the file, so the
     // service's once-a-second look can never see the new text with a new time.
-    let aside = file.with_extension("toml.new");
+    let current = dir.path().join("..2026_12_08_00_00_00.1").join("pipeline.toml");
+    let aside = current.with_extension("toml.new");
     std::fs::write(&aside, with_allowlist("\"P-002\"")).unwrap();
     std::fs::File::options().write(true).open(&aside).unwrap().set_modified(before).unwrap();
-    std::fs::rename(&aside, &file).unwrap();
+    std::fs::rename(&aside, &current).unwrap();
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(std::fs::read_to_string(&i.log).unwrap().matches("pipeline reloaded").count(), 1, "not re-read without a change or a signal");
     assert!(std::process::Command::new("kill").args(["-HUP", &i.pid().to_string()]).status().unwrap().success());
     i.wait_log("pipeline reloaded", 2, Duration::from_secs(30));
     broker.produce(&input, &parts[3]);
     part_done(4);
+    // A ConfigMap update exactly as kubelet does it: the new version in a new
+    // directory (here even with the old file's time), then ..data swapped to
+    // it by a rename. No signal: the watcher sees the file the path resolves to change.
+    version("..2026_12_08_00_05_00.2", &with_allowlist("\"P-001\""));
+    std::fs::File::options().write(true).open(dir.path().join("..2026_12_08_00_05_00.2/pipeline.toml")).unwrap().set_modified(before).unwrap();
+    std::os::unix::fs::symlink("..2026_12_08_00_05_00.2", dir.path().join("..data_tmp")).unwrap();
+    std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+    i.wait_log("pipeline reloaded", 3, Duration::from_secs(30));
+    broker.produce(&input, &parts[4]);
+    part_done(5);
     let log = std::fs::read_to_string(&i.log).unwrap();
     assert_eq!(i.terminate(), Some(0));
     assert!(log.contains("SIGHUP") && log.contains("allowlist: added [\"P-002\"]") && log.contains("allowlist: removed [\"P-001\"]"), "{log}");
