@@ -439,3 +439,48 @@ fn transaction_fault(e: KafkaError, doing: &str) -> Fault {
         _ => Fault::Fatal(anyhow::anyhow!("{doing}: {e}; the next start resolves the open transaction")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A collector whose records can never be delivered: no broker listens
+    /// on port 1, and librdkafka gives up on each record after 300 ms.
+    fn unreachable() -> RecordCollector {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", "127.0.0.1:1").set("message.timeout.ms", "300").set("linger.ms", "0");
+        RecordCollector::new(config, "changelog".into()).unwrap()
+    }
+
+    #[test]
+    fn each_epoch_answers_for_its_own_records_only() {
+        let mut c = unreachable();
+        let first = c.epoch();
+        c.send_event("out", "r1", "CHECKED_IN", b"{}", None).unwrap();
+        assert!(c.acknowledged(first, false).is_none(), "a record in flight: not acknowledged yet, and no waiting");
+        let sealed = c.seal().unwrap();
+        assert_eq!(sealed, first);
+        // The next epoch has sent nothing: acknowledged at once, whatever the first one's fate.
+        assert!(matches!(c.acknowledged(c.epoch(), false), Some(Ok(()))));
+        // The sealed epoch's record fails (no broker): its epoch says so, with the topic.
+        let failed = c.acknowledged(first, true).expect("waited for").unwrap_err();
+        assert!(failed.to_string().contains("out"), "{failed}");
+        // A failure of an abandoned epoch never reaches the epochs after it.
+        c.send_copy("out", None, Some(b"x"), None, None).unwrap();
+        let second = c.epoch();
+        c.abandon().unwrap();
+        assert_ne!(c.epoch(), second, "abandoning moves to a new epoch");
+        assert!(matches!(c.acknowledged(c.epoch(), true), Some(Ok(()))), "the new epoch is clean");
+        assert!(c.acknowledged(second, true).unwrap().is_err(), "the abandoned one failed on its own");
+    }
+
+    #[test]
+    fn an_undelivered_changelog_record_fails_its_epoch_and_gives_no_offset() {
+        let mut c = unreachable();
+        let epoch = c.seal().unwrap() + 1;
+        assert_eq!(c.epoch(), epoch);
+        c.send_changelog(epoch, 0, "r1", Some(b"state")).unwrap();
+        assert!(c.acknowledged(epoch, true).unwrap().is_err(), "undeliverable here");
+        assert!(c.changelog_next(epoch).is_empty(), "nothing acknowledged, no offset");
+    }
+}
