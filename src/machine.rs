@@ -172,6 +172,15 @@ pub fn apply(pipeline: &Pipeline, prev: Option<&ReservationState>, change: &Chan
         return Outcome::Applied { state: new, events: Vec::new() };
     }
 
+    let (from, changed) = transition(live, &new);
+    let events = events(pipeline, change, live, &new, from, changed);
+    Outcome::Applied { state: new, events }
+}
+
+/// The state a change moves from (`live`: the stored state, unless deleted)
+/// and the tracked fields it changed: what the table is looked up by. A
+/// delete changes no field.
+fn transition(live: Option<&ReservationState>, new: &ReservationState) -> (State, FieldSet) {
     let from = live.map_or(State::None, |p| p.state);
     let mut changed = FieldSet::default();
     if new.state != State::None {
@@ -181,8 +190,7 @@ pub fn apply(pipeline: &Pipeline, prev: Option<&ReservationState>, change: &Chan
             }
         }
     }
-    let events = events(pipeline, change, live, &new, from, changed);
-    Outcome::Applied { state: new, events }
+    (from, changed)
 }
 
 /// The events the table's rule for (from → new state, changed) emits, if the
@@ -392,15 +400,7 @@ pub fn explain(pipeline: &Pipeline, prev: Option<&ReservationState>, change: &Ch
         return Explanation::NoEvent(NoEvent::Snapshot);
     }
     let live = prev.filter(|p| p.state != State::None);
-    let from = live.map_or(State::None, |p| p.state);
-    let mut changed = FieldSet::default();
-    if new.state != State::None {
-        for f in Field::ALL {
-            if live.and_then(|p| p.get(f)) != new.get(f) {
-                changed.insert(f);
-            }
-        }
-    }
+    let (from, changed) = transition(live, new);
     match pipeline.rule_for(from, new.state, changed) {
         None if from == State::None && new.state == State::None => Explanation::NoEvent(NoEvent::NoDocument),
         None if from == new.state && changed.is_empty() => Explanation::NoEvent(NoEvent::NothingWatchedChanged { state: from }),
