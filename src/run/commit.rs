@@ -127,6 +127,15 @@ pub struct Committed {
     pub paused: Duration,
 }
 
+/// What one [`Coordinator::step`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Step {
+    /// The commits it finished (at most two: the one under way, and one begun and done at once).
+    pub committed: Vec<Committed>,
+    /// How long it waited for the commit under way with the cache at its bound.
+    pub waited: Option<Duration>,
+}
+
 /// The interval whose commit is under way while the next one is processed.
 struct InFlight {
     /// Its sends' epoch, and its states' cache generation.
@@ -208,9 +217,13 @@ impl Coordinator {
         self.cache.is_full() || (!self.progress.is_empty() && now.duration_since(self.last_commit) >= self.interval)
     }
 
-    /// How long until the interval's time is up (for a loop that waits for input).
-    pub fn until_due(&self, now: Instant) -> Duration {
-        self.interval.saturating_sub(now.duration_since(self.last_commit))
+    /// How long a loop waiting for input may sleep before the commit needs
+    /// it: until the interval's time is up; `None` when no time will make it
+    /// due (nothing processed since the last commit), or while a commit is
+    /// under way (its acknowledgements wake the loop, and the next interval
+    /// cannot begin before it ends).
+    pub fn until_due(&self, now: Instant) -> Option<Duration> {
+        (self.committing.is_none() && !self.progress.is_empty()).then(|| self.interval.saturating_sub(now.duration_since(self.last_commit)))
     }
 
     /// An interval's commit is under way.
@@ -218,9 +231,36 @@ impl Coordinator {
         self.committing.is_some()
     }
 
-    /// Whether commits overlap processing: at-least-once only.
-    pub fn overlaps(&self) -> bool {
-        !self.exactly_once
+    /// The commit's part of one turn of the processing loop, waiting only
+    /// where it must. At-least-once: carries the commit under way as far as
+    /// its acknowledgements allow, and ends the interval when it is due; an
+    /// interval due while the last one still commits goes on processing,
+    /// and only when the cache is full as well is the commit waited for
+    /// (returned as `waited`, a `cache-full` pause, and not counted again in
+    /// that commit's `paused`). Exactly-once commits while the loop waits:
+    /// the next transaction's records cannot go out before this one commits.
+    pub fn step(&mut self, io: &mut impl CommitIo, now: Instant) -> Result<Step, Fault> {
+        let mut step = Step::default();
+        if self.exactly_once {
+            if self.is_due(now) {
+                step.committed.extend(self.commit(io)?);
+            }
+            return Ok(step);
+        }
+        step.committed.extend(self.advance(io, false)?);
+        if self.is_due(now) {
+            if self.is_committing() && self.cache.is_full() {
+                let started = Instant::now();
+                let done = self.advance(io, true)?;
+                let waited = started.elapsed();
+                step.committed.extend(done.map(|d| Committed { paused: d.paused.saturating_sub(waited), ..d }));
+                step.waited = Some(waited);
+            }
+            if !self.is_committing() {
+                step.committed.extend(self.begin(io, false)?);
+            }
+        }
+        Ok(step)
     }
 
     /// Makes everything processed durable, waiting for it: the commit under
@@ -527,6 +567,45 @@ mod tests {
     }
 
     #[test]
+    fn a_step_overlaps_at_least_once_and_waits_only_when_the_cache_is_full() {
+        // A 1 ms interval: due at every step once something was processed.
+        let mut c = Coordinator::new(WriteBackCache::new(1 << 20), Duration::from_millis(1), false);
+        process(&mut c, &[(0, 10, "a")]);
+        let mut io = Recorder::default();
+        let later = || Instant::now() + Duration::from_millis(5);
+        let step = c.step(&mut io, later()).unwrap();
+        assert_eq!((step.committed.len(), step.waited, c.is_committing()), (0, None, true), "begun, not waited for");
+        assert_eq!(c.until_due(Instant::now()), None, "the acknowledgements wake the loop, not a timer");
+        // Due again while the first commits, the cache not full: processing goes on.
+        process(&mut c, &[(0, 11, "b")]);
+        let step = c.step(&mut io, later()).unwrap();
+        assert_eq!((step.committed.len(), step.waited), (0, None));
+        assert_eq!(io.calls, vec!["seal 0"], "nothing waited for, nothing begun");
+        // The cache at its bound: the step waits for the commit under way, then begins the next.
+        let mut full = Coordinator::new(WriteBackCache::new(200), Duration::from_millis(1), false);
+        process(&mut full, &[(0, 10, "a")]);
+        let mut io = Recorder::default();
+        full.step(&mut io, later()).unwrap();
+        process(&mut full, &[(0, 11, "b"), (0, 12, "c")]);
+        assert!(full.cache.is_full());
+        let step = full.step(&mut io, later()).unwrap();
+        assert!(step.waited.is_some(), "a cache-full wait");
+        assert_eq!(step.committed.len(), 1, "the first interval committed");
+        assert!(full.is_committing(), "and the next begun");
+        assert_eq!(io.calls.iter().filter(|c| c.starts_with("seal")).count(), 2);
+    }
+
+    #[test]
+    fn an_exactly_once_step_commits_while_the_loop_waits() {
+        let mut c = Coordinator::new(WriteBackCache::new(1 << 20), Duration::from_millis(1), true);
+        process(&mut c, &[(0, 10, "a")]);
+        let mut io = Recorder::default();
+        let step = c.step(&mut io, Instant::now() + Duration::from_millis(5)).unwrap();
+        assert_eq!((step.committed.len(), step.waited, c.is_committing()), (1, None, false));
+        assert_eq!(io.calls, vec!["seal 0", "changelog 0: 1", "transaction 0 {(\"raw\", 0): 11}", "state 0 1 Some(17)"]);
+    }
+
+    #[test]
     fn due_when_the_interval_is_up_or_the_cache_is_full() {
         let now = Instant::now();
         let mut c = Coordinator::new(WriteBackCache::new(1000), Duration::from_millis(100), false);
@@ -534,6 +613,8 @@ mod tests {
         c.progress.record("raw", 0, 1);
         assert!(!c.is_due(c.last_commit + Duration::from_millis(50)));
         assert!(c.is_due(c.last_commit + Duration::from_millis(100)));
+        assert_eq!(c.until_due(c.last_commit + Duration::from_millis(30)), Some(Duration::from_millis(70)));
+        assert_eq!(Coordinator::new(WriteBackCache::new(1000), Duration::from_millis(100), false).until_due(now + Duration::from_secs(1)), None, "nothing processed: no time makes it due, so an idle loop does not wake for it");
         let mut full = Coordinator::new(WriteBackCache::new(50), Duration::from_secs(3600), false);
         full.cache.put(0, "r", ReservationState::default());
         assert!(full.is_due(full.last_commit), "a full cache commits early");

@@ -30,6 +30,9 @@ use crate::registry::{RegistryError, Resolved};
 use crate::state::store::{self, StateBatch};
 use crate::state::task_name;
 
+/// The longest the loop waits for input before it looks again (reload, idle exit).
+const IDLE_WAIT: Duration = Duration::from_millis(500);
+
 /// The processing loop and what it keeps between iterations.
 pub(super) struct StreamThread<'a> {
     pub(super) cfg: &'a RunConfig,
@@ -71,7 +74,7 @@ impl StreamThread<'_> {
             let batch = if !released.is_empty() {
                 std::mem::take(&mut released)
             } else {
-                let wait = self.until_due().min(Duration::from_millis(500));
+                let wait = self.until_due();
                 tokio::select! {
                     _ = shutdown.as_mut() => return Ok(()),
                     _ = hangup.recv() => {
@@ -192,50 +195,25 @@ impl StreamThread<'_> {
         Ok(())
     }
 
+    /// How long the loop may wait for input: until the interval is due, or
+    /// the poll's bound while a commit's acknowledgements (which wake it) are awaited.
     fn until_due(&self) -> Duration {
-        self.consumer.context().tasks.lock().expect("tasks lock").coordinator.until_due(Instant::now())
+        let due = self.consumer.context().tasks.lock().expect("tasks lock").coordinator.until_due(Instant::now());
+        due.unwrap_or(IDLE_WAIT).min(IDLE_WAIT)
     }
 
-    /// The commit's part of one turn of the loop, never waiting unless it
-    /// must: carries the commit under way as far as its acknowledgements
-    /// allow, and ends the interval when it is due. At-least-once, an
-    /// interval that is due while the last one still commits goes on
-    /// processing; only when the cache is full as well does the loop wait
-    /// for the commit (a `cache-full` pause). Exactly-once commits while
-    /// the loop waits (a `commit` pause): the next transaction's records
-    /// cannot go out before this one commits.
+    /// The commit's part of one turn of the loop ([`super::commit::Coordinator::step`]).
     fn step_commit(&mut self) -> Result<(), Fault> {
         let ctx = self.consumer.context();
         let mut guard = ctx.tasks.lock().expect("tasks lock");
         let tasks = &mut *guard;
         let mut io = ServiceIo::new(&mut tasks.collector, &ctx.store, self.consumer, false);
-        let c = &mut tasks.coordinator;
-        let mut finished = Vec::new();
-        tokio::task::block_in_place(|| {
-            if !c.overlaps() {
-                if c.is_due(Instant::now()) {
-                    finished.extend(c.commit(&mut io)?);
-                }
-                return Ok::<(), Fault>(());
-            }
-            finished.extend(c.advance(&mut io, false)?);
-            if c.is_due(Instant::now()) {
-                if c.is_committing() && c.cache.is_full() {
-                    let started = Instant::now();
-                    let done = c.advance(&mut io, true)?;
-                    let waited = started.elapsed();
-                    ctx.metrics.paused(Pause::CacheFull, waited.as_secs_f64());
-                    // Counted once, as the wait it was.
-                    finished.extend(done.map(|d| Committed { paused: d.paused.saturating_sub(waited), ..d }));
-                }
-                if !c.is_committing() {
-                    finished.extend(c.begin(&mut io, false)?);
-                }
-            }
-            Ok(())
-        })?;
+        let step = tokio::task::block_in_place(|| tasks.coordinator.step(&mut io, Instant::now()))?;
         drop(guard);
-        for done in finished {
+        if let Some(waited) = step.waited {
+            ctx.metrics.paused(Pause::CacheFull, waited.as_secs_f64());
+        }
+        for done in step.committed {
             self.committed(done)?;
         }
         Ok(())
